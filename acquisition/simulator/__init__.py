@@ -1,0 +1,1 @@
+"""The simulated participant: a virtual muscle with EMG, M-waves, artifacts, force and fatigue."""

@@ -1,0 +1,1 @@
+"""Estimators: pure, synchronous, chunk-in/estimate-out objects with explicit state."""

@@ -1,0 +1,1 @@
+"""Session recording: an incremental XDF writer and the session recorder thread."""

@@ -1,0 +1,1 @@
+"""Per-pulse controllers: pure objects, estimate in, next pulse intensity out."""

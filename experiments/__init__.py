@@ -1,0 +1,1 @@
+"""Protocols (TOML) and what turns a protocol into a session and a report."""
