@@ -1,0 +1,188 @@
+"""The safety layer under random and adversarial commands: nothing outside the limits is ever delivered."""
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from closedloop.errors import ConfigError, SafetyError
+from closedloop.safety import (
+    ABSOLUTE_MAX_AMPLITUDE_MA,
+    SafePulse,
+    SafetyLayer,
+    SafetyLimits,
+    require_safe,
+)
+from closedloop.stimulators import SimulatedStimulator
+from closedloop.types import PulseCommand
+
+
+class RecordingSink:
+    """Stands in for the participant: records what physically arrives."""
+
+    def __init__(self):
+        self.pulses = []
+
+    def schedule_pulse(self, t, channel, amplitude_ma, pulse_width_us):
+        self.pulses.append((t, channel, amplitude_ma, pulse_width_us))
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+adversarial = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=64),
+    st.floats(-1e6, 1e6),
+    st.sampled_from([0.0, -0.0, 1e-300, 39.999, 40.0, 40.001, 1e308, -1e308]),
+)
+
+limits_st = st.builds(
+    SafetyLimits,
+    max_amplitude_ma=st.floats(1.0, ABSOLUTE_MAX_AMPLITUDE_MA),
+    max_pulse_width_us=st.floats(50.0, 1000.0),
+    max_charge_uc=st.floats(1.0, 60.0),
+    max_step_ma=st.floats(0.5, 20.0),
+    max_rate_hz=st.floats(10.0, 200.0),
+    allowed_channels=st.just((0, 1)),
+    on_violation=st.sampled_from(["clamp", "refuse"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    limits=limits_st,
+    commands=st.lists(
+        st.tuples(adversarial, st.one_of(st.floats(0, 2000), adversarial), st.integers(-2, 3), st.floats(0.0, 0.05)),
+        min_size=1,
+        max_size=400,
+    ),
+)
+def test_no_delivered_pulse_ever_exceeds_any_limit(limits, commands):
+    sink, clock = RecordingSink(), Clock()
+    safety = SafetyLayer(limits, SimulatedStimulator(sink, clock))
+    last_amp: dict[int, float] = {}
+    last_t: dict[int, float] = {}
+    for amp, pw, ch, dt in commands:
+        clock.t += dt
+        if safety.tripped is not None:
+            safety.reset()  # an experimenter re-arms: the limits must still hold afterwards
+            safety.stimulator.open()
+            last_amp.clear()
+            last_t.clear()
+        before = len(sink.pulses)
+        out = safety.deliver(PulseCommand(clock.t, ch, amp, pw))
+        if len(sink.pulses) > before:
+            t, c, a, w = sink.pulses[-1]
+            assert out is not None and out.amplitude_ma == a
+            assert 0 < a <= limits.max_amplitude_ma
+            assert 0 < w <= limits.max_pulse_width_us
+            assert a * w * 1e-3 <= limits.max_charge_uc * (1 + 1e-12)
+            assert c in limits.allowed_channels
+            assert a <= last_amp.get(c, 0.0) + limits.max_step_ma + 1e-9
+            if c in last_t:
+                assert (t - last_t[c]) * limits.max_rate_hz >= 1.0 - 1e-9
+            last_amp[c], last_t[c] = a, t
+        elif out is None and (not math.isfinite(amp) or not math.isfinite(pw)):
+            assert safety.tripped is not None  # a non-finite command turns output off
+        if isinstance(amp, float) and amp <= 0 and math.isfinite(amp):
+            last_amp[ch] = 0.0
+
+
+@settings(max_examples=50, deadline=None)
+@given(target=st.floats(0.0, 200.0), step=st.floats(0.5, 10.0))
+def test_ramp_limit_reaches_a_target_in_steps(target, step):
+    limits = SafetyLimits(max_amplitude_ma=100.0, max_pulse_width_us=100.0, max_charge_uc=60.0, max_step_ma=step)
+    sink, clock = RecordingSink(), Clock()
+    safety = SafetyLayer(limits, SimulatedStimulator(sink, clock))
+    amps = []
+    for _ in range(300):
+        clock.t += 0.02
+        p = safety.deliver(PulseCommand(clock.t, 0, target, 100.0))
+        amps.append(0.0 if p is None else p.amplitude_ma)
+    expected_final = min(target, 60.0 / 0.1, 100.0)  # charge ceiling 60 uC at 100 us = 600 mA > 100 mA
+    if target > 0:
+        assert amps[-1] == pytest.approx(min(expected_final, 100.0))
+        k = math.ceil(min(target, 100.0) / step)  # pulses to get there, by hand
+        assert amps[min(k, 299)] == pytest.approx(min(target, 100.0))
+        assert all(b - a <= step + 1e-9 for a, b in zip([0.0, *amps], amps, strict=False))
+
+
+def test_nan_command_turns_output_off_and_stays_off_until_reset():
+    sink, clock = RecordingSink(), Clock()
+    stim = SimulatedStimulator(sink, clock)
+    safety = SafetyLayer(SafetyLimits(), stim)
+    assert safety.deliver(PulseCommand(0.0, 0, 3.0, 200.0)) is not None
+    assert safety.deliver(PulseCommand(0.02, 0, math.nan, 200.0)) is None
+    assert stim.stopped and safety.tripped and "non-finite" in safety.tripped
+    assert safety.deliver(PulseCommand(0.04, 0, 3.0, 200.0)) is None
+    assert len(sink.pulses) == 1
+    assert [e.kind for e in safety.events] == ["output_off"]
+    safety.reset()
+    stim.open()
+    assert safety.deliver(PulseCommand(0.06, 0, 3.0, 200.0)) is not None
+
+
+def test_safe_pulses_cannot_be_forged_and_drivers_refuse_raw_commands():
+    with pytest.raises(SafetyError):
+        SafePulse(0.0, 0, 1.0, 100.0, PulseCommand(0.0, 0, 1.0, 100.0))
+    stim = SimulatedStimulator(RecordingSink(), Clock())
+    with pytest.raises(SafetyError, match="not checked by the safety layer"):
+        stim.deliver(PulseCommand(0.0, 0, 1.0, 100.0))
+    with pytest.raises(SafetyError):
+        require_safe(object())
+
+
+def test_a_failing_driver_turns_output_off():
+    class Broken:
+        stopped = False
+
+        def open(self):
+            pass
+
+        def deliver(self, pulse):
+            raise OSError("serial port gone")
+
+        def stop(self):
+            self.stopped = True
+
+        def close(self):
+            pass
+
+    b = Broken()
+    safety = SafetyLayer(SafetyLimits(), b)
+    with pytest.raises(SafetyError, match="serial port gone"):
+        safety.deliver(PulseCommand(0.0, 0, 1.0, 100.0))
+    assert b.stopped and safety.tripped
+
+
+def test_stopped_stimulator_refuses_and_the_layer_stays_off():
+    stim = SimulatedStimulator(RecordingSink(), Clock())
+    safety = SafetyLayer(SafetyLimits(), stim)
+    stim.stop()
+    with pytest.raises(SafetyError, match="stopped"):
+        safety.deliver(PulseCommand(0.0, 0, 1.0, 100.0))
+    assert safety.tripped is not None and safety.events[-1].kind == "output_off"
+    assert safety.check(PulseCommand(1.0, 0, 1.0, 100.0)) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"max_amplitude_ma": 150.0}, "max_amplitude_ma"),
+        ({"max_amplitude_ma": math.nan}, "max_amplitude_ma"),
+        ({"max_pulse_width_us": 5000.0}, "max_pulse_width_us"),
+        ({"max_charge_uc": 0.0}, "max_charge_uc"),
+        ({"max_rate_hz": 1000.0}, "max_rate_hz"),
+        ({"on_violation": "ignore"}, "on_violation"),
+        ({"allowed_channels": ()}, "allowed_channels"),
+    ],
+)
+def test_limits_above_the_ceilings_are_refused(kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        SafetyLimits(**kwargs)
