@@ -1,0 +1,114 @@
+"""Cutting a continuous stream into consecutive intervals on the sample grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from closedloop.errors import ConfigError
+
+__all__ = ["Interval", "IntervalSegmenter"]
+
+
+@dataclass(frozen=True, eq=False)
+class Interval:
+    """Consecutive samples between two interval boundaries.
+
+    Attributes
+    ----------
+    index:
+        Running number of the interval (0-based).
+    start_sample:
+        Index of the first sample in the whole stream.
+    samples:
+        ``(n, n_channels)`` array (a fresh array owned by the receiver).
+    timestamps:
+        ``(n,)`` LSL times of the samples (s).
+    """
+
+    index: int
+    start_sample: int
+    samples: np.ndarray
+    timestamps: np.ndarray
+
+
+class IntervalSegmenter:
+    """Splits chunks of any size into intervals of ``interval_s`` seconds.
+
+    Boundaries are absolute on the sample grid: interval ``k`` starts at sample
+    ``base + round((k - k_base) * rate_hz * interval_s)``, so fractional lengths (2048 Hz / 25 Hz = 81.92
+    samples) never accumulate drift. The length can change between intervals (:meth:`set_interval_s`).
+
+    Parameters
+    ----------
+    n_channels:
+        Channels per sample.
+    rate_hz:
+        Sampling rate (Hz).
+    interval_s:
+        Interval length (s); must span at least 2 samples.
+    dtype:
+        dtype of the emitted interval arrays.
+    """
+
+    def __init__(self, n_channels: int, rate_hz: float, interval_s: float, dtype=np.float64) -> None:
+        if rate_hz <= 0:
+            raise ConfigError(f"IntervalSegmenter needs a regular stream, got rate_hz={rate_hz}")
+        self.n_channels = n_channels
+        self.rate_hz = float(rate_hz)
+        self.dtype = dtype
+        self.index = 0
+        self._n_seen = 0
+        self._base_sample = 0
+        self._base_index = 0
+        self._set_length(interval_s)
+        self._start_current()
+
+    def _set_length(self, interval_s: float) -> None:
+        n_per = self.rate_hz * interval_s
+        if not n_per >= 2:
+            raise ConfigError(f"interval of {interval_s} s is shorter than 2 samples at {self.rate_hz:g} Hz")
+        self._n_per = n_per
+        self.interval_s = float(interval_s)
+
+    def _boundary(self, k: int) -> int:
+        return self._base_sample + round((k - self._base_index) * self._n_per)
+
+    def _start_current(self) -> None:
+        start = self._boundary(self.index)
+        n = self._boundary(self.index + 1) - start
+        self._start = start
+        self._buf = np.empty((n, self.n_channels), dtype=self.dtype)
+        self._ts = np.empty(n)
+        self._fill = 0
+
+    def set_interval_s(self, interval_s: float) -> None:
+        """Use a new interval length from the next boundary on (the current interval keeps its length)."""
+        self._base_sample = self._boundary(self.index + 1)
+        self._base_index = self.index + 1
+        self._set_length(interval_s)
+
+    @property
+    def samples_seen(self) -> int:
+        """Samples consumed so far."""
+        return self._n_seen
+
+    def push(self, samples: np.ndarray, timestamps: np.ndarray) -> list[Interval]:
+        """Consume a chunk; return the intervals it completed (usually zero or one)."""
+        out: list[Interval] = []
+        n = samples.shape[0]
+        pos = 0
+        while pos < n:
+            room = self._buf.shape[0] - self._fill
+            take = min(room, n - pos)
+            self._buf[self._fill : self._fill + take] = samples[pos : pos + take]
+            self._ts[self._fill : self._fill + take] = timestamps[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == self._buf.shape[0]:
+                out.append(Interval(self.index, self._start, self._buf, self._ts))
+                self.index += 1
+                self._start_current()
+        self._n_seen += n
+        return out
