@@ -1,0 +1,682 @@
+"""The orchestrator: the one asyncio component that owns time, deadlines and tasks.
+
+Pulse-synchronous operation. The EMG stream is cut into intervals of ``1 / stim_hz`` seconds on its
+sample grid (absolute boundaries, no drift). When the last sample of interval ``k`` has arrived:
+
+1. the estimator measures interval ``k`` (artifact blanked, M-wave window, volitional EMG in the rest),
+   locating the pulse that opened it by its delivery time;
+2. the current phase decides what happens: ``rest`` (no pulse), ``calibrate`` (collect MVC effort, no
+   pulse) or ``control`` (ask the controller for the amplitude of the next pulse);
+3. the pulse goes through the safety layer, which alone calls the stimulator; it lands at the start of
+   interval ``k + 1``.
+
+Decision latency is measured per pulse from the arrival of the chunk holding the interval's last sample
+(``Chunk.t_arrival``) to the return of the stimulator driver; a decision later than ``deadline_s`` is a
+deadline miss (policy: skip the pulse, or stop). Any exception, a stalled stream, a signal (SIGINT,
+SIGTERM) or the end of the session turns output off first, then surfaces in the result and summary.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import json
+import math
+import signal
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from closedloop.errors import BadSamples, ClosedLoopError, ConfigError, SafetyError, StreamMismatch
+from closedloop.estimation.interval import IntervalEstimator, mvc_from_efforts
+from closedloop.estimation.segmenter import Interval, IntervalSegmenter
+from closedloop.recording.session import SessionRecorder
+from closedloop.safety import SafetyLayer
+from closedloop.types import Chunk, Estimate, PulseCommand, StreamInfo
+
+__all__ = ["Phase", "Session", "SessionConfig", "SessionResult", "latency_stats"]
+
+PhaseMode = Literal["rest", "calibrate", "control"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of a session: ``rest`` (no pulses), ``calibrate`` (MVC, no pulses) or ``control``."""
+
+    name: str
+    duration_s: float
+    mode: PhaseMode = "control"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("rest", "calibrate", "control"):
+            raise ConfigError(f"phase {self.name!r}: mode {self.mode!r} not allowed; use rest, calibrate or control")
+        if not self.duration_s > 0:
+            raise ConfigError(f"phase {self.name!r}: duration_s = {self.duration_s!r} must be > 0")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How a session runs.
+
+    Parameters
+    ----------
+    stim_hz:
+        Pulse rate (Hz); the interval length is ``1 / stim_hz``.
+    pulse_width_us:
+        Pulse width of every pulse (us).
+    stim_channel:
+        Stimulator channel (0-based).
+    phases:
+        The session's phases in order; the session ends after the last (or at ``duration_s``).
+    duration_s:
+        Optional cap on the session length (s).
+    start_time:
+        LSL time at which phase time 0 begins (default: when the session has connected everything and
+        starts its loop). Samples before it are recorded; nothing is delivered.
+    deadline_s:
+        Longest allowed decision latency (s), from the arrival of the interval's last sample to delivery.
+    deadline_policy:
+        On a miss: ``"skip"`` the pulse, or ``"stop"`` the session with output off.
+    nonfinite_policy:
+        NaN/inf EMG samples: ``"stop"`` the session with output off (default), or ``"skip"`` the pulses of
+        the affected intervals and go on.
+    rate_tolerance:
+        Largest relative difference between the measured and the nominal sampling rate.
+    stimulator_latency_s:
+        Known delay from delivery to the pulse reaching the muscle (s), to locate the artifact in the EMG.
+    calibration_window_s:
+        MVC = largest mean effort over this window during calibrate phases (s).
+    """
+
+    stim_hz: float = 25.0
+    pulse_width_us: float = 300.0
+    stim_channel: int = 0
+    phases: tuple[Phase, ...] = (Phase("control", math.inf, "control"),)
+    duration_s: float | None = None
+    start_time: float | None = None
+    deadline_s: float = 0.005
+    deadline_policy: Literal["skip", "stop"] = "skip"
+    nonfinite_policy: Literal["stop", "skip"] = "stop"
+    rate_tolerance: float = 0.02
+    stimulator_latency_s: float = 0.0
+    calibration_window_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "phases", tuple(self.phases))
+        if not (math.isfinite(self.stim_hz) and self.stim_hz > 0):
+            raise ConfigError(f"stim_hz = {self.stim_hz!r}: must be a positive number of Hz")
+        if not self.phases:
+            raise ConfigError("a session needs at least one phase")
+        if self.deadline_policy not in ("skip", "stop"):
+            raise ConfigError(f"deadline_policy = {self.deadline_policy!r}: allowed 'skip' or 'stop'")
+        if self.nonfinite_policy not in ("skip", "stop"):
+            raise ConfigError(f"nonfinite_policy = {self.nonfinite_policy!r}: allowed 'skip' or 'stop'")
+        if not self.deadline_s > 0:
+            raise ConfigError(f"deadline_s = {self.deadline_s!r}: must be > 0")
+        if self.total_duration_s == math.inf:
+            raise ConfigError("the session never ends: give duration_s or a finite last phase")
+
+    @property
+    def total_duration_s(self) -> float:
+        total = sum(p.duration_s for p in self.phases)
+        return min(total, self.duration_s) if self.duration_s is not None else total
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["phases"] = [asdict(p) for p in self.phases]
+        return d
+
+
+def latency_stats(values_s: Sequence[float]) -> dict:
+    """Median, 99th percentile and maximum of latencies given in seconds, in milliseconds."""
+    a = np.asarray(values_s, dtype=float) * 1e3
+    if a.size == 0:
+        return {"median": None, "p99": None, "max": None, "n": 0}
+    return {
+        "median": float(np.median(a)),
+        "p99": float(np.percentile(a, 99)),
+        "max": float(a.max()),
+        "n": int(a.size),
+    }
+
+
+@dataclass
+class SessionResult:
+    """What happened in a session (also written to summary.json)."""
+
+    status: str = "not started"
+    error: str | None = None
+    out_dir: Path | None = None
+    n_intervals: int = 0
+    n_pulses: int = 0
+    decision_latency_s: list[float] = field(default_factory=list)
+    e2e_latency_s: list[float] = field(default_factory=list)
+    deadline_misses: int = 0
+    skipped_pulses: int = 0
+    mvc_uv: list[float] | None = None
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+
+ProgressCallback = Callable[[float, str, Estimate, float], None]
+
+
+class Session:
+    """One closed-loop session: source -> estimator -> controller -> safety -> stimulator, recorded.
+
+    Parameters
+    ----------
+    source:
+        The EMG :class:`~acquisition.base.Source` driving the loop.
+    estimator:
+        Per-interval estimator for that stream.
+    controller:
+        Per-pulse controller (``step(estimate) -> amplitude_ma``).
+    safety:
+        The safety layer wrapping the stimulator.
+    config:
+        Session settings.
+    out_dir:
+        Where session.xdf, estimates.csv and summary.json go.
+    aux_sources:
+        Further sources recorded alongside (e.g. Force, GroundTruth), keyed by their name in the recording.
+    clock:
+        Time base of pulse timestamps (default: the source's ``clock``).
+    progress:
+        Optional callback ``(t_session_s, phase, estimate, amplitude_ma)`` after each interval.
+    extra_summary:
+        Merged into summary.json (e.g. the simulator's parameters).
+    on_start:
+        Called once with the session's time zero (LSL time) just before the loop starts.
+    """
+
+    def __init__(
+        self,
+        source,
+        estimator_factory: Callable[[StreamInfo], IntervalEstimator],
+        controller,
+        safety: SafetyLayer,
+        config: SessionConfig,
+        out_dir: str | Path,
+        aux_sources: dict[str, object] | None = None,
+        clock: Callable[[], float] | None = None,
+        progress: ProgressCallback | None = None,
+        extra_summary: dict | None = None,
+        on_start: Callable[[float], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.estimator_factory = estimator_factory
+        self.estimator: IntervalEstimator | None = None
+        self.controller = controller
+        self.safety = safety
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.aux_sources = dict(aux_sources or {})
+        self._clock = clock
+        self.progress = progress
+        self.extra_summary = dict(extra_summary or {})
+        self.on_start = on_start
+        self.result = SessionResult(out_dir=self.out_dir)
+        self._stop_reason: str | None = None
+        self._main_task: asyncio.Task | None = None
+        self.recorder: SessionRecorder | None = None
+        self.warning_counts: Counter[str] = Counter()
+        self.events: list[dict] = []
+
+    # -- public -------------------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        """Turn output off now and end the session (used for signals and e-stops)."""
+        self.safety.output_off(self.clock(), reason)
+        self._stop_reason = reason
+        if self._main_task is not None and not self._main_task.done():
+            self._main_task.cancel()
+
+    def clock(self) -> float:
+        return (self._clock or self.source.clock)()
+
+    async def run(self) -> SessionResult:
+        """Run the session to its end; never leaves output on. Returns the result (see ``status``)."""
+        loop = asyncio.get_running_loop()
+        res = self.result
+        installed = self._install_signals(loop)
+        self._t_wall_start = _dt.datetime.now(_dt.timezone.utc)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await self._open_sources(stack)
+                self._prepare()
+                self.safety.stimulator.open()
+                if self._t_start is None:
+                    self._t_start = self.clock()  # phases start now that everything is connected
+                if self.on_start is not None:
+                    self.on_start(self._t_start)
+                self._main_task = asyncio.current_task()
+                aux_tasks = [
+                    asyncio.create_task(self._record_aux(key, src), name=f"record[{key}]")
+                    for key, src in self.aux_sources.items()
+                ]
+                try:
+                    await self._pipeline()
+                finally:
+                    for t in aux_tasks:
+                        t.cancel()
+                    await asyncio.gather(*aux_tasks, return_exceptions=True)
+            res.status = "completed"
+        except asyncio.CancelledError:
+            if self._stop_reason is None:
+                self.safety.output_off(self.clock(), "session cancelled")
+                raise
+            res.status = "stopped"
+            res.error = self._stop_reason
+        except ClosedLoopError as exc:
+            self.safety.output_off(self._now(), f"{type(exc).__name__}: {exc}")
+            res.status = "faulted"
+            res.error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            self.safety.output_off(self._now(), f"unexpected {type(exc).__name__}: {exc}")
+            res.status = "faulted"
+            res.error = f"unexpected {type(exc).__name__}: {exc}"
+        finally:
+            self.safety.output_off(self._now(), "session ended")
+            with contextlib.suppress(Exception):
+                self.safety.stimulator.close()
+            self._remove_signals(loop, installed)
+            self._finish()
+        return res
+
+    # -- setup ----------------------------------------------------------------------------------------
+    async def _open_sources(self, stack: contextlib.AsyncExitStack) -> None:
+        """Open the EMG source and the recorded sources concurrently (each may take a while to connect)."""
+        sources = [self.source, *self.aux_sources.values()]
+        results = await asyncio.gather(*(src.__aenter__() for src in sources), return_exceptions=True)
+        for src, r in zip(sources, results, strict=True):
+            if not isinstance(r, BaseException):
+                stack.push_async_exit(src.__aexit__)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    def _now(self) -> float:
+        try:
+            return self.clock()
+        except Exception:
+            return math.nan
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.request_stop, f"received {sig.name}")
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / platform
+                pass
+        return installed
+
+    @staticmethod
+    def _remove_signals(loop: asyncio.AbstractEventLoop, installed: list[int]) -> None:
+        for sig in installed:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+    def _prepare(self) -> None:
+        info: StreamInfo = self.source.info
+        cfg = self.config
+        if info.rate_hz <= 0:
+            raise StreamMismatch(f"EMG stream {info.name!r} has no regular sampling rate")
+        self.estimator = self.estimator_factory(info)
+        self.segmenter = IntervalSegmenter(info.n_channels, info.rate_hz, 1.0 / cfg.stim_hz)
+        self.recorder = rec = SessionRecorder(self.out_dir)
+        emg_fmt = "float32" if np.dtype(getattr(self.source, "dtype", np.float32)) == np.float32 else "double64"
+        rec.add_stream(
+            "EMG",
+            StreamInfo("EMG", "EMG", info.rate_hz, info.channel_names, info.units, info.source_id),
+            emg_fmt,
+            desc={"original_name": info.name},
+        )
+        rec.add_stream(
+            "Pulses",
+            StreamInfo(
+                "Pulses",
+                "Pulses",
+                0.0,
+                ("channel", "amplitude_ma", "pulse_width_us", "charge_uc", "requested_ma"),
+                ("index", "mA", "us", "uC", "mA"),
+            ),
+            "double64",
+        )
+        est_names = [
+            "effort",
+            "effort_smooth",
+            "effort_pct_mvc",
+            "mwave_ptp",
+            "amplitude_ma",
+            "next_amplitude_ma",
+            "decision_latency_ms",
+        ]
+        est_units = ["uV", "uV", "percent", "uV", "mA", "mA", "ms"]
+        for ch in info.channel_names:
+            est_names += [f"effort:{ch}", f"mwave_ptp:{ch}"]
+            est_units += ["uV", "uV"]
+        rec.add_stream(
+            "Estimates", StreamInfo("Estimates", "Estimates", 0.0, tuple(est_names), tuple(est_units)), "double64"
+        )
+        for key, src in self.aux_sources.items():
+            a = src.info
+            rec.add_stream(
+                key,
+                StreamInfo(key, a.type, a.rate_hz, a.channel_names, a.units, a.source_id),
+                "double64",
+                desc={"original_name": a.name},
+            )
+        rec.set_estimate_channels(info.channel_names)
+        rec.start()
+        self._pending: deque[tuple[float, float]] = deque()
+        self._calib: list[np.ndarray] = []
+        self._in_calibration = False
+        self._t_start = cfg.start_time
+        self._t_first: float | None = None
+        self._t_last: float | None = None
+        self._n_samples = 0
+        self._next_rate_check = 2.0
+        self._phase_ends = np.cumsum([p.duration_s for p in cfg.phases])
+        self._n_channels = info.n_channels
+        self._fs = info.rate_hz
+        if (
+            not any(p.mode == "calibrate" for p in cfg.phases)
+            and self.estimator.mvc_uv is None
+            and any(p.mode == "control" for p in cfg.phases)
+        ):
+            self._event("warning", "control phases without MVC calibration: effort in % MVC is undefined")
+
+    def _event(self, kind: str, reason: str, t: float | None = None) -> None:
+        self.events.append({"t": self._now() if t is None else t, "kind": kind, "reason": reason})
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def _phase_at(self, t_rel: float) -> Phase | None:
+        if t_rel < 0:
+            return None
+        i = int(np.searchsorted(self._phase_ends, t_rel, side="right"))
+        return self.config.phases[i] if i < len(self.config.phases) else None
+
+    def _check_chunk(self, chunk: Chunk) -> None:
+        x = chunk.samples
+        if x.ndim != 2 or x.shape[1] != self._n_channels:
+            raise StreamMismatch(
+                f"EMG chunk has shape {x.shape}, expected (n, {self._n_channels}): the channel count changed"
+            )
+        if x.shape[0] != chunk.timestamps.shape[0]:
+            raise StreamMismatch(f"EMG chunk has {x.shape[0]} samples but {chunk.timestamps.shape[0]} timestamps")
+        if not np.isfinite(x).all():
+            bad = ~np.isfinite(x)
+            chans = [self.source.info.channel_names[i] for i in np.flatnonzero(bad.any(axis=0))]
+            t_bad = float(chunk.timestamps[np.flatnonzero(bad.any(axis=1))[0]])
+            msg = f"{int(bad.sum())} non-finite EMG samples (NaN/inf) in channel(s) {', '.join(chans)} at t={t_bad:.4f}"
+            if self.config.nonfinite_policy == "stop":
+                raise BadSamples(msg)
+            self._event("bad_samples", msg, t_bad)
+
+    def _check_rate(self) -> None:
+        span = self._t_last - self._t_first
+        if span < self._next_rate_check:
+            return
+        self._next_rate_check = span + 2.0
+        measured = (self._n_samples - 1) / span
+        nominal = self._fs
+        if abs(measured / nominal - 1.0) > self.config.rate_tolerance:
+            raise StreamMismatch(
+                f"EMG stream delivers {measured:.1f} samples/s but declares {nominal:g} Hz (more than "
+                f"{self.config.rate_tolerance:.0%} off): wrong rate setting or samples being lost"
+            )
+
+    async def _pipeline(self) -> None:
+        cfg = self.config
+        rec = self.recorder
+        end_rel = cfg.total_duration_s
+        async for chunk in self.source:
+            self._check_chunk(chunk)
+            rec.push("EMG", chunk.samples, chunk.timestamps)
+            n = len(chunk)
+            if n == 0:
+                continue
+            if self._t_first is None:
+                self._t_first = float(chunk.timestamps[0])
+            self._t_last = float(chunk.timestamps[-1])
+            self._n_samples += n
+            self._check_rate()
+            intervals = self.segmenter.push(chunk.samples, chunk.timestamps)
+            for j, interval in enumerate(intervals):
+                self._on_interval(interval, chunk, last_in_chunk=(j == len(intervals) - 1))
+            if self._t_last + 1.0 / self._fs - self._t_start >= end_rel:
+                return
+
+    def _take_pulse(self, interval: Interval) -> tuple[float | None, float]:
+        t_end = float(interval.timestamps[-1]) + 0.5 / self._fs
+        pulse_t, amp = None, math.nan
+        extra = 0
+        while self._pending and self._pending[0][0] <= t_end:
+            t, a = self._pending.popleft()
+            if pulse_t is None:
+                pulse_t, amp = t, a
+            else:
+                extra += 1
+        if extra:
+            self.warning_counts[f"{extra} extra pulse(s) in one interval"] += 1
+        return pulse_t, amp
+
+    def _on_interval(self, interval: Interval, chunk: Chunk, last_in_chunk: bool) -> None:
+        cfg = self.config
+        res = self.result
+        est_ = self.estimator
+        pulse_t, amp = self._take_pulse(interval)
+        est = est_.step(interval, pulse_t, amp)
+        res.n_intervals += 1
+        for w in est.warnings:
+            self.warning_counts[w.split(":")[0]] += 1
+        t_next = float(interval.timestamps[-1]) + 1.0 / self._fs
+        t_rel = t_next - self._t_start
+        phase = self._phase_at(t_rel)
+        mode = phase.mode if phase is not None else "rest"
+        # calibration bookkeeping
+        if mode == "calibrate":
+            self._in_calibration = True
+            self._calib.append(est.channel_effort_uv)
+        elif self._in_calibration:
+            self._finish_calibration()
+        next_amp = 0.0
+        latency = math.nan
+        delivered = False
+        if mode == "control":
+            try:
+                next_amp = float(self.controller.step(est))
+            except Exception as exc:
+                self.safety.output_off(self._now(), f"controller raised {type(exc).__name__}: {exc}")
+                raise SafetyError(f"controller raised {type(exc).__name__}: {exc}") from exc
+            if not math.isfinite(next_amp):
+                self.safety.output_off(self._now(), f"controller returned {next_amp!r}")
+                raise SafetyError(f"controller returned a non-finite amplitude ({next_amp!r})")
+            if "non-finite samples in interval" in est.warnings:
+                next_amp = 0.0  # nonfinite_policy == "skip": no pulse on unusable data
+            if next_amp > 0.0:
+                delivered, latency = self._deliver(next_amp, chunk, last_in_chunk)
+        if not delivered:
+            self.safety.no_pulse(cfg.stim_channel)  # the ramp restarts from 0 mA after an empty slot
+        rec = self.recorder
+        head = np.array(
+            [
+                est.effort_uv,
+                est.effort_smooth_uv,
+                est.effort_pct_mvc,
+                est.mwave_ptp_uv,
+                est.amplitude_ma,
+                next_amp,
+                latency * 1e3,
+            ]
+        )
+        row = np.concatenate([head, np.column_stack([est.channel_effort_uv, est.channel_mwave_ptp_uv]).ravel()])
+        rec.push("Estimates", row[None, :], np.array([est.t_start]))
+        rec.push_estimate(est, est_.mvc_uv)
+        if self.progress is not None:
+            self.progress(t_rel, phase.name if phase else "waiting", est, next_amp)
+
+    def _finish_calibration(self) -> None:
+        self._in_calibration = False
+        mvc = mvc_from_efforts(np.array(self._calib), 1.0 / self.config.stim_hz, self.config.calibration_window_s)
+        self._calib = []
+        self.estimator.set_mvc(mvc)
+        self.result.mvc_uv = [float(v) for v in mvc]
+        self._event("calibrated", "MVC reference (uV) per channel: " + ", ".join(f"{v:.1f}" for v in mvc))
+
+    def _deliver(self, amplitude_ma: float, chunk: Chunk, last_in_chunk: bool) -> tuple[bool, float]:
+        """Deliver the next pulse now, unless late; return (delivered, decision latency in s or NaN)."""
+        cfg = self.config
+        res = self.result
+        if not last_in_chunk:
+            res.deadline_misses += 1
+            res.skipped_pulses += 1
+            self.warning_counts["pulse skipped: its interval's data arrived late"] += 1
+            return False, math.nan
+        if chunk.t_arrival is not None and time.perf_counter() - chunk.t_arrival > cfg.deadline_s:
+            res.deadline_misses += 1
+            late_ms = (time.perf_counter() - chunk.t_arrival) * 1e3
+            if cfg.deadline_policy == "stop":
+                raise SafetyError(f"decision missed its deadline ({late_ms:.2f} ms > {cfg.deadline_s * 1e3:g} ms)")
+            res.skipped_pulses += 1
+            return False, math.nan
+        cmd = PulseCommand(self.clock(), cfg.stim_channel, amplitude_ma, cfg.pulse_width_us)
+        pulse = self.safety.deliver(cmd)
+        if self.safety.tripped is not None:
+            raise SafetyError(f"output off: {self.safety.tripped}")
+        if pulse is None:
+            return False, math.nan
+        t_done = time.perf_counter()
+        latency = (t_done - chunk.t_arrival) if chunk.t_arrival is not None else math.nan
+        if chunk.t_arrival is not None:
+            res.decision_latency_s.append(latency)
+            res.e2e_latency_s.append(pulse.t - float(chunk.timestamps[-1]))
+        res.n_pulses += 1
+        self._pending.append((pulse.t + cfg.stimulator_latency_s, pulse.amplitude_ma))
+        self.recorder.push(
+            "Pulses",
+            np.array(
+                [
+                    [
+                        pulse.channel,
+                        pulse.amplitude_ma,
+                        pulse.pulse_width_us,
+                        pulse.charge_uc,
+                        pulse.requested.amplitude_ma,
+                    ]
+                ]
+            ),
+            np.array([pulse.t]),
+        )
+        return True, latency
+
+    async def _record_aux(self, key: str, src) -> None:
+        try:
+            async for chunk in src:
+                self.recorder.push(key, chunk.samples, chunk.timestamps)
+        except asyncio.CancelledError:
+            raise
+        except ClosedLoopError as exc:  # recording-only streams never stop the session
+            self._event("warning", f"recording of {key} stopped: {exc}")
+
+    # -- end ----------------------------------------------------------------------------------------------
+    def _session_seconds(self) -> float:
+        """Seconds of EMG from the session's time zero to the last sample."""
+        t_start, t_last = getattr(self, "_t_start", None), getattr(self, "_t_last", None)
+        if t_start is None or t_last is None:
+            return 0.0
+        return max(0.0, t_last + 1.0 / self._fs - t_start)
+
+    def _finish(self) -> None:
+        res = self.result
+        if self.recorder is not None:
+            try:
+                self.recorder.close()
+            except ClosedLoopError as exc:
+                res.status = "faulted"
+                res.error = (res.error + "; " if res.error else "") + str(exc)
+        info = getattr(self.source, "_info", None)
+        s = {
+            "version": _version(),
+            "status": res.status,
+            "error": res.error,
+            "started_at": self._t_wall_start.isoformat(timespec="seconds"),
+            "stream": None
+            if info is None
+            else {
+                "name": info.name,
+                "source_id": info.source_id,
+                "channels": list(info.channel_names),
+                "units": list(info.units),
+                "rate_hz": info.rate_hz,
+            },
+            "t_start_lsl": getattr(self, "_t_start", None),
+            "duration_s": self._session_seconds(),
+            "recorded_s": (self._t_last - self._t_first) if getattr(self, "_t_first", None) is not None else 0.0,
+            "intervals": res.n_intervals,
+            "pulses": res.n_pulses,
+            "max_amplitude_ma": self.safety.max_delivered_ma,
+            "limits": self.safety.limits.as_dict(),
+            "decision_latency_ms": latency_stats(res.decision_latency_s),
+            "e2e_latency_ms": latency_stats(res.e2e_latency_s),
+            "deadline_s": self.config.deadline_s,
+            "deadline_misses": res.deadline_misses,
+            "skipped_pulses": res.skipped_pulses,
+            "safety_events": [e.as_dict() for e in self.safety.events],
+            "safety_counts": dict(self.safety.counts),
+            "events": self.events,
+            "estimator_warnings": dict(self.warning_counts),
+            "mvc_uv": res.mvc_uv,
+            "config": self.config.as_dict(),
+            "estimator": None if self.estimator is None else asdict(self.estimator.config),
+            "controller": {"type": type(self.controller).__name__, **_params(self.controller)},
+            "files": {"xdf": "session.xdf", "estimates": "estimates.csv", "summary": "summary.json"},
+        }
+        s.update(self.extra_summary)
+        res.summary = s
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_summary(self.out_dir / "summary.json", s)
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    """Write summary.json (NaN and inf become null)."""
+    path.write_text(json.dumps(_jsonable(summary), indent=2) + "\n", encoding="utf-8")
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def _params(obj) -> dict:
+    try:
+        return {k: v for k, v in asdict(obj).items() if isinstance(v, (int, float, str, bool))}
+    except TypeError:
+        return {}
+
+
+def _version() -> str:
+    from closedloop import __version__
+
+    return __version__

@@ -1,0 +1,176 @@
+"""The session recorder: session.xdf and estimates.csv, written incrementally by a writer thread.
+
+The pipeline only enqueues (``push``, ``push_estimate``: a few microseconds, never blocking on the disk);
+a dedicated thread owns the files and writes as data comes. A write failure (disk full, permission)
+surfaces as :class:`RecordingError` at the next ``push`` so the orchestrator can turn output off.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from closedloop.errors import ClosedLoopError
+from closedloop.recording.xdf import XDFWriter
+from closedloop.types import Estimate, StreamInfo
+
+__all__ = ["ESTIMATES_CSV_COLUMNS", "RecordingError", "SessionRecorder"]
+
+#: Columns of estimates.csv, one row per channel per interval (see the README).
+ESTIMATES_CSV_COLUMNS = (
+    "t_s",
+    "interval",
+    "channel",
+    "amplitude_ma",
+    "mwave_ptp_uv",
+    "mwave_area_uvs",
+    "mwave_latency_ms",
+    "effort_uv",
+    "effort_pct_mvc",
+)
+
+
+class RecordingError(ClosedLoopError):
+    """The recorder could not write the session files."""
+
+
+def _fmt(x: float) -> str:
+    return "" if math.isnan(x) else f"{x:.6g}"
+
+
+class SessionRecorder:
+    """Writes the streams of a session to ``out_dir/session.xdf`` and the estimates to ``estimates.csv``.
+
+    Parameters
+    ----------
+    out_dir:
+        Directory for the files (created if missing).
+    flush_interval_s:
+        The writer flushes to the OS at least this often (s), so a crash loses at most this much.
+    t_zero:
+        Time subtracted from ``t_s`` in estimates.csv (0: LSL clock, as for live sessions).
+    """
+
+    def __init__(self, out_dir: str | Path, flush_interval_s: float = 0.5, t_zero: float = 0.0) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.xdf_path = self.out_dir / "session.xdf"
+        self.csv_path = self.out_dir / "estimates.csv"
+        self.flush_interval_s = flush_interval_s
+        self.t_zero = t_zero
+        self._streams: dict[str, tuple[StreamInfo, str, dict | None]] = {}
+        self._ids: dict[str, int] = {}
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._csv_channels: tuple[str, ...] = ()
+        self.error: BaseException | None = None
+        self._closed = False
+
+    def add_stream(self, key: str, info: StreamInfo, channel_format: str = "float32", desc: dict | None = None) -> None:
+        """Declare a stream (before :meth:`start`); ``key`` is how :meth:`push` refers to it."""
+        if self._thread is not None:
+            raise RecordingError("add_stream() after start()")
+        self._streams[key] = (info, channel_format, desc)
+
+    def set_estimate_channels(self, channel_names: tuple[str, ...]) -> None:
+        """Enable estimates.csv with one row per channel per interval."""
+        self._csv_channels = tuple(channel_names)
+
+    def start(self) -> None:
+        """Open the files, write the headers and start the writer thread."""
+        try:
+            self._writer = XDFWriter(self.xdf_path)
+            for key, (info, fmt, desc) in self._streams.items():
+                self._ids[key] = self._writer.add_stream(
+                    info.name,
+                    info.type,
+                    info.channel_names,
+                    info.units,
+                    info.rate_hz,
+                    fmt,
+                    source_id=info.source_id,
+                    desc=desc,
+                )
+            self._writer.flush()
+            self._csv = None
+            if self._csv_channels:
+                self._csv = open(self.csv_path, "w", encoding="utf-8", newline="")
+                self._csv.write(",".join(ESTIMATES_CSV_COLUMNS) + "\n")
+        except OSError as exc:
+            raise RecordingError(f"cannot create the session files in {self.out_dir}: {exc}") from exc
+        self._thread = threading.Thread(target=self._run, name="session-recorder", daemon=True)
+        self._thread.start()
+
+    # -- producer side (called from the event loop) ---------------------------------------------
+    def push(self, key: str, samples: np.ndarray, timestamps: np.ndarray) -> None:
+        """Enqueue samples of stream ``key``; raises :class:`RecordingError` if the writer failed."""
+        if self.error is not None:
+            raise RecordingError(f"recording to {self.xdf_path} failed: {self.error}") from self.error
+        self._q.put((self._ids[key], samples, timestamps))
+
+    def push_estimate(self, est: Estimate, mvc_uv: np.ndarray | None) -> None:
+        """Enqueue the estimates.csv rows of one interval."""
+        if self._csv_channels:
+            self._q.put(("csv", est, mvc_uv))
+
+    # -- writer thread -------------------------------------------------------------------------------
+    def _rows(self, est: Estimate, mvc_uv: np.ndarray | None) -> str:
+        t = est.t_start - self.t_zero
+        head = f"{t:.6f},{est.index},"
+        amp = _fmt(est.amplitude_ma)
+        pct = (est.channel_effort_uv / mvc_uv * 100.0) if mvc_uv is not None else None
+        lines = []
+        for i, name in enumerate(self._csv_channels):
+            lines.append(
+                head + f"{name},{amp},{_fmt(est.channel_mwave_ptp_uv[i])},{_fmt(est.channel_mwave_area_uvs[i])},"
+                f"{_fmt(est.channel_mwave_latency_s[i] * 1e3)},{_fmt(est.channel_effort_uv[i])},"
+                f"{'' if pct is None else _fmt(pct[i])}\n"
+            )
+        return "".join(lines)
+
+    def _run(self) -> None:
+        last_flush = time.monotonic()
+        try:
+            while True:
+                try:
+                    item = self._q.get(timeout=self.flush_interval_s)
+                except queue.Empty:
+                    item = False
+                if item is None:
+                    break
+                if item is not False:
+                    if item[0] == "csv":
+                        self._csv.write(self._rows(item[1], item[2]))
+                    else:
+                        self._writer.write_samples(*item)
+                now = time.monotonic()
+                if now - last_flush >= self.flush_interval_s:
+                    self._writer.flush()
+                    if self._csv is not None:
+                        self._csv.flush()
+                    last_flush = now
+        except BaseException as exc:  # surfaces at the next push(); the orchestrator turns output off
+            self.error = exc
+
+    def close(self) -> None:
+        """Write everything still queued, the stream footers, and close the files; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join()
+        try:
+            if hasattr(self, "_writer"):
+                self._writer.close()
+            if getattr(self, "_csv", None) is not None:
+                self._csv.close()
+        except OSError as exc:
+            raise RecordingError(f"cannot finish the session files in {self.out_dir}: {exc}") from exc
+        if self.error is not None:
+            raise RecordingError(f"recording to {self.xdf_path} failed: {self.error}") from self.error
