@@ -1,0 +1,203 @@
+"""The ``closedloop`` command line.
+
+User errors (a :class:`~closedloop.errors.ClosedLoopError`) print as one line without a traceback and exit
+with status 2; an interrupted command exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from closedloop import __version__
+from closedloop.errors import ClosedLoopError
+
+__all__ = ["main"]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return v
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="closedloop", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--version", action="version", version=f"closedloop {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser(
+        "demo",
+        help="assisted contraction on the simulated participant over LSL (loopback)",
+        description="Run an assisted-contraction session on the simulated participant over real "
+        "LSL (loopback only), record it and write a report.",
+    )
+    d.add_argument("--duration", type=_positive_float, default=30.0, metavar="S", help="session length (s, default 30)")
+    d.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output directory (default: ./closedloop-demo-YYYYmmdd-HHMMSS)",
+    )
+    d.add_argument("--channels", type=_positive_int, default=4, metavar="N", help="EMG channels (default 4)")
+    d.add_argument("--rate", type=_positive_float, default=2048.0, metavar="HZ", help="EMG rate (Hz, default 2048)")
+    d.add_argument("--stim-hz", type=_positive_float, default=25.0, metavar="F", help="pulse rate (Hz, default 25)")
+    d.add_argument("--seed", type=int, default=0, help="simulator random seed (default 0)")
+    d.add_argument("--no-report", action="store_true", help="skip report.html")
+    d.add_argument("--quiet", action="store_true", help="no progress line")
+
+    s = sub.add_parser(
+        "simulate",
+        help="run the simulated participant as an LSL device",
+        description="Publish the simulated participant's EMG, Force and GroundTruth as LSL "
+        "outlets and apply pulses from an LSL command stream. Loopback-only unless --lan.",
+    )
+    s.add_argument("--channels", type=_positive_int, default=4, metavar="N")
+    s.add_argument("--rate", type=_positive_float, default=2048.0, metavar="HZ")
+    s.add_argument("--chunk", type=_positive_int, default=8, metavar="SAMPLES", help="samples per chunk (default 8)")
+    s.add_argument("--prefix", default="closedloop-sim", help="stream name prefix (default closedloop-sim)")
+    s.add_argument("--source-id", default=None, help="source id base of the outlets (default: random)")
+    s.add_argument(
+        "--command-stream",
+        default="closedloop-stim",
+        metavar="NAME",
+        help="name of the LSL command stream to obey (default closedloop-stim)",
+    )
+    s.add_argument("--command-source-id", default=None, metavar="ID", help="source_id of the command stream")
+    s.add_argument(
+        "--profile", default="trapezoids", help="voluntary drive: trapezoids (default), demo, rest, constant:LEVEL"
+    )
+    s.add_argument("--wait-for-cue", action="store_true", help="rest until a cue (-2) arrives on the command stream")
+    s.add_argument("--duration", type=_positive_float, default=None, metavar="S", help="stop after S seconds")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--lan", action="store_true", help="use normal LSL discovery (visible on the network)")
+
+    ls = sub.add_parser("streams", help="list visible LSL streams")
+    ls.add_argument("--wait", type=_positive_float, default=1.0, metavar="S", help="look for S seconds (default 1)")
+    ls.add_argument("--loopback", action="store_true", help="only this machine (loopback-only LSL)")
+    return p
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from closedloop.lslconfig import use_loopback
+
+    use_loopback()
+    from experiments.demo import DemoConfig, run_demo
+
+    out = args.out or Path(f"closedloop-demo-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    cfg = DemoConfig(
+        out_dir=out,
+        duration_s=args.duration,
+        channels=args.channels,
+        rate_hz=args.rate,
+        stim_hz=args.stim_hz,
+        seed=args.seed,
+        report=not args.no_report,
+    )
+    res = run_demo(cfg, progress=not args.quiet)
+    s = res.summary
+    dl = s["decision_latency_ms"]
+    lat = "n/a" if dl["median"] is None else f"median {dl['median']:.2f} ms, p99 {dl['p99']:.2f} ms"
+    print(f"closedloop demo: {res.status}" + (f" ({res.error})" if res.error else ""))
+    print(
+        f"  {s['duration_s']:.1f} s, {s['pulses']} pulses, largest {s['max_amplitude_ma']:.1f} mA "
+        f"(limit {s['limits']['max_amplitude_ma']:g} mA), decision latency {lat}, "
+        f"{s['deadline_misses']} deadline misses"
+    )
+    tc = s.get("truth_comparison") or {}
+    if "effort_drive_r" in tc:
+        print(f"  effort estimate vs true drive: r = {tc['effort_drive_r']:.3f}")
+    print(f"  recording: {out / 'session.xdf'}")
+    print(f"  estimates: {out / 'estimates.csv'}")
+    print(f"  summary:   {out / 'summary.json'}")
+    if (out / "report.html").exists():
+        print(f"  report:    {out / 'report.html'}")
+    return 0 if res.ok else 1
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from closedloop.lslconfig import use_loopback
+
+    if not args.lan:
+        use_loopback()
+    from acquisition.simulator.device import SimulatedDevice
+    from acquisition.simulator.muscle import MuscleParams
+    from acquisition.simulator.profiles import named_profile
+
+    dev = SimulatedDevice(
+        MuscleParams(n_channels=args.channels, rate_hz=args.rate, seed=args.seed),
+        named_profile(args.profile),
+        prefix=args.prefix,
+        source_id=args.source_id,
+        command_name=args.command_stream,
+        command_source_id=args.command_source_id,
+        chunk_size=args.chunk,
+        duration_s=args.duration,
+        wait_for_cue=args.wait_for_cue,
+    )
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: dev.stop())
+    print(
+        f"closedloop simulate: publishing {args.prefix}-EMG ({args.channels} ch, {args.rate:g} Hz), "
+        f"{args.prefix}-Force, {args.prefix}-GroundTruth (source_id {dev.source_id}-*); "
+        f"commands from {dev.command_query}",
+        flush=True,
+    )
+    try:
+        dev.run()
+    except KeyboardInterrupt:
+        pass
+    print(f"closedloop simulate: stopped after {dev.n_pulses} pulses ({dev.n_late} applied late)", flush=True)
+    return 0
+
+
+def _cmd_streams(args: argparse.Namespace) -> int:
+    if args.loopback:
+        from closedloop.lslconfig import use_loopback
+
+        use_loopback()
+    from acquisition.lsl import list_streams
+
+    streams = list_streams(args.wait)
+    if not streams:
+        print("no LSL streams visible")
+    for st in streams:
+        print(st)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``closedloop`` console script."""
+    args = _parser().parse_args(argv)
+    handler = {"demo": _cmd_demo, "simulate": _cmd_simulate, "streams": _cmd_streams}[args.command]
+    try:
+        return handler(args)
+    except ClosedLoopError as exc:
+        print(f"closedloop {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"closedloop {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

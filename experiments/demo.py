@@ -1,0 +1,196 @@
+"""``closedloop demo``: an assisted-contraction session on the simulated participant over real LSL.
+
+The participant runs as its own process (``closedloop simulate``), publishing EMG, Force and GroundTruth
+outlets and listening to the session's LSL command stream. The session:
+
+    0-1 s   rest
+    1-4 s   MVC calibration (the participant contracts maximally; no stimulation)
+    4-5 s   rest
+    5 s-end assisted contraction: proportional assist on the volitional effort between pulses
+
+The participant's task is aligned with these phases by a cue sent on the command stream at the first EMG
+sample. Everything is recorded; the report compares the estimates with the participant's ground truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from closedloop.errors import ConfigError, SourceError
+from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
+from closedloop.pipeline import Phase, Session, SessionConfig, SessionResult, write_summary
+from closedloop.safety import SafetyLayer, SafetyLimits
+from controllers.proportional import ProportionalAssist
+
+__all__ = ["DemoConfig", "demo_phases", "run_demo"]
+
+CUE_CHANNEL = -2  # the simulated device's cue code (acquisition.simulator.device.CUE_CHANNEL)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of the demo (the CLI flags)."""
+
+    out_dir: Path
+    duration_s: float = 30.0
+    channels: int = 4
+    rate_hz: float = 2048.0
+    stim_hz: float = 25.0
+    seed: int = 0
+    chunk_size: int = 8
+    pulse_width_us: float = 300.0
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        if not 7.0 <= self.duration_s <= 3600.0:
+            raise ConfigError(f"--duration {self.duration_s:g}: the demo needs 7..3600 s (5 s of calibration first)")
+        if not 1 <= self.channels <= 512:
+            raise ConfigError(f"--channels {self.channels}: allowed 1..512")
+        if not 500.0 <= self.rate_hz <= 20000.0:
+            raise ConfigError(f"--rate {self.rate_hz:g}: allowed 500..20000 Hz")
+        if not 5.0 <= self.stim_hz <= 100.0:
+            raise ConfigError(f"--stim-hz {self.stim_hz:g}: allowed 5..100 Hz")
+
+
+def demo_phases(duration_s: float) -> tuple[Phase, ...]:
+    """The demo's phases for a session of ``duration_s`` seconds."""
+    return (
+        Phase("rest", 1.0, "rest"),
+        Phase("calibrate", 3.0, "calibrate"),
+        Phase("rest", 1.0, "rest"),
+        Phase("assist", duration_s - 5.0, "control"),
+    )
+
+
+class _Progress:
+    """One status line, refreshed at most every 0.25 s, on a terminal only."""
+
+    def __init__(self, duration_s: float, enabled: bool) -> None:
+        self.duration_s = duration_s
+        self.enabled = enabled and sys.stderr.isatty()
+        self.last = 0.0
+        self.pulses = 0
+
+    def __call__(self, t_rel: float, phase: str, est, amp: float) -> None:
+        self.pulses += amp > 0
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.25:
+            return
+        self.last = now
+        frac = min(max(t_rel / self.duration_s, 0.0), 1.0)
+        bar = "#" * int(frac * 30)
+        pct = est.effort_pct_mvc
+        effort = f"{pct:5.1f} % MVC" if pct == pct else f"{est.effort_smooth_uv:6.1f} uV  "
+        sys.stderr.write(
+            f"\r[{bar:<30}] {t_rel:5.1f}/{self.duration_s:g} s {phase:<9} effort {effort} "
+            f"stim {amp:5.1f} mA  pulses {self.pulses}  "
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def run_demo(cfg: DemoConfig, progress: bool = True) -> SessionResult:
+    """Run the demo; returns the session result (summary in ``result.summary``)."""
+    from acquisition.lsl import LSLSource
+    from closedloop.stimulators import LSLStimulator
+
+    out = Path(cfg.out_dir)
+    if (out / "session.xdf").exists():
+        raise ConfigError(f"{out} already holds a session; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:10]
+    sim_id, stim_id = f"closedloop-demo-sim-{tag}", f"closedloop-demo-stim-{tag}"
+    stim = LSLStimulator(name=f"closedloop-demo-stim-{tag}", source_id=stim_id, wait_for_consumer_s=15.0)
+    sim_log = open(out / "simulator.log", "w")
+    cmd = [
+        sys.executable,
+        "-m",
+        "closedloop",
+        "simulate",
+        "--channels",
+        str(cfg.channels),
+        "--rate",
+        str(cfg.rate_hz),
+        "--chunk",
+        str(cfg.chunk_size),
+        "--source-id",
+        sim_id,
+        "--prefix",
+        f"demo-{tag}",
+        "--command-source-id",
+        stim_id,
+        "--profile",
+        "demo",
+        "--wait-for-cue",
+        "--seed",
+        str(cfg.seed),
+        "--duration",
+        str(cfg.duration_s + 60.0),
+    ]
+    proc = subprocess.Popen(cmd, stdout=sim_log, stderr=subprocess.STDOUT)
+    try:
+        common = dict(expected_channels=cfg.channels, resolve_timeout_s=20.0)
+        source = LSLSource(source_id=f"{sim_id}-emg", expected_rate_hz=cfg.rate_hz, stall_timeout_s=1.0, **common)
+        aux = {
+            "Force": LSLSource(source_id=f"{sim_id}-force", resolve_timeout_s=20.0, stall_timeout_s=2.0),
+            "GroundTruth": LSLSource(source_id=f"{sim_id}-truth", resolve_timeout_s=20.0, stall_timeout_s=2.0),
+        }
+        safety = SafetyLayer(
+            SafetyLimits(
+                max_amplitude_ma=40.0,
+                max_pulse_width_us=400.0,
+                max_charge_uc=16.0,
+                max_step_ma=5.0,
+                max_rate_hz=2 * cfg.stim_hz,
+                allowed_channels=(0,),
+            ),
+            stim,
+        )
+        controller = ProportionalAssist(gain_ma_per_pct=0.4, deadband_pct=5.0, offset_ma=10.0, max_ma=30.0)
+        scfg = SessionConfig(
+            stim_hz=cfg.stim_hz, pulse_width_us=cfg.pulse_width_us, stim_channel=0, phases=demo_phases(cfg.duration_s)
+        )
+        bar = _Progress(cfg.duration_s, progress)
+        session = Session(
+            source,
+            lambda info: IntervalEstimator(info, EstimatorConfig()),
+            controller,
+            safety,
+            scfg,
+            out,
+            aux_sources=aux,
+            progress=bar,
+            on_start=lambda t: stim.send_code(CUE_CHANNEL, t),
+            extra_summary={"demo": {"simulator": " ".join(cmd[1:]), "seed": cfg.seed}},
+        )
+        try:
+            result = asyncio.run(session.run())
+        finally:
+            bar.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        sim_log.close()
+    if result.status == "faulted" and result.n_intervals == 0 and proc.returncode not in (0, -15):
+        raise SourceError(f"the simulated participant failed; see {out / 'simulator.log'}: {result.error}")
+    if cfg.report and (out / "session.xdf").exists():
+        from closedloop.report import build_report
+
+        metrics = build_report(out)
+        result.summary["truth_comparison"] = metrics
+        result.summary["files"]["report"] = "report.html"
+        write_summary(out / "summary.json", result.summary)
+    return result

@@ -1,0 +1,91 @@
+"""The command line as a user runs it: real processes, real LSL on loopback, real files."""
+
+import json
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import pytest
+import pyxdf
+
+from acquisition.lsl import LSLPublisher
+from closedloop.types import StreamInfo
+
+pytestmark = pytest.mark.lsl
+
+
+def _run(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "closedloop", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_demo_default_run_writes_recording_summary_and_report(tmp_path):
+    out = tmp_path / "demo"
+    r = _run("demo", "--out", str(out), "--quiet")  # the README's command, default 30 s
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "closedloop demo: completed" in r.stdout
+    for name in ("session.xdf", "summary.json", "report.html", "estimates.csv"):
+        assert str(out / name) in r.stdout
+        assert (out / name).stat().st_size > 0
+
+    streams, _ = pyxdf.load_xdf(str(out / "session.xdf"))
+    by_name = {s["info"]["name"][0]: s for s in streams}
+    assert set(by_name) == {"EMG", "Pulses", "Estimates", "Force", "GroundTruth"}
+
+    def labels(name):
+        return [c["label"][0] for c in by_name[name]["info"]["desc"][0]["channels"][0]["channel"]]
+
+    assert labels("EMG") == ["EMG1", "EMG2", "EMG3", "EMG4"]
+    assert {"channel", "amplitude_ma", "pulse_width_us"} <= set(labels("Pulses"))
+    assert {"effort", "mwave_ptp"} <= set(labels("Estimates"))
+    assert {"drive", "fatigue"} <= set(labels("GroundTruth"))
+    assert by_name["EMG"]["time_series"].shape[0] > 30 * 2048
+
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "completed"
+    amps = by_name["Pulses"]["time_series"][:, labels("Pulses").index("amplitude_ma")]
+    assert s["pulses"] == amps.size > 200
+    assert amps.max() <= s["limits"]["max_amplitude_ma"] == 40.0
+    pw = by_name["Pulses"]["time_series"][:, labels("Pulses").index("pulse_width_us")]
+    assert pw.max() <= s["limits"]["max_pulse_width_us"]
+    steps = np.diff(amps)
+    assert steps.max() <= s["limits"]["max_step_ma"] + 1e-9
+    for key in ("median", "p99", "max"):
+        assert s["decision_latency_ms"][key] is not None
+    assert isinstance(s["deadline_misses"], int) and isinstance(s["safety_events"], list)
+    assert all("t" in e and "reason" in e for e in s["safety_events"])
+    # the effort estimate follows the simulated participant's true drive
+    assert s["truth_comparison"]["effort_drive_r"] > 0.85
+    assert f"r = {s['truth_comparison']['effort_drive_r']:.3f}" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ("demo", "--duration", "3"),
+            "closedloop demo: error: --duration 3: the demo needs 7..3600 s (5 s of calibration first)",
+        ),
+        (("demo", "--stim-hz", "500"), "closedloop demo: error: --stim-hz 500: allowed 5..100 Hz"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
+    r = _run(*args, "--out", str(tmp_path / "x"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == message
+    assert "Traceback" not in r.stderr
+
+
+def test_streams_lists_what_is_visible_on_loopback():
+    sid = f"test-cli-{uuid.uuid4().hex[:8]}"
+    pub = LSLPublisher(StreamInfo("cli-visible", "EMG", 500.0, ("a", "b"), ("uV",), sid))  # noqa: F841
+    r = _run("streams", "--loopback", "--wait", "1.0")
+    assert r.returncode == 0
+    assert f"'cli-visible' (type 'EMG', source_id '{sid}', 2 ch, 500 Hz" in r.stdout
+
+
+def test_simulate_runs_for_its_duration_and_stops(tmp_path):
+    r = _run("simulate", "--duration", "1.5", "--channels", "2", "--prefix", "cli-sim", timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "publishing cli-sim-EMG (2 ch, 2048 Hz)" in r.stdout
+    assert "stopped after 0 pulses" in r.stdout
