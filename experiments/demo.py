@@ -15,6 +15,7 @@ sample. Everything is recorded; the report compares the estimates with the parti
 from __future__ import annotations
 
 import asyncio
+import math
 import subprocess
 import sys
 import time
@@ -56,6 +57,16 @@ class DemoConfig:
             raise ConfigError(f"--rate {self.rate_hz:g}: allowed 500..20000 Hz")
         if not 5.0 <= self.stim_hz <= 100.0:
             raise ConfigError(f"--stim-hz {self.stim_hz:g}: allowed 5..100 Hz")
+        est = EstimatorConfig()
+        # the pulse lands up to one chunk into its interval; the volitional window follows the M-wave window
+        room = 1.0 / self.stim_hz - self.chunk_size / self.rate_hz - est.volitional_start
+        if room < est.min_volitional_s:
+            top = 1.0 / (est.volitional_start + est.min_volitional_s + self.chunk_size / self.rate_hz)
+            raise ConfigError(
+                f"--stim-hz {self.stim_hz:g}: a {1e3 / self.stim_hz:.1f} ms interval leaves no volitional EMG after "
+                f"the M-wave window ({est.volitional_start * 1e3:g} ms) for the post-M-wave RMS estimator; "
+                f"use at most {math.floor(top)} Hz"
+            )
 
 
 def demo_phases(duration_s: float) -> tuple[Phase, ...]:
