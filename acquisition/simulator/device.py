@@ -150,11 +150,7 @@ class SimulatedDevice:
             if delay > 0:
                 time.sleep(delay)
             self._apply_commands(muscle)
-            ts = muscle.now + np.arange(n) / fs
-            if self.profile_start is None:
-                drive = np.zeros(n)
-            else:
-                drive = np.where(ts >= self.profile_start, self.profile(ts - self.profile_start), 0.0)
+            drive = self.profile.drive_at(muscle.now + np.arange(n) / fs, self.profile_start)
             block = muscle.generate(n, drive)
             self.n_late += sum(p.late for p in block.pulses)
             self.emg_out.push(block.emg, t_last)

@@ -39,6 +39,12 @@ class DriveProfile:
         """Drive at times ``t_s`` (seconds from the start of the profile)."""
         return np.interp(t_s, self._t, self._lv)
 
+    def drive_at(self, timestamps: np.ndarray, start: float | None) -> np.ndarray:
+        """Drive at absolute ``timestamps`` for a profile started at ``start`` (rest before it, or if None)."""
+        if start is None:
+            return np.zeros(len(timestamps))
+        return np.where(timestamps >= start, self(timestamps - start), 0.0)
+
 
 def trapezoids(
     levels: Sequence[float],

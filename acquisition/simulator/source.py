@@ -201,11 +201,7 @@ class SimulatedParticipant:
                 await asyncio.sleep(delay)
         else:
             await asyncio.sleep(0)  # let other tasks (recording) run
-        ts = m.now + np.arange(n) / fs
-        if self.profile_start is None:
-            drive = np.zeros(n)
-        else:
-            drive = np.where(ts >= self.profile_start, self.profile(ts - self.profile_start), 0.0)
+        drive = self.profile.drive_at(m.now + np.arange(n) / fs, self.profile_start)
         block = m.generate(n, drive)
         self.applied_pulses.extend(block.pulses)
         arrival = time.perf_counter() if self.realtime else None
