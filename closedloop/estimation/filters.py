@@ -1,0 +1,457 @@
+"""Streaming IIR filters, linear envelope and moving RMS for multichannel EMG.
+
+Every streaming filter here takes chunks of any length (including 0 and 1 samples) shaped
+``(n_samples, n_channels)`` and returns float64 arrays of the same shape. Feeding a signal in chunks gives
+the same output as filtering the whole signal at once (the offline ``scipy.signal`` computation), because
+the filter state is carried from chunk to chunk. The state is an ordinary attribute (``zi``, ``tail``) so
+it can be inspected, and :meth:`reset` returns a filter to its initial state.
+
+Filter design functions return second-order sections (``sos``, shape ``(n_sections, 6)``), the numerically
+robust form of an IIR filter; frequencies are in Hz.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from scipy import signal
+
+from closedloop.errors import ConfigError
+
+__all__ = [
+    "Envelope",
+    "FilterChain",
+    "MovingRMS",
+    "SOSFilter",
+    "StreamingFilter",
+    "bandpass_sos",
+    "highpass_sos",
+    "lowpass_sos",
+    "notch_sos",
+]
+
+_MAX_ORDER = 10
+
+
+@runtime_checkable
+class StreamingFilter(Protocol):
+    """What :class:`FilterChain` needs: ``step`` on ``(n, C)`` chunks and ``reset``."""
+
+    def step(self, x: np.ndarray) -> np.ndarray: ...
+
+    def reset(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _check_rate(rate_hz: float, name: str = "rate_hz") -> float:
+    try:
+        rate = float(rate_hz)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} = {rate_hz!r}: must be a finite number of Hz > 0") from None
+    if not (math.isfinite(rate) and rate > 0):
+        raise ConfigError(f"{name} = {rate_hz!r}: must be a finite number of Hz > 0")
+    return rate
+
+
+def _check_int(value: int, name: str, lo: int, hi: int | None = None) -> int:
+    allowed = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} = {value!r}: must be {allowed}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise ConfigError(f"{name} = {value!r}: must be {allowed}") from None
+    if v < lo or (hi is not None and v > hi):
+        raise ConfigError(f"{name} = {value!r}: must be {allowed}")
+    return v
+
+
+def _check_freq(value: float, name: str, rate: float) -> float:
+    """A frequency strictly between 0 and the Nyquist frequency."""
+    nyq = rate / 2.0
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} = {value!r}: must be a number of Hz with 0 < {name} < {nyq:g} (rate/2)") from None
+    if not (math.isfinite(f) and 0.0 < f < nyq):
+        raise ConfigError(f"{name} = {value!r}: must be a number of Hz with 0 < {name} < {nyq:g} (rate/2)")
+    return f
+
+
+def _as_chunk(x: np.ndarray, n_channels: int, who: str) -> np.ndarray:
+    """``x`` as a float64 ``(n, n_channels)`` array; ValueError naming the shapes otherwise."""
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"{who}: samples must be (n_samples, n_channels), got an array of shape {a.shape}")
+    if a.shape[1] != n_channels:
+        raise ValueError(f"{who}: configured for {n_channels} channels, got a chunk with {a.shape[1]} channels")
+    return a
+
+
+# ---------------------------------------------------------------------------------------------------------
+# design
+
+
+def bandpass_sos(low_hz: float, high_hz: float, rate_hz: float, order: int = 4) -> np.ndarray:
+    """Butterworth band-pass filter as second-order sections.
+
+    Parameters
+    ----------
+    low_hz, high_hz:
+        Lower and upper -3 dB frequencies (Hz); ``0 < low_hz < high_hz < rate_hz / 2``.
+    rate_hz:
+        Sampling rate (Hz).
+    order:
+        Order of the low-pass prototype, 1..10 (the band-pass has twice as many poles).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(order, 6)`` second-order sections.
+    """
+    rate = _check_rate(rate_hz)
+    lo = _check_freq(low_hz, "low_hz", rate)
+    hi = _check_freq(high_hz, "high_hz", rate)
+    if not lo < hi:
+        raise ConfigError(f"low_hz = {low_hz!r}, high_hz = {high_hz!r}: need low_hz < high_hz")
+    n = _check_int(order, "order", 1, _MAX_ORDER)
+    return signal.butter(n, [lo, hi], btype="bandpass", output="sos", fs=rate)
+
+
+def highpass_sos(cutoff_hz: float, rate_hz: float, order: int = 4) -> np.ndarray:
+    """Butterworth high-pass filter as second-order sections.
+
+    Parameters
+    ----------
+    cutoff_hz:
+        -3 dB frequency (Hz), ``0 < cutoff_hz < rate_hz / 2``.
+    rate_hz:
+        Sampling rate (Hz).
+    order:
+        Filter order, 1..10.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(ceil(order / 2), 6)`` second-order sections.
+    """
+    rate = _check_rate(rate_hz)
+    fc = _check_freq(cutoff_hz, "cutoff_hz", rate)
+    n = _check_int(order, "order", 1, _MAX_ORDER)
+    return signal.butter(n, fc, btype="highpass", output="sos", fs=rate)
+
+
+def lowpass_sos(cutoff_hz: float, rate_hz: float, order: int = 4) -> np.ndarray:
+    """Butterworth low-pass filter as second-order sections.
+
+    Parameters
+    ----------
+    cutoff_hz:
+        -3 dB frequency (Hz), ``0 < cutoff_hz < rate_hz / 2``.
+    rate_hz:
+        Sampling rate (Hz).
+    order:
+        Filter order, 1..10.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(ceil(order / 2), 6)`` second-order sections.
+    """
+    rate = _check_rate(rate_hz)
+    fc = _check_freq(cutoff_hz, "cutoff_hz", rate)
+    n = _check_int(order, "order", 1, _MAX_ORDER)
+    return signal.butter(n, fc, btype="lowpass", output="sos", fs=rate)
+
+
+def notch_sos(freq_hz: float, rate_hz: float, quality: float = 30.0, up_to_hz: float | None = None) -> np.ndarray:
+    """Notch filters at a mains frequency and its harmonics, as second-order sections.
+
+    One second-order IIR notch (``scipy.signal.iirnotch``) per harmonic ``k * freq_hz`` (k = 1, 2, ...)
+    strictly below ``min(up_to_hz, 0.49 * rate_hz)``. Every notch has the same quality factor, so the
+    -3 dB width of the k-th notch is ``k * freq_hz / quality``.
+
+    Parameters
+    ----------
+    freq_hz:
+        Fundamental frequency to remove (Hz), > 0 and below the limit above.
+    rate_hz:
+        Sampling rate (Hz).
+    quality:
+        Quality factor ``f0 / bandwidth`` of each notch, > 0.
+    up_to_hz:
+        Highest frequency (exclusive, Hz) at which a harmonic is still notched; None: ``0.49 * rate_hz``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_harmonics, 6)`` second-order sections.
+    """
+    rate = _check_rate(rate_hz)
+    try:
+        f0 = float(freq_hz)
+    except (TypeError, ValueError):
+        raise ConfigError(f"freq_hz = {freq_hz!r}: must be a number of Hz > 0") from None
+    if not (math.isfinite(f0) and f0 > 0):
+        raise ConfigError(f"freq_hz = {freq_hz!r}: must be a number of Hz > 0")
+    try:
+        q = float(quality)
+    except (TypeError, ValueError):
+        raise ConfigError(f"quality = {quality!r}: must be a finite number > 0") from None
+    if not (math.isfinite(q) and q > 0):
+        raise ConfigError(f"quality = {quality!r}: must be a finite number > 0")
+    limit = 0.49 * rate
+    if up_to_hz is not None:
+        try:
+            up = float(up_to_hz)
+        except (TypeError, ValueError):
+            raise ConfigError(f"up_to_hz = {up_to_hz!r}: must be None or a number of Hz > 0") from None
+        if not (up > 0):  # NaN fails too
+            raise ConfigError(f"up_to_hz = {up_to_hz!r}: must be None or a number of Hz > 0")
+        limit = min(limit, up)
+    if not f0 < limit:
+        raise ConfigError(
+            f"freq_hz = {freq_hz!r}: must lie below min(up_to_hz, 0.49 * rate_hz) = {limit:g} Hz, "
+            "otherwise there is nothing to notch"
+        )
+    harmonics = f0 * np.arange(1, math.ceil(limit / f0) + 1)
+    harmonics = harmonics[harmonics < limit]
+    sections = []
+    for fk in harmonics:  # one design call per harmonic (at most a few dozen), not per sample
+        b, a = signal.iirnotch(float(fk), q, fs=rate)
+        sections.append(np.concatenate([b, a]))
+    return np.array(sections, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# streaming filters
+
+
+class SOSFilter:
+    """A streaming multichannel IIR filter in second-order sections.
+
+    Parameters
+    ----------
+    sos:
+        ``(n_sections, 6)`` second-order sections with ``a0 == 1`` (as from :func:`bandpass_sos`).
+    n_channels:
+        Number of channels; every chunk must have this many columns.
+    initial:
+        ``"zeros"``: the filter starts at rest (as ``scipy.signal.sosfilt`` without ``zi``).
+        ``"first_sample"``: the state starts at ``sosfilt_zi(sos) * x[0]`` per channel, the steady state for a
+        signal that had been constant at its first sample, which removes the start transient for filters
+        that pass DC (low-pass, notch). For filters that block DC (band-pass, high-pass) it removes the
+        step transient of the offset.
+
+    Attributes
+    ----------
+    sos:
+        The sections (a read-only copy).
+    zi:
+        Filter state, ``(n_sections, 2, n_channels)`` float64, in the layout of ``scipy.signal.sosfilt`` with
+        ``axis=0``. With ``initial="first_sample"`` it is None until the first sample has been seen.
+    """
+
+    def __init__(self, sos: np.ndarray, n_channels: int, initial: str = "zeros") -> None:
+        s = np.array(sos, dtype=np.float64)
+        if s.ndim != 2 or s.shape[1] != 6 or s.shape[0] < 1:
+            raise ConfigError(f"sos: must be an (n_sections, 6) array with n_sections >= 1, got shape {s.shape}")
+        if not np.isfinite(s).all():
+            raise ConfigError("sos: coefficients must be finite")
+        if not np.all(s[:, 3] == 1.0):
+            raise ConfigError(f"sos: every section must have a0 == 1 (column 3), got {s[:, 3].tolist()}")
+        if initial not in ("zeros", "first_sample"):
+            raise ConfigError(f"initial = {initial!r}: allowed are 'zeros' and 'first_sample'")
+        self._sos = s  # writable: scipy's sosfilt needs a writable buffer
+        self.sos = s.copy()
+        self.sos.setflags(write=False)
+        self.n_channels = _check_int(n_channels, "n_channels", 1)
+        self.initial = initial
+        self._zi_unit = signal.sosfilt_zi(s)  # (n_sections, 2): steady state for a unit constant input
+        self.zi: np.ndarray | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Return to the initial state (at rest, or waiting for the first sample)."""
+        if self.initial == "zeros":
+            self.zi = np.zeros((self.sos.shape[0], 2, self.n_channels))
+        else:
+            self.zi = None
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        """Filter the next chunk.
+
+        Parameters
+        ----------
+        x:
+            ``(n_samples, n_channels)`` samples (any real dtype; n_samples may be 0).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_samples, n_channels)`` float64 filtered samples.
+        """
+        a = _as_chunk(x, self.n_channels, "SOSFilter.step")
+        if a.shape[0] == 0:
+            return np.empty((0, self.n_channels))
+        if self.zi is None:
+            self.zi = self._zi_unit[:, :, None] * a[0][None, None, :]
+        y, self.zi = signal.sosfilt(self._sos, a, axis=0, zi=self.zi)
+        return y
+
+
+class Envelope:
+    """Linear envelope: full-wave rectification followed by a Butterworth low-pass, streaming.
+
+    The output has the units of the input. For a sine of amplitude ``A`` well above the cut-off it settles at
+    the mean of ``|A sin|``, ``2 A / pi``.
+
+    Parameters
+    ----------
+    rate_hz:
+        Sampling rate (Hz).
+    n_channels:
+        Number of channels.
+    cutoff_hz:
+        -3 dB frequency of the low-pass (Hz), ``0 < cutoff_hz < rate_hz / 2``.
+    order:
+        Order of the low-pass, 1..10.
+
+    Attributes
+    ----------
+    lowpass:
+        The :class:`SOSFilter` (starting at rest) applied to ``|x|``; its ``zi`` is the envelope's state.
+    """
+
+    def __init__(self, rate_hz: float, n_channels: int, cutoff_hz: float = 6.0, order: int = 2) -> None:
+        self.rate_hz = _check_rate(rate_hz)
+        self.n_channels = _check_int(n_channels, "n_channels", 1)
+        sos = lowpass_sos(cutoff_hz, self.rate_hz, order)  # validates cutoff_hz and order
+        self.cutoff_hz = float(cutoff_hz)
+        self.order = int(order)
+        self.lowpass = SOSFilter(sos, self.n_channels)
+
+    def reset(self) -> None:
+        """Return to rest."""
+        self.lowpass.reset()
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        """Envelope of the next ``(n_samples, n_channels)`` chunk, ``(n_samples, n_channels)`` float64."""
+        a = _as_chunk(x, self.n_channels, "Envelope.step")
+        return self.lowpass.step(np.abs(a))
+
+
+class MovingRMS:
+    """Root mean square over a sliding window of the last ``W`` samples, streaming.
+
+    ``out[n] = sqrt(sum(x[n-W+1 .. n]**2) / W)`` with ``W = round(window_s * rate_hz)``; samples before the
+    start count as zeros, so the first ``W - 1`` outputs ramp up. This equals the offline
+    ``np.sqrt(np.clip(scipy.signal.lfilter(np.ones(W) / W, 1, x**2, axis=0), 0, None))``.
+
+    The window sums are computed per chunk with cumulative sums inside blocks of ``W`` samples: every window
+    is the sum of a suffix of one block and a prefix of the next, so no sum is ever a difference of two
+    running totals. The result is accurate relative to each window's own power (no cancellation after loud
+    passages, no drift over long sessions) and a non-finite sample affects only the windows that contain
+    it. The cost per chunk is ``O(n_samples + W)``.
+
+    Parameters
+    ----------
+    rate_hz:
+        Sampling rate (Hz).
+    n_channels:
+        Number of channels.
+    window_s:
+        Window length (s); ``round(window_s * rate_hz)`` must be >= 1.
+
+    Attributes
+    ----------
+    window:
+        ``W``, the window length in samples.
+    tail:
+        ``(W - 1, n_channels)`` squares of the most recent ``W - 1`` samples (zeros before the start): the
+        state carried to the next chunk.
+    """
+
+    def __init__(self, rate_hz: float, n_channels: int, window_s: float) -> None:
+        self.rate_hz = _check_rate(rate_hz)
+        self.n_channels = _check_int(n_channels, "n_channels", 1)
+        try:
+            w = float(window_s)
+        except (TypeError, ValueError):
+            raise ConfigError(f"window_s = {window_s!r}: must be a finite number of seconds > 0") from None
+        if not (math.isfinite(w) and w > 0):
+            raise ConfigError(f"window_s = {window_s!r}: must be a finite number of seconds > 0")
+        n = round(w * self.rate_hz)
+        if n < 1:
+            raise ConfigError(
+                f"window_s = {window_s!r}: shorter than one sample at {self.rate_hz:g} Hz "
+                f"(need window_s >= {0.5 / self.rate_hz:g} s)"
+            )
+        self.window_s = w
+        self.window = int(n)
+        self.tail = np.zeros((self.window - 1, self.n_channels))
+
+    def reset(self) -> None:
+        """Forget all samples (the window is all zeros again)."""
+        self.tail = np.zeros((self.window - 1, self.n_channels))
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        """Moving RMS of the next ``(n_samples, n_channels)`` chunk, ``(n_samples, n_channels)`` float64."""
+        a = _as_chunk(x, self.n_channels, "MovingRMS.step")
+        n = a.shape[0]
+        if n == 0:
+            return np.empty((0, self.n_channels))
+        w = self.window
+        ext = np.concatenate([self.tail, a * a])  # (w - 1 + n, C); window j covers ext[j : j + w]
+        length = ext.shape[0]
+        n_blocks = -(-length // w)
+        blocks = np.zeros((n_blocks * w, self.n_channels))
+        blocks[:length] = ext
+        blocks = blocks.reshape(n_blocks, w, self.n_channels)
+        prefix = np.cumsum(blocks, axis=1).reshape(-1, self.n_channels)  # sum from block start to i
+        suffix = np.cumsum(blocks[:, ::-1], axis=1)[:, ::-1].reshape(-1, self.n_channels)  # sum from j to block end
+        j = np.arange(n)  # first sample of each window, in ext
+        i = j + (w - 1)  # last sample of each window
+        # A window starting on a block boundary is that whole block (prefix only); otherwise it is the suffix
+        # of the block containing j plus the prefix of the next block up to i.
+        total = prefix[i] + np.where((j % w == 0)[:, None], 0.0, suffix[j])
+        self.tail = ext[length - (w - 1) :].copy()
+        return np.sqrt(np.maximum(total / w, 0.0))
+
+
+class FilterChain:
+    """Several streaming filters applied in order (the output of one is the input of the next).
+
+    Parameters
+    ----------
+    filters:
+        One or more objects with ``step(x) -> y`` and ``reset()`` (e.g. :class:`SOSFilter`).
+    """
+
+    def __init__(self, filters: Sequence[StreamingFilter]) -> None:
+        fs = tuple(filters)
+        if not fs:
+            raise ConfigError("filters: a FilterChain needs at least one filter")
+        for k, f in enumerate(fs):
+            if not isinstance(f, StreamingFilter):
+                raise ConfigError(f"filters[{k}] = {f!r}: must have step(x) and reset() methods")
+        self.filters = fs
+
+    def reset(self) -> None:
+        """Reset every filter."""
+        for f in self.filters:
+            f.reset()
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        """Run the chunk through every filter in order and return the last output."""
+        y = x
+        for f in self.filters:
+            y = f.step(y)
+        return y

@@ -1,0 +1,340 @@
+"""Spectral fatigue indices of EMG and a streaming Welch spectrum of a gated signal.
+
+Muscle fatigue slows muscle-fibre conduction and shifts EMG power to lower frequencies: the median (MDF)
+and mean (MNF) frequency fall and the spectral index FInsm5 of Dimitrov et al. (2006) rises.
+:func:`spectral_indices` computes all three from a power spectrum; :class:`StreamingWelch` keeps a running
+Welch estimate of the last seconds of EMG, where samples that must not be measured (stimulation artifacts,
+blanked M-waves) are zeros in time.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy import fft as sp_fft
+from scipy import signal
+
+from closedloop.errors import ConfigError
+
+__all__ = ["StreamingWelch", "spectral_indices"]
+
+
+def _check_band(band_hz: tuple[float, float], nyquist: float | None = None) -> tuple[float, float]:
+    upper = "" if nyquist is None else f" <= {nyquist:g} (rate/2)"
+    try:
+        lo, hi = (float(v) for v in band_hz)
+    except (TypeError, ValueError):
+        raise ConfigError(f"band_hz = {band_hz!r}: must be two frequencies (Hz) with 0 < low < high{upper}") from None
+    ok = math.isfinite(lo) and math.isfinite(hi) and 0.0 < lo < hi and (nyquist is None or hi <= nyquist)
+    if not ok:
+        raise ConfigError(f"band_hz = {band_hz!r}: must be two frequencies (Hz) with 0 < low < high{upper}")
+    return lo, hi
+
+
+def spectral_indices(
+    freqs_hz: np.ndarray, psd: np.ndarray, band_hz: tuple[float, float] = (20.0, 450.0)
+) -> tuple[float | np.ndarray, float | np.ndarray, float | np.ndarray]:
+    """Median frequency, mean frequency and FInsm5 of a power spectrum within a band.
+
+    Only the bins with ``band_hz[0] <= f <= band_hz[1]`` are used; call them ``f_1 < ... < f_m`` with
+    (non-negative) powers ``P_1 .. P_m`` and total ``T = sum(P_k)``.
+
+    * MNF (mean frequency) ``= sum(f_k P_k) / T``.
+    * MDF (median frequency): the cumulative power at bin ``k`` is taken at the bin centre with half of the
+      bin's own power, ``C_k = P_1 + ... + P_(k-1) + P_k / 2`` (midpoint rule), and ``C(f)`` interpolates
+      linearly between the points ``(f_k, C_k)``. MDF is the frequency where ``C(f) = T / 2``; when ``C``
+      stays at exactly ``T / 2`` over an interval (e.g. two equal lines with empty bins between them) it is
+      the middle of that interval. On a uniform grid a flat spectrum from ``a`` to ``b`` gives
+      ``(a + b) / 2`` and a single line gives its frequency. Two lines at ``fa < fb`` with empty bins between
+      them, on a grid of spacing ``df``, give ``fa + df * pb / pa`` when ``pa > pb`` and ``(fa + fb) / 2``
+      when ``pa == pb``.
+    * FInsm5 (Dimitrov et al. 2006, Med Sci Sports Exerc 38:1971) ``= sum(f_k^-1 P_k) / sum(f_k^5 P_k)``
+      with ``f`` in Hz, in units of Hz^-6. It is scale-free in ``P`` (the units and scaling of the PSD cancel)
+      but depends on the frequency unit; it increases with fatigue (while MDF and MNF decrease).
+
+    Parameters
+    ----------
+    freqs_hz:
+        ``(n_freqs,)`` increasing frequencies (Hz).
+    psd:
+        ``(n_freqs,)`` or ``(n_freqs, n_channels)`` non-negative power spectral density (any units/scaling).
+    band_hz:
+        ``(low, high)`` band in Hz with ``0 < low < high``; must contain at least one bin.
+
+    Returns
+    -------
+    mdf_hz, mnf_hz, fi_nsm5:
+        Floats for a 1-D ``psd``, ``(n_channels,)`` arrays for a 2-D one. NaN for every channel whose power in
+        the band is zero (or not finite); no warnings are emitted.
+    """
+    lo, hi = _check_band(band_hz)
+    f_all = np.asarray(freqs_hz, dtype=np.float64)
+    p_all = np.asarray(psd, dtype=np.float64)
+    if f_all.ndim != 1:
+        raise ValueError(f"spectral_indices: freqs_hz must be 1-D, got shape {f_all.shape}")
+    if p_all.ndim not in (1, 2) or p_all.shape[0] != f_all.shape[0]:
+        raise ValueError(
+            f"spectral_indices: psd must be (n_freqs,) or (n_freqs, n_channels) with n_freqs = {f_all.shape[0]}, "
+            f"got shape {p_all.shape}"
+        )
+    one_d = p_all.ndim == 1
+    p2 = p_all[:, None] if one_d else p_all
+    mask = (f_all >= lo) & (f_all <= hi)
+    m = int(mask.sum())
+    if m == 0:
+        span = f"{f_all.min():g}..{f_all.max():g} Hz" if f_all.size else "no frequencies"
+        raise ConfigError(f"band_hz = {band_hz!r}: contains no frequency bin (the spectrum covers {span})")
+    f = f_all[mask]
+    p = p2[mask]  # (m, C)
+    n_ch = p.shape[1]
+    cols = np.arange(n_ch)
+
+    total = p.sum(axis=0)
+    ok = np.isfinite(total) & (total > 0)
+    safe_total = np.where(ok, total, 1.0)
+
+    mnf = (f @ p) / safe_total
+    num = (f**-1) @ p
+    den = (f**5) @ p
+    fi = np.divide(num, den, out=np.full(n_ch, np.nan), where=ok & (den > 0))
+
+    cum = np.cumsum(p, axis=0) - 0.5 * p  # C_k at the bin centres
+    half = 0.5 * total
+    # Lower end: the first centre with C_k >= T/2, interpolated from the previous centre (C_{k-1} < T/2).
+    k = np.argmax(cum >= half, axis=0)
+    km1 = np.maximum(k - 1, 0)
+    c0, c1 = cum[km1, cols], cum[k, cols]
+    d = c1 - c0
+    frac = np.divide(half - c0, d, out=np.zeros(n_ch), where=(k > 0) & (d > 0))
+    f_low = f[km1] + frac * (f[k] - f[km1])
+    # Upper end: the last centre with C_j <= T/2, interpolated towards the next centre (C_{j+1} > T/2).
+    j = (m - 1) - np.argmax((cum <= half)[::-1], axis=0)
+    jp1 = np.minimum(j + 1, m - 1)
+    c0, c1 = cum[j, cols], cum[jp1, cols]
+    d = c1 - c0
+    frac = np.divide(half - c0, d, out=np.zeros(n_ch), where=(j < m - 1) & (d > 0))
+    f_high = f[j] + frac * (f[jp1] - f[j])
+    mdf = 0.5 * (f_low + f_high)
+
+    mdf = np.where(ok, mdf, np.nan)
+    mnf = np.where(ok, mnf, np.nan)
+    fi = np.where(ok, fi, np.nan)
+    if one_d:
+        return float(mdf[0]), float(mnf[0]), float(fi[0])
+    return mdf, mnf, fi
+
+
+class StreamingWelch:
+    """Welch power spectrum of the most recent ``window_s`` of a gated multichannel signal, streaming.
+
+    Samples flagged invalid (e.g. blanked stimulation artifacts) are replaced by zeros, which keeps the
+    timing of the valid samples: the estimate is then the true spectrum convolved with the spectrum of the
+    gating sequence, which is nearly a delta when most samples are valid. Non-finite samples are treated
+    as invalid too.
+
+    Segments of ``nperseg`` samples with 50 % overlap are cut on the absolute sample grid: segment ``k``
+    covers samples ``[k * hop, k * hop + nperseg)`` of the stream with ``hop = nperseg // 2``, exactly the
+    segments ``scipy.signal.welch`` cuts from the whole signal. As soon as a segment is complete it is
+    Hann-windowed and Fourier transformed, and its periodogram is pushed into a ring of the last ``K``
+    periodograms, ``K = max(1, round((window_s * rate_hz - nperseg) / hop) + 1)``, unless fewer than half of
+    its samples are valid (then it is dropped and counted in ``segments_rejected``).
+
+    Scaling: one-sided power spectral density, ``P = c |rfft(w * x)|^2 / (rate_hz * sum(w^2))`` with
+    ``c = 2`` except at 0 Hz and the Nyquist frequency (``c = 1``), in (input unit)^2 / Hz; the same as
+    ``scipy.signal.welch(..., window='hann', detrend=False, scaling='density')``, so with all samples valid
+    the mean over a full ring equals ``welch`` over the ring's samples. Gaps are not compensated: a
+    periodogram of a segment with valid fraction ``v`` carries about ``v`` times the power.
+
+    Parameters
+    ----------
+    rate_hz:
+        Sampling rate (Hz).
+    n_channels:
+        Number of channels.
+    nperseg:
+        Segment length in samples, even and >= 4; None: the power of two nearest (on a log scale) to
+        ``0.125 s * rate_hz`` (256 at 2048 Hz), at least 4.
+    window_s:
+        Span (s) of signal the ring of periodograms covers.
+    band_hz:
+        ``(low, high)`` band (Hz) of :meth:`indices`, ``0 < low < high <= rate_hz / 2``.
+    min_segments:
+        Fewest periodograms in the ring for which :meth:`indices` returns values, 1..K; None:
+        ``max(1, K // 2)``.
+
+    Attributes
+    ----------
+    nperseg, hop, ring_size:
+        Segment length, hop (``nperseg // 2``) and ``K``.
+    freqs:
+        ``(nperseg // 2 + 1,)`` frequencies of the periodogram bins (Hz).
+    buffer:
+        ``(nperseg, n_channels)`` the last ``nperseg`` gated samples (zeros before the start).
+    buffer_valid:
+        ``(nperseg,)`` bool validity of those samples.
+    n_samples:
+        Samples received since the start (or :meth:`reset`).
+    ring:
+        ``(K, n_freqs, n_channels)`` periodograms; slots ``0 .. n_segments - 1`` are filled.
+    ring_valid_fraction:
+        ``(K,)`` valid fraction of the segment in each slot (NaN for empty slots).
+    ring_pos:
+        Slot the next periodogram goes into.
+    segments_pushed, segments_rejected:
+        Segments pushed into the ring and segments dropped for a valid fraction below 0.5.
+    """
+
+    def __init__(
+        self,
+        rate_hz: float,
+        n_channels: int,
+        nperseg: int | None = None,
+        window_s: float = 1.0,
+        band_hz: tuple[float, float] = (20.0, 450.0),
+        min_segments: int | None = None,
+    ) -> None:
+        try:
+            rate = float(rate_hz)
+        except (TypeError, ValueError):
+            raise ConfigError(f"rate_hz = {rate_hz!r}: must be a finite number of Hz > 0") from None
+        if not (math.isfinite(rate) and rate > 0):
+            raise ConfigError(f"rate_hz = {rate_hz!r}: must be a finite number of Hz > 0")
+        self.rate_hz = rate
+        self.n_channels = self._int(n_channels, "n_channels", 1)
+        if nperseg is None:
+            nps = max(4, 2 ** round(math.log2(0.125 * rate)))
+        else:
+            nps = self._int(nperseg, "nperseg", 4)
+            if nps % 2:
+                raise ConfigError(f"nperseg = {nperseg!r}: must be even (50 % overlap needs a whole hop)")
+        try:
+            w_s = float(window_s)
+        except (TypeError, ValueError):
+            raise ConfigError(f"window_s = {window_s!r}: must be a finite number of seconds > 0") from None
+        if not (math.isfinite(w_s) and w_s > 0):
+            raise ConfigError(f"window_s = {window_s!r}: must be a finite number of seconds > 0")
+        self.band_hz = _check_band(band_hz, rate / 2.0)
+        self.nperseg = nps
+        self.hop = nps // 2
+        self.window_s = w_s
+        self.ring_size = max(1, round((w_s * rate - nps) / self.hop) + 1)
+        if min_segments is None:
+            self.min_segments = max(1, self.ring_size // 2)
+        else:
+            self.min_segments = self._int(min_segments, "min_segments", 1, self.ring_size)
+        self.freqs = sp_fft.rfftfreq(nps, 1.0 / rate)
+        self.window = signal.get_window("hann", nps)  # periodic Hann, as scipy.signal.welch uses
+        scale = np.full(self.freqs.shape[0], 2.0 / (rate * float(np.sum(self.window**2))))
+        scale[0] /= 2.0
+        scale[-1] /= 2.0  # nperseg is even: the last bin is the Nyquist frequency
+        self._scale = scale
+        self.reset()
+
+    @staticmethod
+    def _int(value: int, name: str, lo: int, hi: int | None = None) -> int:
+        allowed = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
+        try:
+            v = operator.index(value)
+        except TypeError:
+            raise ConfigError(f"{name} = {value!r}: must be {allowed}") from None
+        if isinstance(value, bool) or v < lo or (hi is not None and v > hi):
+            raise ConfigError(f"{name} = {value!r}: must be {allowed}")
+        return v
+
+    @property
+    def n_segments(self) -> int:
+        """Number of periodograms in the ring (0..K)."""
+        return self._n_in_ring
+
+    def reset(self) -> None:
+        """Forget all samples and periodograms."""
+        self.buffer = np.zeros((self.nperseg, self.n_channels))
+        self.buffer_valid = np.zeros(self.nperseg, dtype=bool)
+        self.n_samples = 0
+        self.ring = np.zeros((self.ring_size, self.freqs.shape[0], self.n_channels))
+        self.ring_valid_fraction = np.full(self.ring_size, np.nan)
+        self.ring_pos = 0
+        self._n_in_ring = 0
+        self.segments_pushed = 0
+        self.segments_rejected = 0
+
+    def step(self, x: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Append samples; compute and push the periodograms of the segments they complete.
+
+        Parameters
+        ----------
+        x:
+            ``(n_samples, n_channels)`` samples (n_samples may be 0).
+        valid:
+            ``(n_samples,)`` bool, False for samples to gate out (replaced by 0); None: all valid.
+        """
+        a = np.asarray(x, dtype=np.float64)
+        if a.ndim != 2 or a.shape[1] != self.n_channels:
+            raise ValueError(
+                f"StreamingWelch.step: configured for (n_samples, {self.n_channels}) chunks, got shape {a.shape}"
+            )
+        n = a.shape[0]
+        if valid is None:
+            v = np.ones(n, dtype=bool)
+        else:
+            v = np.asarray(valid)
+            if v.shape != (n,):
+                raise ValueError(f"StreamingWelch.step: valid must have shape ({n},), got {v.shape}")
+            v = v.astype(bool)
+        if n == 0:
+            return
+        v = v & np.isfinite(a).all(axis=1)
+        gated = np.where(v[:, None], a, 0.0)
+
+        nps, hop = self.nperseg, self.hop
+        ext = np.concatenate([self.buffer, gated])  # stream samples [n0 - nperseg, n0 + n)
+        ext_valid = np.concatenate([self.buffer_valid, v])
+        n0, n1 = self.n_samples, self.n_samples + n
+        # Segment ends (exclusive, in stream samples) completed by this chunk: nperseg + k * hop in (n0, n1].
+        first_k = max(0, -(-(n0 + 1 - nps) // hop))
+        ends = np.arange(nps + first_k * hop, n1 + 1, hop)
+        self.buffer = ext[-nps:].copy()
+        self.buffer_valid = ext_valid[-nps:].copy()
+        self.n_samples = n1
+        if ends.size == 0:
+            return
+        starts = ends - n0  # segment start in ext coordinates (ext index = stream index - n0 + nperseg)
+        cvalid = np.concatenate([[0], np.cumsum(ext_valid, dtype=np.int64)])
+        frac = (cvalid[starts + nps] - cvalid[starts]) / nps
+        keep = frac >= 0.5
+        self.segments_rejected += int((~keep).sum())
+        self.segments_pushed += int(keep.sum())
+        starts, frac = starts[keep][-self.ring_size :], frac[keep][-self.ring_size :]
+        if starts.size == 0:
+            return
+        segs = sliding_window_view(ext, nps, axis=0)[starts]  # (n_new, C, nperseg)
+        spec = sp_fft.rfft(segs * self.window, axis=-1)  # (n_new, C, n_freqs)
+        pgram = (spec.real**2 + spec.imag**2) * self._scale  # density, one-sided
+        slots = (self.ring_pos + np.arange(starts.size)) % self.ring_size
+        self.ring[slots] = np.swapaxes(pgram, 1, 2)
+        self.ring_valid_fraction[slots] = frac
+        self.ring_pos = int((self.ring_pos + starts.size) % self.ring_size)
+        self._n_in_ring = min(self.ring_size, self._n_in_ring + int(starts.size))
+
+    def psd(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(freqs, psd)``: ``(n_freqs,)`` Hz and the ``(n_freqs, n_channels)`` mean periodogram over the ring.
+
+        None while the ring is empty. Units: (input unit)^2 / Hz, one-sided density (see the class docstring).
+        """
+        if self._n_in_ring == 0:
+            return None
+        return self.freqs.copy(), self.ring[: self._n_in_ring].mean(axis=0)
+
+    def indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(mdf_hz, mnf_hz, fi_nsm5)``, each ``(n_channels,)``, of :meth:`psd` over ``band_hz``.
+
+        None while fewer than ``min_segments`` periodograms are in the ring. See :func:`spectral_indices`.
+        """
+        if self._n_in_ring < self.min_segments:
+            return None
+        mean = self.ring[: self._n_in_ring].mean(axis=0)
+        mdf, mnf, fi = spectral_indices(self.freqs, mean, self.band_hz)
+        return np.asarray(mdf), np.asarray(mnf), np.asarray(fi)
