@@ -40,9 +40,36 @@ from closedloop.recording.session import SessionRecorder
 from closedloop.safety import SafetyLayer
 from closedloop.types import Chunk, Estimate, PulseCommand, StreamInfo
 
-__all__ = ["Phase", "Session", "SessionConfig", "SessionResult", "latency_stats"]
+__all__ = [
+    "ESTIMATE_HEAD",
+    "ESTIMATE_PER_CHANNEL",
+    "Phase",
+    "Session",
+    "SessionConfig",
+    "SessionResult",
+    "latency_stats",
+]
 
 PhaseMode = Literal["rest", "calibrate", "control"]
+
+#: Channels of the Estimates stream: these (control channel), then ESTIMATE_PER_CHANNEL per EMG channel.
+ESTIMATE_HEAD = (
+    "effort",
+    "effort_smooth",
+    "effort_pct_mvc",
+    "mwave_ptp",
+    "mwave_ptp_rel",
+    "mwave_area_rel",
+    "mdf_hz",
+    "mnf_hz",
+    "fi_nsm5",
+    "amplitude_ma",
+    "next_amplitude_ma",
+    "decision_latency_ms",
+)
+ESTIMATE_HEAD_UNITS = ("uV", "uV", "percent", "uV", "ratio", "ratio", "Hz", "Hz", "Hz^-6", "mA", "mA", "ms")
+ESTIMATE_PER_CHANNEL = ("effort", "mwave_ptp", "mdf_hz")
+ESTIMATE_PER_CHANNEL_UNITS = ("uV", "uV", "Hz")
 
 
 @dataclass(frozen=True)
@@ -352,19 +379,11 @@ class Session:
             ),
             "double64",
         )
-        est_names = [
-            "effort",
-            "effort_smooth",
-            "effort_pct_mvc",
-            "mwave_ptp",
-            "amplitude_ma",
-            "next_amplitude_ma",
-            "decision_latency_ms",
-        ]
-        est_units = ["uV", "uV", "percent", "uV", "mA", "mA", "ms"]
+        est_names = list(ESTIMATE_HEAD)
+        est_units = list(ESTIMATE_HEAD_UNITS)
         for ch in info.channel_names:
-            est_names += [f"effort:{ch}", f"mwave_ptp:{ch}"]
-            est_units += ["uV", "uV"]
+            est_names += [f"{name}:{ch}" for name in ESTIMATE_PER_CHANNEL]
+            est_units += list(ESTIMATE_PER_CHANNEL_UNITS)
         rec.add_stream(
             "Estimates", StreamInfo("Estimates", "Estimates", 0.0, tuple(est_names), tuple(est_units)), "double64"
         )
@@ -457,26 +476,24 @@ class Session:
             if self._t_last + 1.0 / self._fs - self._t_start >= end_rel:
                 return
 
-    def _take_pulse(self, interval: Interval) -> tuple[float | None, float]:
+    def _take_pulses(self, interval: Interval) -> tuple[list[float], float]:
+        """Delivered pulses that fall in ``interval``: their times and the first one's amplitude."""
         t_end = float(interval.timestamps[-1]) + 0.5 / self._fs
-        pulse_t, amp = None, math.nan
-        extra = 0
+        times: list[float] = []
+        amp = math.nan
         while self._pending and self._pending[0][0] <= t_end:
             t, a = self._pending.popleft()
-            if pulse_t is None:
-                pulse_t, amp = t, a
-            else:
-                extra += 1
-        if extra:
-            self.warning_counts[f"{extra} extra pulse(s) in one interval"] += 1
-        return pulse_t, amp
+            if not times:
+                amp = a
+            times.append(t)
+        return times, amp
 
     def _on_interval(self, interval: Interval, chunk: Chunk, last_in_chunk: bool) -> None:
         cfg = self.config
         res = self.result
         est_ = self.estimator
-        pulse_t, amp = self._take_pulse(interval)
-        est = est_.step(interval, pulse_t, amp)
+        pulse_times, amp = self._take_pulses(interval)
+        est = est_.step(interval, pulse_times, amp)
         res.n_intervals += 1
         for w in est.warnings:
             self.warning_counts[w.split(":")[0]] += 1
@@ -509,20 +526,27 @@ class Session:
         if not delivered:
             self.safety.no_pulse(cfg.stim_channel)  # the ramp restarts from 0 mA after an empty slot
         rec = self.recorder
+        c = est_.config.control_channel
         head = np.array(
             [
                 est.effort_uv,
                 est.effort_smooth_uv,
                 est.effort_pct_mvc,
                 est.mwave_ptp_uv,
+                est.channel_mwave_ptp_rel[c],
+                est.channel_mwave_area_rel[c],
+                est.channel_mdf_hz[c],
+                est.channel_mnf_hz[c],
+                est.channel_fi_nsm5[c],
                 est.amplitude_ma,
                 next_amp,
                 latency * 1e3,
             ]
         )
-        row = np.concatenate([head, np.column_stack([est.channel_effort_uv, est.channel_mwave_ptp_uv]).ravel()])
+        per_channel = np.column_stack([est.channel_effort_uv, est.channel_mwave_ptp_uv, est.channel_mdf_hz])
+        row = np.concatenate([head, per_channel.ravel()])
         rec.push("Estimates", row[None, :], np.array([est.t_start]))
-        rec.push_estimate(est, est_.mvc_uv)
+        rec.push_estimate(est)
         if self.progress is not None:
             self.progress(t_rel, phase.name if phase else "waiting", est, next_amp)
 

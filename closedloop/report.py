@@ -122,6 +122,22 @@ def truth_comparison(data: SessionData) -> dict:
     return out
 
 
+#: Fatigue indices summarised in summary.json under "fatigue" (Estimates stream channel names).
+FATIGUE_INDICES = ("mwave_ptp_rel", "mwave_area_rel", "mdf_hz", "mnf_hz", "fi_nsm5")
+
+
+def fatigue_summary(data: SessionData, smoothing_s: float = 5.0) -> dict:
+    """Trend of each fatigue index of the control channel: first, last, change %, slope per minute."""
+    from closedloop.estimation.fatigue import trend
+
+    est = data.get("Estimates")
+    if est is None or est.values.shape[0] < 2:
+        return {}
+    return {
+        name: trend(est.timestamps, est.channel(name), smoothing_s) for name in FATIGUE_INDICES if name in est.labels
+    }
+
+
 def _fmt_ms(stats: dict | None) -> str:
     if not stats or stats.get("median") is None:
         return "n/a"
@@ -138,6 +154,7 @@ def build_report(session_dir: str | Path, extra: dict | None = None) -> dict:
     d = Path(session_dir)
     data = load_session(d)
     metrics = truth_comparison(data)
+    fatigue = fatigue_summary(data)
     s = data.summary
     t0 = data.t0
     emg, pulses, est, force, truth = (data.get(k) for k in ("EMG", "Pulses", "Estimates", "Force", "GroundTruth"))
@@ -258,7 +275,35 @@ def build_report(session_dir: str | Path, extra: dict | None = None) -> dict:
         plt.close(fig)
         images.append(("mwave.png", "M-wave amplitude over time"))
 
-    # 4. latency
+    # 4. fatigue indices
+    if est is not None and "mdf_hz" in est.labels and np.isfinite(est.channel("mdf_hz")).any():
+        from closedloop.estimation.fatigue import smooth
+
+        fig, axes2 = plt.subplots(1, 2, figsize=(11, 3))
+        te = est.timestamps - t0
+        ax = axes2[0]
+        ax.plot(te, est.channel("mdf_hz"), lw=0.5, alpha=0.5, label="median frequency")
+        ax.plot(te, smooth(te, est.channel("mdf_hz"), 5.0), lw=1.2, label="5-s mean")
+        if truth is not None and "mdf_true_hz" in truth.labels:
+            ax.plot(truth.timestamps - t0, truth.channel("mdf_true_hz"), lw=0.8, color="tab:green", label="true")
+        ax.set_xlabel("session time (s)")
+        ax.set_ylabel("Hz")
+        ax.set_title("Volitional EMG median frequency")
+        ax.legend(fontsize=8)
+        ax = axes2[1]
+        rel = est.channel("mwave_ptp_rel")
+        ok = np.isfinite(rel)
+        ax.plot(te[ok], rel[ok], ".", ms=2, label="M-wave p-p / first pulses")
+        ax.plot(te[ok], smooth(te[ok], rel[ok], 5.0), lw=1.2, label="5-s mean")
+        ax.set_xlabel("session time (s)")
+        ax.set_title("M-wave fatigue index (constant intensity only)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(d / "fatigue.png", dpi=110)
+        plt.close(fig)
+        images.append(("fatigue.png", "Fatigue indices"))
+
+    # 5. latency
     lat = est.channel("decision_latency_ms") if est is not None else np.array([])
     lat = lat[np.isfinite(lat)]
     if lat.size:
@@ -273,8 +318,27 @@ def build_report(session_dir: str | Path, extra: dict | None = None) -> dict:
         plt.close(fig)
         images.append(("latency.png", "Decision latency per pulse"))
 
-    _write_html(d, s, metrics, images, extra or {})
+    fat_rows = {f"fatigue: {k}": _trend_text(v) for k, v in fatigue.items() if v.get("n")}
+    _write_html(d, s, metrics, images, {**fat_rows, **(extra or {})})
+    # the numbers go into summary.json too
+    s = dict(s)
+    if metrics:
+        s["truth_comparison"] = metrics
+    s["fatigue"] = fatigue
+    s.setdefault("files", {})["report"] = "report.html"
+    from closedloop.pipeline import write_summary
+
+    write_summary(d / "summary.json", s)
     return metrics
+
+
+def _trend_text(t: dict) -> str:
+    if t.get("first") is None:
+        return "n/a"
+    return (
+        f"{t['first']:.4g} -> {t['last']:.4g} ({t['change_pct']:+.1f} %), slope {t['slope_per_min']:+.4g}/min "
+        f"(n={t['n']})"
+    )
 
 
 def _to_uv(unit: str) -> float:

@@ -178,6 +178,14 @@ class Estimate:
     channel_effort_uv, channel_mwave_ptp_uv, channel_mwave_area_uvs, channel_mwave_latency_s:
         The same measures for every channel; area of the rectified M-wave in uV*s, latency of its
         largest deflection after the pulse in s.
+    channel_effort_pct_mvc:
+        ``channel_effort_uv`` relative to each channel's MVC reference (%), unsmoothed.
+    channel_mwave_ptp_rel, channel_mwave_area_rel:
+        M-wave peak-to-peak and area relative to the mean of the first pulses (fatigue indices;
+        meaningful when the intensity is constant).
+    channel_mdf_hz, channel_mnf_hz, channel_fi_nsm5:
+        Median and mean frequency (Hz) and Dimitrov's spectral fatigue index FInsm5 of the volitional EMG
+        over the estimator's spectral window; NaN until enough signal has accumulated.
     warnings:
         Short texts describing anything unusual (e.g. an interval too short for the M-wave window).
     """
@@ -194,6 +202,12 @@ class Estimate:
     channel_mwave_ptp_uv: np.ndarray
     channel_mwave_area_uvs: np.ndarray
     channel_mwave_latency_s: np.ndarray
+    channel_effort_pct_mvc: np.ndarray
+    channel_mwave_ptp_rel: np.ndarray
+    channel_mwave_area_rel: np.ndarray
+    channel_mdf_hz: np.ndarray
+    channel_mnf_hz: np.ndarray
+    channel_fi_nsm5: np.ndarray
     warnings: tuple[str, ...] = field(default=())
 
     @property

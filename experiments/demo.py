@@ -15,6 +15,7 @@ sample. Everything is recorded; the report compares the estimates with the parti
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from closedloop.errors import ConfigError, SourceError
 from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
-from closedloop.pipeline import Phase, Session, SessionConfig, SessionResult, write_summary
+from closedloop.pipeline import Phase, Session, SessionConfig, SessionResult
 from closedloop.safety import SafetyLayer, SafetyLimits
 from controllers.proportional import ProportionalAssist
 
@@ -58,14 +59,15 @@ class DemoConfig:
         if not 5.0 <= self.stim_hz <= 100.0:
             raise ConfigError(f"--stim-hz {self.stim_hz:g}: allowed 5..100 Hz")
         est = EstimatorConfig()
-        # the pulse lands up to one chunk into its interval; the volitional window follows the M-wave window
-        room = 1.0 / self.stim_hz - self.chunk_size / self.rate_hz - est.volitional_start
+        # the pulse lands up to one chunk into its interval; the volitional EMG starts after the artifact
+        start = est.post_start if est.method == "post" else est.blank_s
+        room = 1.0 / self.stim_hz - self.chunk_size / self.rate_hz - start
         if room < est.min_volitional_s:
-            top = 1.0 / (est.volitional_start + est.min_volitional_s + self.chunk_size / self.rate_hz)
+            top = 1.0 / (start + est.min_volitional_s + self.chunk_size / self.rate_hz)
             raise ConfigError(
-                f"--stim-hz {self.stim_hz:g}: a {1e3 / self.stim_hz:.1f} ms interval leaves no volitional EMG after "
-                f"the M-wave window ({est.volitional_start * 1e3:g} ms) for the post-M-wave RMS estimator; "
-                f"use at most {math.floor(top)} Hz"
+                f"--stim-hz {self.stim_hz:g}: a {1e3 / self.stim_hz:.1f} ms interval leaves less than "
+                f"{est.min_volitional_s * 1e3:g} ms of volitional EMG after the artifact ({start * 1e3:g} ms) for "
+                f"the {est.method} estimator; use at most {math.floor(top)} Hz"
             )
 
 
@@ -200,8 +202,6 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> SessionResult:
     if cfg.report and (out / "session.xdf").exists():
         from closedloop.report import build_report
 
-        metrics = build_report(out)
-        result.summary["truth_comparison"] = metrics
-        result.summary["files"]["report"] = "report.html"
-        write_summary(out / "summary.json", result.summary)
+        build_report(out)  # also adds truth_comparison and fatigue trends to summary.json
+        result.summary = json.loads((out / "summary.json").read_text())
     return result

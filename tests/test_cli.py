@@ -67,8 +67,11 @@ def test_demo_default_run_writes_recording_summary_and_report(tmp_path):
             "closedloop demo: error: --duration 3: the demo needs 7..3600 s (5 s of calibration first)",
         ),
         (("demo", "--stim-hz", "500"), "closedloop demo: error: --stim-hz 500: allowed 5..100 Hz"),
-    (("demo", "--stim-hz", "50"), "closedloop demo: error: --stim-hz 50: a 20.0 ms interval leaves no volitional "
-     "EMG after the M-wave window (20 ms) for the post-M-wave RMS estimator; use at most 34 Hz"),
+        (
+            ("demo", "--stim-hz", "100"),
+            "closedloop demo: error: --stim-hz 100: a 10.0 ms interval leaves less than 5 ms of volitional EMG after "
+            "the artifact (3 ms) for the comb estimator; use at most 83 Hz",
+        ),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):

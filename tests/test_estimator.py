@@ -1,12 +1,17 @@
-"""Known-answer tests of the per-interval estimator."""
+"""The per-interval estimator: known answers, streaming == offline, and its defined bad-input behaviour."""
 
 import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import signal
 
 from closedloop.errors import ConfigError
-from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator, detrended_rms, mvc_from_efforts
+from closedloop.estimation.artifacts import blank_linear
+from closedloop.estimation.filters import bandpass_sos
+from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator, mvc_from_efforts
 from closedloop.estimation.segmenter import Interval
 from closedloop.types import StreamInfo
 
@@ -17,95 +22,182 @@ def _info(n_ch=2, unit="microvolts"):
     return StreamInfo("emg", "EMG", FS, tuple(f"c{i}" for i in range(n_ch)), (unit,))
 
 
-def _interval(x, t0=10.0, index=0):
-    ts = t0 + np.arange(x.shape[0]) / FS
-    return Interval(index, 0, x, ts)
+def _intervals(x, lengths, t0=10.0):
+    """Cut x into consecutive Interval objects of the given lengths."""
+    out, pos = [], 0
+    for k, n in enumerate(lengths):
+        ts = t0 + np.arange(pos, pos + n) / FS
+        out.append(Interval(k, pos, x[pos : pos + n], ts))
+        pos += n
+    return out
 
 
-def test_detrended_rms_of_a_sine_on_a_ramp():
-    t = np.arange(4000) / FS
-    x = (3.0 + 50.0 * t + 100.0 * np.sin(2 * np.pi * 100 * t))[:, None]
-    assert detrended_rms(x)[0] == pytest.approx(100 / math.sqrt(2), rel=1e-3)
-
-
-def test_mwave_and_volitional_windows_measure_what_was_put_there():
-    p = 4  # pulse lands 2 ms into the interval
-    n = p + 80  # volitional window: 20..40 ms after the pulse
-    x = np.zeros((n, 2))
-    x[p : p + 4] = 5000.0  # artifact, blanked: must not count
+def test_mwave_measures_on_a_dc_offset_signal():
+    p, n = 6, 80  # the pulse lands 3 ms into a 40-ms interval
     t_rel = (np.arange(n) - p) / FS
-    # an asymmetric biphasic M-wave: +800 uV half sine (6-8 ms), then -400 uV half sine (8-10 ms)
+    x = np.full((n, 2), 7.7e4)  # a large DC offset, as in real amplifier data
+    x[p : p + 4] += 5000.0  # artifact inside the blanking window
     phase = np.sin(2 * np.pi * 250 * (t_rel - 0.006))
     mwave = np.where((t_rel >= 0.006) & (t_rel < 0.008), 800.0, 0.0) * phase
     mwave += np.where((t_rel >= 0.008) & (t_rel < 0.010), 400.0, 0.0) * phase
-    x[:, 0] += mwave  # ptp 1200 uV
+    x[:, 0] += mwave
     x[:, 1] += 0.25 * mwave
-    # 4 periods of a 200 Hz cosine, even about the window's centre: nothing for a linear detrend to remove
-    t_mid = (0.020 + (n - 1 - p) / FS) / 2
-    vol = np.cos(2 * np.pi * 200 * (t_rel - t_mid)) * 40.0
-    late = t_rel >= 0.020
-    x[late, 0] += vol[late]
-    est = IntervalEstimator(_info(), EstimatorConfig(mwave_window_s=(0.003, 0.020), smoothing_s=0.0))
-    e = est.step(_interval(x), pulse_t=10.0 + p / FS, amplitude_ma=12.0)
-    assert e.amplitude_ma == 12.0 and e.has_pulse
-    assert e.t_start == pytest.approx(10.0 + p / FS)
-    np.testing.assert_allclose(e.channel_mwave_ptp_uv, [1200.0, 300.0], rtol=1e-6)
+    est = IntervalEstimator(_info(), EstimatorConfig(mwave_window_s=(0.003, 0.020)))
+    e = est.step(_intervals(x, [n])[0], [10.0 + (p - 2) / FS], amplitude_ma=12.0)  # found on its artifact
+    assert e.amplitude_ma == 12.0 and e.has_pulse and e.t_start == pytest.approx(10.0 + p / FS)
+    np.testing.assert_allclose(e.channel_mwave_ptp_uv, [1200.0, 300.0], rtol=1e-9)
     assert e.channel_mwave_latency_s[0] == pytest.approx(0.007, abs=0.5 / FS)  # the +800 uV peak
-    # area: the rectified M-wave we put there, summed over the window (rectangle rule), in uV*s; close to the
-    # continuous integral of the two half sines, (800 + 400) * 2 / (2 pi 250)
-    assert e.channel_mwave_area_uvs[0] == pytest.approx(np.abs(mwave).sum() / FS, rel=1e-6)
+    # area: the rectified M-wave we put there (rectangle rule), close to the integral of the two half sines
+    assert e.channel_mwave_area_uvs[0] == pytest.approx(np.abs(mwave).sum() / FS, rel=1e-9)
     assert e.channel_mwave_area_uvs[0] == pytest.approx((800 + 400) * 2 / (2 * np.pi * 250), rel=0.06)
-    assert e.channel_effort_uv[0] == pytest.approx(40 / math.sqrt(2), rel=1e-3)
-    assert e.channel_effort_uv[1] == pytest.approx(0.0, abs=1e-9)
-    assert e.warnings == ()
 
 
 def test_units_are_converted_to_microvolts():
     x = np.zeros((80, 1))
     x[20:40, 0] = np.sin(np.linspace(0, 2 * np.pi, 20)) * 1e-3  # 1 mV amplitude, in volts
-    est = IntervalEstimator(_info(1, "V"))
-    e = est.step(_interval(x), pulse_t=10.0)
+    e = IntervalEstimator(_info(1, "V")).step(_intervals(x, [80])[0], [10.0 + 4 / FS])
     assert e.mwave_ptp_uv == pytest.approx(2000.0, rel=0.02)
 
 
-def test_without_a_pulse_the_whole_interval_is_volitional():
+def test_volitional_rms_without_pulses_is_that_of_the_band_passed_signal():
+    t = np.arange(40 * 80) / FS
+    x = (100.0 * np.sin(2 * np.pi * 100 * t) + 5000.0 + 300.0 * t)[:, None]  # DC and drift are filtered out
+    est = IntervalEstimator(_info(1), EstimatorConfig(smoothing_s=0.0))
+    efforts = [est.step(iv).effort_uv for iv in _intervals(x, [80] * 40)]
+    # after the filter has settled: a 100 Hz sine of amplitude 100 uV has RMS 100/sqrt(2); the band-pass
+    # gain at 100 Hz is 1 within 0.1 %
+    _, h = signal.sosfreqz(bandpass_sos(20, 450, FS, 4), worN=[100.0], fs=FS)
+    assert np.mean(efforts[-10:]) == pytest.approx(100 / math.sqrt(2) * abs(h[0]), rel=2e-3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.integers(40, 120), min_size=5, max_size=25),
+    pulse_every=st.integers(1, 3),
+    seed=st.integers(0, 1000),
+)
+def test_streaming_equals_offline_for_any_interval_lengths(lengths, pulse_every, seed):
+    """The interval-wise estimator filters exactly like one offline pass over the blanked signal."""
+    rng = np.random.default_rng(seed)
+    n = sum(lengths)
+    x = rng.normal(0, 50.0, (n, 2)) + 1000.0
+    ivs = _intervals(x, lengths)
+    pulses = {k: ivs[k].start_sample + int(rng.integers(0, 8)) for k in range(0, len(ivs), pulse_every)}
+    cfg = EstimatorConfig(
+        method="post", post_start_s=0.004, min_volitional_s=0.002, smoothing_s=0.0, pulse_search_s=0.0
+    )
+    est = IntervalEstimator(_info(2), cfg)
+    got = []
+    for k, iv in enumerate(ivs):
+        times = [10.0 + pulses[k] / FS] if k in pulses else []
+        got.append(est.step(iv, times, 5.0).channel_effort_uv)
+    # offline reference: blank every pulse window on the whole signal, filter once, take the windows
+    ref_x = x.copy()
+    blank_linear(ref_x, sorted(pulses.values()), round(cfg.blank_s * FS))
+    y = signal.sosfilt(bandpass_sos(20, 450, FS, 4), ref_x, axis=0)
+    post = round(cfg.post_start * FS)
+    for k, iv in enumerate(ivs):
+        a = pulses[k] + post if k in pulses else iv.start_sample
+        b = iv.start_sample + len(iv.timestamps)
+        if b - a >= max(3, round(cfg.min_volitional_s * FS)):
+            np.testing.assert_allclose(got[k], np.sqrt(np.mean(y[a:b] ** 2, axis=0)), rtol=1e-9)
+
+
+def _evoked_train(n_pulses, period, amplitudes, noise_uv, rng, n_ch=2):
+    """A repeating evoked response (scaled per pulse) plus independent noise; pulse at sample 0 of each."""
+    t = np.arange(period) / FS
+    template = np.where((t > 0.004) & (t < 0.014), np.sin(2 * np.pi * 100 * (t - 0.004)), 0.0) * 3000.0
+    x = np.zeros((n_pulses * period, n_ch))
+    for k in range(n_pulses):
+        x[k * period : (k + 1) * period] += amplitudes[k] * template[:, None]
+    b, a = signal.butter(2, [30, 200], btype="bandpass", fs=FS)
+    noise = signal.lfilter(b, a, rng.normal(0, 1, x.shape), axis=0)
+    noise *= noise_uv / noise.std()
+    return x + noise, noise
+
+
+@pytest.mark.parametrize("method", ["comb", "gs", "nlms"])
+def test_prediction_methods_remove_a_repeating_evoked_response(method):
+    """At 50 Hz (no post-M-wave window) the evoked response cancels and the noise RMS remains."""
+    rng = np.random.default_rng(0)
+    period, n_p = 40, 300  # 20 ms at 2 kHz
+    x, noise = _evoked_train(n_p, period, np.ones(n_p), 50.0, rng)
+    est = IntervalEstimator(_info(2), EstimatorConfig(method=method, smoothing_s=0.0, pulse_search_s=0.0))
+    ivs = _intervals(x, [period] * n_p)
+    eff = np.array([est.step(iv, [iv.timestamps[0]], 10.0).channel_effort_uv for iv in ivs])
+    # reference: the noise alone through the estimator's band-pass
+    ref = np.sqrt(np.mean(signal.sosfilt(bandpass_sos(20, 450, FS, 4), noise, axis=0)[2000:] ** 2, axis=0))
+    # RMS over all intervals (power average): comb and gs fit a gain on the current segment, which absorbs
+    # a little of the volitional signal (about one degree of freedom): documented bias, here < 15 %
+    np.testing.assert_allclose(np.sqrt(np.mean(eff[50:] ** 2, axis=0)), ref, rtol=0.15 if method != "gs" else 0.3)
+    assert np.median(eff[50:]) < 0.05 * 3000.0  # the 3-mV response is gone
+
+
+def test_scaled_comb_follows_intensity_changes_the_classic_comb_does_not():
+    """A controller changes the intensity every pulse: the fitted gain keeps the response cancelled."""
     rng = np.random.default_rng(1)
-    x = rng.normal(0, 25.0, (4000, 1))
-    est = IntervalEstimator(_info(1))
-    e = est.step(_interval(x))
-    assert not e.has_pulse and math.isnan(e.mwave_ptp_uv)
-    assert e.effort_uv == pytest.approx(np.std(x), rel=0.01)
+    period, n_p = 40, 300
+    amps = 1.0 + 0.1 * rng.standard_normal(n_p)  # 10 % pulse-to-pulse changes of the evoked response
+    x, noise = _evoked_train(n_p, period, amps, 50.0, rng)
+    ref = np.sqrt(np.mean(signal.sosfilt(bandpass_sos(20, 450, FS, 4), noise, axis=0)[2000:, 0] ** 2))
+    out = {}
+    for scale in (True, False):
+        est = IntervalEstimator(
+            _info(2), EstimatorConfig(method="comb", comb_scale=scale, smoothing_s=0.0, pulse_search_s=0.0)
+        )
+        ivs = _intervals(x, [period] * n_p)
+        eff = np.array([est.step(iv, [iv.timestamps[0]], 10.0).effort_uv for iv in ivs][50:])
+        out[scale] = np.sqrt(np.mean(eff**2))
+    assert out[True] == pytest.approx(ref, rel=0.15)
+    assert out[False] > 2 * ref  # the unscaled comb leaves the response difference in
 
 
 def test_smoothing_is_an_exponential_average_over_intervals():
     est = IntervalEstimator(_info(1), EstimatorConfig(smoothing_s=0.1))
     t = np.arange(80) / FS
     one = np.sin(2 * np.pi * 100 * t)[:, None]
-    e1 = est.step(_interval(10 * one))
-    e2 = est.step(_interval(20 * one, index=1))
-    alpha = 1 - math.exp(-0.04 / 0.1)
-    assert e2.effort_smooth_uv == pytest.approx(e1.effort_uv + alpha * (e2.effort_uv - e1.effort_uv))
+    e1 = est.step(Interval(0, 0, 10 * one, t))
+    e2 = est.step(Interval(1, 80, 20 * one, t + 0.04))
+    alpha = 1 - math.exp(-0.04 / 0.1)  # averaged in the power domain
+    assert e2.effort_smooth_uv == pytest.approx(
+        math.sqrt(e1.effort_uv**2 + alpha * (e2.effort_uv**2 - e1.effort_uv**2))
+    )
 
 
 def test_percent_mvc_after_calibration():
     est = IntervalEstimator(_info(2), EstimatorConfig(smoothing_s=0.0))
-    alternating = (-1.0) ** np.arange(80)  # RMS 1, and (almost) nothing for the linear detrend to take
-    x = np.column_stack([alternating] * 2) * 50.0
-    assert math.isnan(est.step(_interval(x)).effort_pct_mvc)
+    t = np.arange(80) / FS
+    x = np.column_stack([np.sin(2 * np.pi * 100 * t)] * 2) * 50.0
+    iv = Interval(0, 0, x, t)
+    e = est.step(iv)
+    assert math.isnan(e.effort_pct_mvc)
     est.set_mvc(np.array([200.0, 100.0]))
-    assert est.step(_interval(x)).effort_pct_mvc == pytest.approx(25.0, rel=1e-3)
+    e2 = est.step(Interval(1, 80, x, t + 0.04))
+    assert e2.effort_pct_mvc == pytest.approx(e2.effort_uv / 200.0 * 100.0)
+    np.testing.assert_allclose(e2.channel_effort_pct_mvc, e2.channel_effort_uv / [200.0, 100.0] * 100.0)
 
 
-def test_short_interval_and_nonfinite_samples_are_flagged_not_guessed():
+def test_bad_intervals_have_defined_results_and_warnings():
     est = IntervalEstimator(_info(1), EstimatorConfig(mwave_window_s=(0.003, 0.020)))
-    e = est.step(_interval(np.ones((30, 1))), pulse_t=10.0)  # 15 ms: too short for the M-wave window
-    assert any("too short for the M-wave window" in w for w in e.warnings)
-    assert math.isnan(e.effort_uv)
+    t = np.arange(40) / FS
+    # 15 ms after the pulse: the window (3-20 ms) does not fit -> truncated, still measured
+    e = est.step(Interval(0, 0, np.ones((30, 1)), 10 + t[:30]), [10.0])
+    assert any(w.startswith("M-wave window truncated") for w in e.warnings)
+    # 8 ms: less than half of the window -> not measured
+    e = est.step(Interval(1, 30, np.ones((16, 1)), 10.015 + t[:16]), [10.015])
+    assert any(w.startswith("interval too short for the M-wave window") for w in e.warnings)
+    assert math.isnan(e.mwave_ptp_uv)
+    # NaN in the interval: everything NaN, flagged, and the filters stay finite for the next interval
     x = np.ones((80, 1))
     x[5, 0] = np.nan
-    e = est.step(_interval(x), pulse_t=10.0)
+    e = est.step(Interval(2, 46, x, 10.023 + np.arange(80) / FS), [10.023])
     assert "non-finite samples in interval" in e.warnings
     assert math.isnan(e.effort_uv) and math.isnan(e.mwave_ptp_uv)
+    e = est.step(Interval(3, 126, np.ones((80, 1)), 10.063 + np.arange(80) / FS))
+    assert math.isfinite(e.effort_uv)
+    # a second pulse inside the blanking window of the first: one stimulus (doublet)
+    e = est.step(Interval(4, 206, np.ones((80, 1)), 10.103 + np.arange(80) / FS), [10.103, 10.104])
+    assert any("inside the blanking window" in w for w in e.warnings)
 
 
 def test_mvc_is_the_best_half_second_average():
@@ -117,8 +209,23 @@ def test_mvc_is_the_best_half_second_average():
         mvc_from_efforts(np.full((5, 1), np.nan), 0.04)
 
 
-def test_bad_configuration_is_refused():
-    with pytest.raises(ConfigError, match="mwave_window_s"):
-        EstimatorConfig(mwave_window_s=(0.02, 0.01))
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"mwave_window_s": (0.02, 0.01)}, "mwave_window_s"),
+        ({"method": "wavelet"}, "method"),
+        ({"blank_s": 0.01}, "blank_s"),
+        ({"notch_hz": 0.0}, "notch_hz"),
+    ],
+)
+def test_bad_configuration_is_refused(kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        EstimatorConfig(**kwargs)
+
+
+def test_control_channel_and_band_are_checked_against_the_stream():
     with pytest.raises(ConfigError, match="control_channel"):
         IntervalEstimator(_info(2), EstimatorConfig(control_channel=5))
+    with pytest.raises(ConfigError, match="band_hz"):
+        IntervalEstimator(_info(2), EstimatorConfig(band_hz=(20.0, 1500.0)))
+    assert IntervalEstimator(StreamInfo("e", "EMG", 500.0, ("a",), ("uV",))).band_hz == (20.0, 225.0)

@@ -468,6 +468,21 @@ def _band_spectrum(lo_hz: float, hi_hz: float, rate_hz: float, key: int) -> tupl
     return mdf, mnf
 
 
+@functools.lru_cache(maxsize=4096)
+def _band_indices(
+    lo_hz: float, hi_hz: float, rate_hz: float, key: int, band: tuple[float, float]
+) -> tuple[float, float, float]:
+    """(median frequency, mean frequency, FInsm5) of ``|H(f)|^2`` within ``band``, with the definitions of
+    :func:`closedloop.estimation.spectral.spectral_indices` (the estimators' own)."""
+    from closedloop.estimation.spectral import spectral_indices
+
+    sos = _band_design(lo_hz, hi_hz, rate_hz, key)
+    freqs = np.linspace(0.0, rate_hz / 2.0, _MDF_GRID)
+    _, h = signal.sosfreqz(sos, worN=freqs, fs=rate_hz)
+    mdf, mnf, fi = spectral_indices(freqs, np.abs(h) ** 2, band)
+    return float(mdf), float(mnf), float(fi)
+
+
 class VirtualMuscle:
     """A simulated muscle under voluntary drive and electrical stimulation.
 
@@ -624,6 +639,14 @@ class VirtualMuscle:
     def true_mnf_hz(self, fatigue: float) -> float:
         """Mean frequency (Hz) of the voluntary EMG process at ``fatigue`` (amplifier noise excluded)."""
         return _band_spectrum(*self.params.emg_band_hz, self._rate, self._freq_key(fatigue))[1]
+
+    def true_spectral_indices(
+        self, fatigue: float, band_hz: tuple[float, float] = (20.0, 450.0)
+    ) -> tuple[float, float, float]:
+        """Median and mean frequency (Hz) and FInsm5 of the voluntary EMG at ``fatigue`` within ``band_hz``,
+        computed the way the estimators compute them (:mod:`closedloop.estimation.spectral`)."""
+        band = (float(band_hz[0]), float(min(band_hz[1], 0.5 * self._rate)))
+        return _band_indices(*self.params.emg_band_hz, self._rate, self._freq_key(fatigue), band)
 
     def freq_scale(self, fatigue: float) -> float:
         """EMG frequency scale ``v`` used at ``fatigue`` (quantised to steps of 0.002)."""

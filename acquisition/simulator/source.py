@@ -28,6 +28,8 @@ GROUND_TRUTH_CHANNELS = (
     ("mwave_scale", "fraction"),
     ("freq_scale", "fraction"),
     ("mdf_true_hz", "Hz"),
+    ("mnf_true_hz", "Hz"),
+    ("fi_nsm5_true", "Hz^-6"),
     ("force_vol_n", "N"),
     ("force_stim_n", "N"),
     ("recruitment", "fraction"),
@@ -58,13 +60,23 @@ class _TruthState:
         self.mwave_ptp_uv = 0.0
 
 
+def truth_band(rate_hz: float) -> tuple[float, float]:
+    """The band of the spectral truth: the estimators' default band-pass at this rate."""
+    return (20.0, min(450.0, 0.45 * rate_hz))
+
+
 def truth_rows(muscle: VirtualMuscle, block: SimBlock, state: _TruthState) -> np.ndarray:
-    """One GroundTruth sample (at the block's last timestamp) as a ``(1, n)`` array."""
+    """One GroundTruth sample (at the block's last timestamp) as a ``(1, n)`` array.
+
+    Spectral truth is that of the voluntary EMG process within the estimators' default band (20 to
+    min(450, 0.45 x rate) Hz), computed with the estimators' own definitions.
+    """
     if block.pulses:
         last = block.pulses[-1]
         state.recruitment = last.recruitment
         state.mwave_ptp_uv = float(last.mwave_ptp_uv[0])
     fat = float(block.fatigue[-1])
+    mdf, mnf, fi = muscle.true_spectral_indices(fat, truth_band(muscle.params.rate_hz))
     return np.array(
         [
             [
@@ -72,7 +84,9 @@ def truth_rows(muscle: VirtualMuscle, block: SimBlock, state: _TruthState) -> np
                 fat,
                 block.mwave_scale[-1],
                 block.freq_scale[-1],
-                muscle.true_mdf_hz(fat),
+                mdf,
+                mnf,
+                fi,
                 block.f_vol_n[-1],
                 block.f_stim_n[-1],
                 state.recruitment,

@@ -1,90 +1,157 @@
-"""Per-interval estimation: M-wave in its window after the pulse, volitional EMG in the rest.
+"""Per-interval estimation: artifact, M-wave, volitional effort and fatigue indices, streaming.
 
-Pure and synchronous: :meth:`IntervalEstimator.step` takes an interval's samples and the time of the pulse
-that opened it and returns an :class:`~closedloop.types.Estimate`; its only state is the smoothed effort
-and the MVC calibration value, both visible attributes.
+:class:`IntervalEstimator` is pure and synchronous: :meth:`~IntervalEstimator.step` takes an interval's
+samples (any units the stream declares) and the times of the pulses in it, and returns an
+:class:`~closedloop.types.Estimate` in microvolts. Its state (filter memory, past pulse segments, MVC,
+M-wave reference, spectral accumulator, smoothed effort) is explicit; the same object serves the live
+loop and replays.
 
-Windows, relative to the pulse (defaults suit surface EMG with a few-ms artifact):
+Per interval::
 
-    0 ......... mwave_window_s[0]         artifact (blanked: never measured)
-    mwave_window_s[0] .. [1]              M-wave: peak-to-peak, rectified area, latency of largest peak
-    volitional_start_s .. end of interval volitional EMG: RMS after removing a linear trend
+    raw ---- M-wave window after each pulse: peak-to-peak, rectified area, latency (raw, baseline removed)
+     |
+     +-> blank the artifact (straight line over blank_s) -> notch + band-pass (streaming, state carried)
+            |
+            +-> volitional EMG of the pulse segment by the chosen method (post, comb, gs, nlms)
+            |     or, without a pulse, of the whole interval  -> effort (uV), % MVC, smoothed
+            +-> its residual, gaps as zeros in time, into a streaming Welch estimate
+                  -> median and mean frequency, Dimitrov FInsm5 over the last spectral_window_s
 
-Without a pulse the whole interval is volitional EMG.
+Windows are in seconds after the pulse; defaults suit surface EMG::
+
+    0 .. blank_s                   artifact: never measured, bridged by a straight line before filtering
+    mwave_window_s[0] .. [1]       M-wave measures; also where comb/gs/nlms fit their gains
+    post_start_s .. next pulse     the ``post`` method's volitional window
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import signal
 
 from closedloop.errors import ConfigError
+from closedloop.estimation.artifacts import blank_linear
+from closedloop.estimation.filters import FilterChain, SOSFilter, bandpass_sos, notch_sos
 from closedloop.estimation.segmenter import Interval
+from closedloop.estimation.spectral import StreamingWelch, spectral_indices
+from closedloop.estimation.volitional import METHODS, VolitionalEstimator
 from closedloop.types import Estimate, StreamInfo
 
-__all__ = ["EstimatorConfig", "IntervalEstimator", "detrended_rms", "mvc_from_efforts"]
+__all__ = ["EstimatorConfig", "IntervalEstimator", "mvc_from_efforts"]
 
 
 @dataclass(frozen=True)
 class EstimatorConfig:
-    """Estimator settings (all times in seconds after the pulse).
+    """Estimator settings. Times in seconds (after the pulse for windows), frequencies in Hz.
 
     Parameters
     ----------
+    method:
+        Volitional EMG method during stimulation: ``"comb"`` (default), ``"post"``, ``"gs"``, ``"nlms"``
+        (see :mod:`closedloop.estimation.volitional`).
+    band_hz:
+        Band-pass corners; None gives (20, min(450, 0.45 x rate)).
+    filter_order:
+        Butterworth order of the band-pass.
+    notch_hz:
+        Power-line frequency (50 or 60) whose harmonics inside the band are notched; None: no notch.
+    notch_q:
+        Quality factor of each notch.
+    blank_s:
+        Artifact blanking after each pulse.
     mwave_window_s:
-        Start and end of the M-wave window; the start is also the end of artifact blanking.
-    volitional_start_s:
-        Where volitional EMG starts being measured (default: the end of the M-wave window).
+        Start and end of the M-wave window.
+    post_start_s:
+        Start of the ``post`` method's window (default: the end of the M-wave window).
     min_volitional_s:
-        Shortest volitional window that gives an effort value; shorter gives NaN and a warning.
+        Shortest volitional window that gives an effort value.
+    history:
+        Past pulse segments used by ``gs`` and ``nlms``.
+    nlms_mu:
+        Step size of ``nlms``.
+    comb_scale:
+        Let the comb filter fit a gain per channel on the M-wave window.
     smoothing_s:
-        Time constant of the exponential smoothing of effort across intervals.
+        Time constant of the exponential smoothing of effort across intervals (0: none), applied to the
+        mean square (the smoothed effort is the square root of the smoothed power).
+    spectral_window_s:
+        Volitional EMG over which median/mean frequency and FInsm5 are computed.
+    mwave_reference_pulses:
+        The first this-many pulses define the M-wave reference of the relative fatigue indices.
     control_channel:
         Index of the EMG channel whose values drive the controller.
     mvc_uv:
-        Volitional RMS at maximal voluntary contraction (uV) for % MVC, one value for all channels or one
-        per channel; None until calibrated.
+        Volitional RMS at maximal voluntary contraction (uV), one for all channels or one per channel;
+        None until calibrated.
+    pulse_search_s:
+        How far after its delivery time a pulse's artifact is looked for (0: trust the delivery time).
+    artifact_factor:
+        An artifact is a jump larger than this many times the interval's median sample-to-sample jump.
     """
 
+    method: str = "comb"
+    band_hz: tuple[float, float] | None = None
+    filter_order: int = 4
+    notch_hz: float | None = None
+    notch_q: float = 30.0
+    blank_s: float = 0.003
     mwave_window_s: tuple[float, float] = (0.003, 0.020)
-    volitional_start_s: float | None = None
+    post_start_s: float | None = None
     min_volitional_s: float = 0.005
+    history: int = 2
+    nlms_mu: float = 0.3
+    comb_scale: bool = True
     smoothing_s: float = 0.25
+    spectral_window_s: float = 1.0
+    mwave_reference_pulses: int = 5
     control_channel: int = 0
     mvc_uv: float | tuple[float, ...] | None = None
+    pulse_search_s: float = 0.005
+    artifact_factor: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"estimator method = {self.method!r} not allowed; use one of {', '.join(METHODS)}")
         a, b = self.mwave_window_s
         if not (0 <= a < b):
             raise ConfigError(f"mwave_window_s = {self.mwave_window_s}: need 0 <= start < end (seconds after pulse)")
-        if self.volitional_start_s is not None and self.volitional_start_s < a:
-            raise ConfigError(
-                f"volitional_start_s = {self.volitional_start_s} must not start inside the artifact (< {a})"
-            )
-        if self.min_volitional_s <= 0 or self.smoothing_s < 0:
-            raise ConfigError("min_volitional_s must be > 0 and smoothing_s >= 0")
+        if not 0 <= self.blank_s <= a:
+            raise ConfigError(f"blank_s = {self.blank_s}: must lie in 0..mwave_window_s[0] ({a})")
+        if self.post_start_s is not None and self.post_start_s < self.blank_s:
+            raise ConfigError(f"post_start_s = {self.post_start_s} must not start inside the artifact blanking")
+        if self.band_hz is not None and not (0 < self.band_hz[0] < self.band_hz[1]):
+            raise ConfigError(f"band_hz = {self.band_hz}: need 0 < low < high")
+        if self.notch_hz is not None and not self.notch_hz > 0:
+            raise ConfigError(f"notch_hz = {self.notch_hz}: give the power-line frequency (50 or 60) or None")
+        if self.min_volitional_s <= 0 or self.smoothing_s < 0 or self.spectral_window_s <= 0:
+            raise ConfigError("min_volitional_s and spectral_window_s must be > 0 and smoothing_s >= 0")
+        if self.pulse_search_s < 0 or self.artifact_factor <= 1:
+            raise ConfigError("pulse_search_s must be >= 0 and artifact_factor > 1")
+        if self.mwave_reference_pulses < 1:
+            raise ConfigError(f"mwave_reference_pulses = {self.mwave_reference_pulses}: need >= 1")
         if self.mvc_uv is not None:
             mvc = np.atleast_1d(np.asarray(self.mvc_uv, dtype=float))
             if not (np.isfinite(mvc).all() and (mvc > 0).all()):
                 raise ConfigError(f"mvc_uv = {self.mvc_uv}: must be positive numbers of microvolts")
 
     @property
-    def volitional_start(self) -> float:
-        return self.mwave_window_s[1] if self.volitional_start_s is None else self.volitional_start_s
+    def post_start(self) -> float:
+        """Start of the post-M-wave window (s after the pulse)."""
+        return self.mwave_window_s[1] if self.post_start_s is None else self.post_start_s
 
-
-def detrended_rms(x: np.ndarray) -> np.ndarray:
-    """RMS of each column of ``x`` after removing its least-squares line; NaN for fewer than 3 rows."""
-    m = x.shape[0]
-    if m < 3:
-        return np.full(x.shape[1], np.nan)
-    t = np.arange(m) - (m - 1) / 2.0
-    xc = x - x.mean(axis=0)
-    slope = (t @ xc) / (t @ t)
-    resid = xc - np.outer(t, slope)
-    return np.sqrt(np.mean(resid * resid, axis=0))
+    def band_for(self, rate_hz: float) -> tuple[float, float]:
+        """The band-pass corners in force at ``rate_hz``."""
+        if self.band_hz is None:
+            return (20.0, min(450.0, 0.45 * rate_hz))
+        if self.band_hz[1] >= 0.5 * rate_hz:
+            raise ConfigError(
+                f"band_hz = {self.band_hz}: the upper corner must be below half the rate ({rate_hz / 2:g} Hz)"
+            )
+        return self.band_hz
 
 
 def mvc_from_efforts(efforts_uv: np.ndarray, interval_s: float, window_s: float = 0.5) -> np.ndarray:
@@ -112,36 +179,73 @@ def mvc_from_efforts(efforts_uv: np.ndarray, interval_s: float, window_s: float 
 
 
 class IntervalEstimator:
-    """Measures M-wave and volitional EMG in each interval.
+    """Measures M-wave, volitional EMG and fatigue indices in consecutive intervals of one EMG stream.
 
     Parameters
     ----------
     info:
         The EMG stream (rate, channels, units).
     config:
-        Windows, smoothing, control channel, MVC.
+        Windows, method, filters, smoothing, control channel, MVC.
     """
 
     def __init__(self, info: StreamInfo, config: EstimatorConfig | None = None) -> None:
+        cfg = self.config = config or EstimatorConfig()
         self.info = info
-        self.config = config or EstimatorConfig()
-        if not 0 <= self.config.control_channel < info.n_channels:
-            raise ConfigError(
-                f"control_channel = {self.config.control_channel}: the stream has channels 0..{info.n_channels - 1}"
-            )
-        fs = info.rate_hz
-        self._fs = fs
+        n_ch = info.n_channels
+        if not 0 <= cfg.control_channel < n_ch:
+            raise ConfigError(f"control_channel = {cfg.control_channel}: the stream has channels 0..{n_ch - 1}")
+        fs = self._fs = float(info.rate_hz)
+        if fs <= 0:
+            raise ConfigError(f"stream {info.name!r} has no regular sampling rate")
+        self.band_hz = cfg.band_for(fs)
         self._scale = info.scale_to_uv()
-        self._m0 = round(self.config.mwave_window_s[0] * fs)
-        self._m1 = round(self.config.mwave_window_s[1] * fs)
-        self._v0 = round(self.config.volitional_start * fs)
-        self._min_vol = max(3, round(self.config.min_volitional_s * fs))
+        self._blank = round(cfg.blank_s * fs)
+        self._m0 = round(cfg.mwave_window_s[0] * fs)
+        self._m1 = round(cfg.mwave_window_s[1] * fs)
+        self._pre = max(2, round(0.002 * fs))  # raw samples before a pulse that give the M-wave baseline
+        self._search = round(cfg.pulse_search_s * fs)
+        filters = []
+        if cfg.notch_hz is not None and cfg.notch_hz < self.band_hz[1]:
+            filters.append(SOSFilter(notch_sos(cfg.notch_hz, fs, cfg.notch_q, up_to_hz=self.band_hz[1]), n_ch))
+        filters.append(SOSFilter(bandpass_sos(*self.band_hz, fs, cfg.filter_order), n_ch))
+        self.filter = FilterChain(filters)
+        self.volitional = VolitionalEstimator(
+            cfg.method,
+            n_ch,
+            self._blank,
+            (self._m0, self._m1),
+            round(cfg.post_start * fs),
+            round(cfg.min_volitional_s * fs),
+            cfg.history,
+            cfg.nlms_mu,
+            cfg.comb_scale,
+        )
+        self.welch = StreamingWelch(fs, n_ch, window_s=cfg.spectral_window_s, band_hz=self.band_hz)
+        # Spectral indices describe the EMG, not our filters: divide the band-pass/notch response back out
+        # (bins where the notches remove more than 90 % of the power are left out).
+        h2 = np.ones(self.welch.freqs.shape[0])
+        for f in filters:
+            _, h = signal.sosfreqz(f.sos, worN=self.welch.freqs, fs=fs)
+            h2 *= np.abs(h) ** 2
+        self._psd_weight = np.where(h2 > 0.1, 1.0 / np.maximum(h2, 1e-12), 0.0)[:, None]
         #: Smoothed effort of the control channel (uV), NaN before the first value.
         self.effort_smooth_uv = math.nan
-        #: MVC reference per channel (uV) for % MVC; None until calibrated (see :meth:`set_mvc`).
+        self._power_smooth = math.nan
+        #: MVC reference per channel (uV); None until calibrated (see :meth:`set_mvc`).
         self.mvc_uv: np.ndarray | None = None
-        if self.config.mvc_uv is not None:
-            self.set_mvc(self.config.mvc_uv)
+        if cfg.mvc_uv is not None:
+            self.set_mvc(cfg.mvc_uv)
+        #: M-wave reference per channel (peak-to-peak uV, area uV*s): mean of the first pulses.
+        self.mwave_ref_ptp: np.ndarray | None = None
+        self.mwave_ref_area: np.ndarray | None = None
+        self._ref_ptp: list[np.ndarray] = []
+        self._ref_area: list[np.ndarray] = []
+        self._tail = np.zeros((0, n_ch))  # last raw samples of the previous interval
+        self._spectral = (np.full(n_ch, np.nan),) * 3
+        self._welch_seen = 0
+        self._h2_sum = np.zeros((self.welch.freqs.shape[0], n_ch))
+        self._h2_n = 0.0
 
     def set_mvc(self, mvc_uv: float | np.ndarray) -> None:
         """Set the MVC reference (uV): one value for all channels or one per channel."""
@@ -150,58 +254,163 @@ class IntervalEstimator:
             raise ConfigError(f"MVC reference {mvc_uv!r} must be positive microvolts for every channel")
         self.mvc_uv = mvc
 
-    def step(self, interval: Interval, pulse_t: float | None = None, amplitude_ma: float = math.nan) -> Estimate:
+    def reset_mwave_reference(self) -> None:
+        """Take the next pulses as the M-wave reference of the relative fatigue indices."""
+        self.mwave_ref_ptp = self.mwave_ref_area = None
+        self._ref_ptp, self._ref_area = [], []
+
+    # -- the step ---------------------------------------------------------------------------------------
+    def step(self, interval: Interval, pulse_times: Sequence[float] = (), amplitude_ma: float = math.nan) -> Estimate:
         """Estimate one interval.
 
         Parameters
         ----------
         interval:
-            The samples (in the stream's units) and their timestamps.
-        pulse_t:
-            LSL time of the pulse that opened the interval, None if none.
+            Consecutive samples (in the stream's units) and their LSL timestamps.
+        pulse_times:
+            LSL times of the pulses delivered in this interval (usually none or one). Pulses closer than
+            ``blank_s`` to the previous one (a doublet) are blanked together and measured as one stimulus.
         amplitude_ma:
-            That pulse's amplitude (mA).
+            Amplitude of the first pulse (mA), recorded with the estimate.
         """
-        x = interval.samples
+        cfg = self.config
+        x = np.array(interval.samples, dtype=np.float64)
         ts = interval.timestamps
         n, n_ch = x.shape
-        nan = np.full(n_ch, np.nan)
         warnings: list[str] = []
-        ptp, area, latency = nan, nan, nan
-        if not np.isfinite(x).all():
+        finite = np.isfinite(x)
+        bad = not finite.all()
+        if bad:
             warnings.append("non-finite samples in interval")
-            return self._estimate(interval, ts[0], math.nan, nan, nan, nan, nan, nan, tuple(warnings))
-        if pulse_t is not None:
-            p = int(np.searchsorted(ts, pulse_t))
-            t_start = float(ts[p]) if p < n else float(pulse_t)
-            m0, m1 = p + self._m0, p + self._m1
-            if m1 > n:
-                warnings.append(
-                    f"interval too short for the M-wave window: {(n - p) / self._fs * 1e3:.1f} ms after the pulse, "
-                    f"window ends at {self.config.mwave_window_s[1] * 1e3:.1f} ms"
-                )
-            seg = x[m0 : min(m1, n)].astype(np.float64, copy=False)
-            vol = x[p + self._v0 :]
-            if seg.shape[0] >= 2:
-                ptp = (seg.max(axis=0) - seg.min(axis=0)) * self._scale
-                base = vol.mean(axis=0) if vol.shape[0] >= 2 else seg.mean(axis=0)
-                dev = np.abs(seg - base)
-                area = dev.sum(axis=0) / self._fs * self._scale
-                latency = (np.argmax(dev, axis=0) + self._m0) / self._fs
+            x[~finite] = 0.0  # keeps the filter state finite; this interval's values are NaN
+        starts = self._pulse_starts(x, ts, pulse_times, warnings)
+        p = starts[0] if starts else None
+        nan = np.full(n_ch, np.nan)
+        ptp = area = latency = nan
+        if p is not None and not bad:
+            ptp, area, latency = self._mwave(x, p, warnings)
+        blank_linear(x, starts, self._blank, before=self._tail[-1] if self._tail.shape[0] else None)
+        self._tail = x[-self._pre :].copy()
+        y = self.filter.step(x) * self._scale
+        if p is None:
+            res = self.volitional.window(y)
+            offset = 0
         else:
-            t_start = float(ts[0])
-            vol = x
-        if vol.shape[0] >= self._min_vol:
-            effort = detrended_rms(vol.astype(np.float64, copy=False)) * self._scale
-        else:
-            effort = nan
-            warnings.append(
-                f"volitional window {vol.shape[0] / self._fs * 1e3:.1f} ms shorter than "
-                f"{self.config.min_volitional_s * 1e3:.1f} ms"
+            res = self.volitional.segment(y[p:], interval.start_sample + p)
+            offset = p
+            if res.method != cfg.method and cfg.method != "post":
+                warnings.append(f"{cfg.method} needs a previous pulse segment: used post")
+        resid = np.zeros_like(y)
+        valid = np.zeros(n, bool)
+        resid[offset:] = res.residual
+        valid[offset:] = res.valid
+        if bad:
+            valid[:] = False
+        self.welch.step(resid, valid)
+        self._track_response(res, int(valid.sum()), n)
+        w = self.welch
+        if w.segments_pushed != self._welch_seen and w.n_segments >= w.min_segments:
+            self._welch_seen = w.segments_pushed  # indices change only when a new segment arrives
+            freqs, psd = w.psd()
+            h2 = self._h2_sum / max(self._h2_n, 1e-12)
+            weight = np.where(h2 > 0.2, self._psd_weight / np.maximum(h2, 1e-12), 0.0)
+            self._spectral = tuple(
+                np.asarray(v, dtype=float) for v in spectral_indices(freqs, psd * weight, self.band_hz)
             )
+        effort = res.effort
+        if np.isnan(effort).all() and not bad:
+            warnings.append(f"volitional window shorter than {cfg.min_volitional_s * 1e3:.1f} ms ({res.method})")
+        if bad:
+            effort = ptp = area = latency = nan
+        t_start = float(ts[p]) if p is not None else float(ts[0])
         return self._estimate(
-            interval, t_start, amplitude_ma, effort, ptp, area, latency, n / self._fs, tuple(warnings)
+            interval,
+            t_start,
+            amplitude_ma if p is not None else math.nan,
+            effort,
+            ptp,
+            area,
+            latency,
+            n / self._fs,
+            tuple(warnings),
         )
+
+    # -- parts ----------------------------------------------------------------------------------------
+    def _track_response(self, res, n_valid: int, n: int) -> None:
+        """Running average of the residual's spectral response |H(f)|^2 over the spectral window, weighted
+        by the samples each interval contributes, so that the PSD can be divided by it."""
+        decay = math.exp(-n / (self.config.spectral_window_s * self._fs))
+        self._h2_sum *= decay
+        self._h2_n *= decay
+        if n_valid:
+            h2 = res.response(self.welch.freqs, self._fs)
+            self._h2_sum += n_valid * (1.0 if h2 is None else h2)
+            self._h2_n += n_valid
+
+    def _pulse_starts(
+        self, x: np.ndarray, ts: np.ndarray, pulse_times: Sequence[float], warnings: list[str]
+    ) -> list[int]:
+        """Sample offsets of the pulses in this interval, located on their artifacts, doublets merged.
+
+        A pulse's delivery time says roughly where it is; a stimulator (or a simulated device working in
+        blocks) may apply it a few samples later. Each pulse is placed on the first sample within
+        ``pulse_search_s`` after its nominal time whose jump from the previous sample stands out (more than
+        ``artifact_factor`` times the interval's median jump): the artifact's onset, which comes before any
+        M-wave. Without such a jump the nominal sample is kept (set ``pulse_search_s=0`` for stimulators
+        that leave no artifact).
+        """
+        if len(pulse_times) == 0:
+            return []
+        idx = np.searchsorted(ts, np.asarray(pulse_times, dtype=float) - 0.5 / self._fs)
+        idx = idx[idx < ts.shape[0]]
+        if self._search and idx.size:
+            prev = self._tail[-1:] if self._tail.shape[0] else x[:1]
+            jump = np.abs(np.diff(np.vstack([prev, x]), axis=0)).max(axis=1)  # jump[j]: x[j] - x[j-1]
+            floor = self.config.artifact_factor * float(np.median(jump)) + 1e-12
+            refined = []
+            for i in idx:
+                above = np.flatnonzero(jump[i : i + self._search + 1] > floor)
+                refined.append(i + int(above[0]) if above.size else i)
+            idx = np.asarray(refined)
+        starts: list[int] = []
+        for i in np.sort(idx):
+            if starts and i - starts[-1] < max(self._blank, 1):
+                warnings.append("pulse inside the blanking window of the previous one: measured as one stimulus")
+                continue
+            starts.append(int(i))
+        if len(starts) > 1:
+            warnings.append(f"{len(starts)} pulses in one interval: the first opens it")
+        return starts
+
+    def _mwave(self, x: np.ndarray, p: int, warnings: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, n_ch = x.shape
+        m0, m1 = p + self._m0, p + self._m1
+        nan = np.full(n_ch, np.nan)
+        if m1 > n:
+            # the next pulse comes before the window ends: measure what there is, if at least half of it
+            short = (
+                f"{(n - p) / self._fs * 1e3:.1f} ms after the pulse, window ends at "
+                f"{self.config.mwave_window_s[1] * 1e3:.1f} ms"
+            )
+            if n - m0 < (self._m1 - self._m0) / 2:
+                warnings.append(f"interval too short for the M-wave window: {short}")
+                return nan, nan, nan
+            warnings.append(f"M-wave window truncated by the next pulse: {short}")
+            m1 = n
+        pre = x[max(0, p - self._pre) : p] if p > 0 else self._tail
+        base = np.median(pre, axis=0) if pre.shape[0] else x[m0]
+        seg = x[m0:m1] - base
+        ptp = (seg.max(axis=0) - seg.min(axis=0)) * self._scale
+        dev = np.abs(seg)
+        area = dev.sum(axis=0) / self._fs * self._scale
+        latency = (np.argmax(dev, axis=0) + self._m0) / self._fs
+        if self.mwave_ref_ptp is None:
+            self._ref_ptp.append(ptp)
+            self._ref_area.append(area)
+            if len(self._ref_ptp) >= self.config.mwave_reference_pulses:
+                self.mwave_ref_ptp = np.mean(self._ref_ptp, axis=0)
+                self.mwave_ref_area = np.mean(self._ref_area, axis=0)
+        return ptp, area, latency
 
     def _estimate(
         self,
@@ -218,12 +427,19 @@ class IntervalEstimator:
         c = self.config.control_channel
         e = float(effort[c])
         if math.isfinite(e):
+            # smoothed in the power domain: sqrt of the averaged mean square, so that short, noisy RMS
+            # values do not bias the average low (the mean of RMS values underestimates the RMS)
             if math.isnan(self.effort_smooth_uv) or self.config.smoothing_s == 0:
-                self.effort_smooth_uv = e
+                self._power_smooth = e * e
             else:
                 alpha = 1.0 - math.exp(-duration_s / self.config.smoothing_s)
-                self.effort_smooth_uv += alpha * (e - self.effort_smooth_uv)
-        pct = self.effort_smooth_uv / self.mvc_uv[c] * 100.0 if self.mvc_uv is not None else math.nan
+                self._power_smooth += alpha * (e * e - self._power_smooth)
+            self.effort_smooth_uv = math.sqrt(self._power_smooth)
+        mvc = self.mvc_uv
+        pct = self.effort_smooth_uv / mvc[c] * 100.0 if mvc is not None else math.nan
+        ref_p, ref_a = self.mwave_ref_ptp, self.mwave_ref_area
+        nan = np.full_like(ptp, np.nan)
+        mdf, mnf, fi = self._spectral
         return Estimate(
             index=interval.index,
             t_start=t_start,
@@ -237,5 +453,11 @@ class IntervalEstimator:
             channel_mwave_ptp_uv=ptp,
             channel_mwave_area_uvs=area,
             channel_mwave_latency_s=latency,
+            channel_effort_pct_mvc=effort / mvc * 100.0 if mvc is not None else np.full_like(effort, np.nan),
+            channel_mwave_ptp_rel=ptp / ref_p if ref_p is not None else nan,
+            channel_mwave_area_rel=area / ref_a if ref_a is not None else nan,
+            channel_mdf_hz=mdf,
+            channel_mnf_hz=mnf,
+            channel_fi_nsm5=fi,
             warnings=warnings,
         )

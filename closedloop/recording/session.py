@@ -30,8 +30,13 @@ ESTIMATES_CSV_COLUMNS = (
     "mwave_ptp_uv",
     "mwave_area_uvs",
     "mwave_latency_ms",
+    "mwave_ptp_rel",
+    "mwave_area_rel",
     "effort_uv",
     "effort_pct_mvc",
+    "mdf_hz",
+    "mnf_hz",
+    "fi_nsm5",
 )
 
 
@@ -41,6 +46,10 @@ class RecordingError(ClosedLoopError):
 
 def _fmt(x: float) -> str:
     return "" if math.isnan(x) else f"{x:.6g}"
+
+
+def _fmt_sci(x: float) -> str:
+    return "" if math.isnan(x) else f"{x:.6e}"
 
 
 class SessionRecorder:
@@ -113,24 +122,31 @@ class SessionRecorder:
             raise RecordingError(f"recording to {self.xdf_path} failed: {self.error}") from self.error
         self._q.put((self._ids[key], samples, timestamps))
 
-    def push_estimate(self, est: Estimate, mvc_uv: np.ndarray | None) -> None:
+    def push_estimate(self, est: Estimate) -> None:
         """Enqueue the estimates.csv rows of one interval."""
         if self._csv_channels:
-            self._q.put(("csv", est, mvc_uv))
+            self._q.put(("csv", est))
 
     # -- writer thread -------------------------------------------------------------------------------
-    def _rows(self, est: Estimate, mvc_uv: np.ndarray | None) -> str:
+    def _rows(self, est: Estimate) -> str:
         t = est.t_start - self.t_zero
         head = f"{t:.6f},{est.index},"
         amp = _fmt(est.amplitude_ma)
-        pct = (est.channel_effort_uv / mvc_uv * 100.0) if mvc_uv is not None else None
+        cols = (
+            est.channel_mwave_ptp_uv,
+            est.channel_mwave_area_uvs,
+            est.channel_mwave_latency_s * 1e3,
+            est.channel_mwave_ptp_rel,
+            est.channel_mwave_area_rel,
+            est.channel_effort_uv,
+            est.channel_effort_pct_mvc,
+            est.channel_mdf_hz,
+            est.channel_mnf_hz,
+        )
         lines = []
         for i, name in enumerate(self._csv_channels):
-            lines.append(
-                head + f"{name},{amp},{_fmt(est.channel_mwave_ptp_uv[i])},{_fmt(est.channel_mwave_area_uvs[i])},"
-                f"{_fmt(est.channel_mwave_latency_s[i] * 1e3)},{_fmt(est.channel_effort_uv[i])},"
-                f"{'' if pct is None else _fmt(pct[i])}\n"
-            )
+            values = ",".join(_fmt(c[i]) for c in cols)
+            lines.append(f"{head}{name},{amp},{values},{_fmt_sci(est.channel_fi_nsm5[i])}\n")
         return "".join(lines)
 
     def _run(self) -> None:
@@ -145,7 +161,7 @@ class SessionRecorder:
                     break
                 if item is not False:
                     if item[0] == "csv":
-                        self._csv.write(self._rows(item[1], item[2]))
+                        self._csv.write(self._rows(item[1]))
                     else:
                         self._writer.write_samples(*item)
                 now = time.monotonic()
