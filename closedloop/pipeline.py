@@ -509,7 +509,6 @@ class Session:
             self._finish_calibration()
         next_amp = 0.0
         latency = math.nan
-        delivered = False
         if mode == "control":
             try:
                 next_amp = float(self.controller.step(est))
@@ -522,9 +521,9 @@ class Session:
             if "non-finite samples in interval" in est.warnings:
                 next_amp = 0.0  # nonfinite_policy == "skip": no pulse on unusable data
             if next_amp > 0.0:
-                delivered, latency = self._deliver(next_amp, chunk, last_in_chunk)
-        if not delivered:
-            self.safety.no_pulse(cfg.stim_channel)  # the ramp restarts from 0 mA after an empty slot
+                latency = self._deliver(next_amp, chunk, last_in_chunk)
+        if next_amp <= 0.0:
+            self.safety.no_pulse(cfg.stim_channel)  # a deliberate stop: the ramp restarts from 0 mA
         rec = self.recorder
         c = est_.config.control_channel
         head = np.array(
@@ -558,28 +557,28 @@ class Session:
         self.result.mvc_uv = [float(v) for v in mvc]
         self._event("calibrated", "MVC reference (uV) per channel: " + ", ".join(f"{v:.1f}" for v in mvc))
 
-    def _deliver(self, amplitude_ma: float, chunk: Chunk, last_in_chunk: bool) -> tuple[bool, float]:
-        """Deliver the next pulse now, unless late; return (delivered, decision latency in s or NaN)."""
+    def _deliver(self, amplitude_ma: float, chunk: Chunk, last_in_chunk: bool) -> float:
+        """Deliver the next pulse now, unless late; return the decision latency (s), NaN if none was delivered."""
         cfg = self.config
         res = self.result
         if not last_in_chunk:
             res.deadline_misses += 1
             res.skipped_pulses += 1
             self.warning_counts["pulse skipped: its interval's data arrived late"] += 1
-            return False, math.nan
+            return math.nan
         if chunk.t_arrival is not None and time.perf_counter() - chunk.t_arrival > cfg.deadline_s:
             res.deadline_misses += 1
             late_ms = (time.perf_counter() - chunk.t_arrival) * 1e3
             if cfg.deadline_policy == "stop":
                 raise SafetyError(f"decision missed its deadline ({late_ms:.2f} ms > {cfg.deadline_s * 1e3:g} ms)")
             res.skipped_pulses += 1
-            return False, math.nan
+            return math.nan
         cmd = PulseCommand(self.clock(), cfg.stim_channel, amplitude_ma, cfg.pulse_width_us)
         pulse = self.safety.deliver(cmd)
         if self.safety.tripped is not None:
             raise SafetyError(f"output off: {self.safety.tripped}")
         if pulse is None:
-            return False, math.nan
+            return math.nan
         t_done = time.perf_counter()
         latency = (t_done - chunk.t_arrival) if chunk.t_arrival is not None else math.nan
         if chunk.t_arrival is not None:
@@ -602,7 +601,7 @@ class Session:
             ),
             np.array([pulse.t]),
         )
-        return True, latency
+        return latency
 
     async def _record_aux(self, key: str, src) -> None:
         try:

@@ -53,9 +53,13 @@ class SafetyLimits:
     max_charge_uc:
         Largest charge per phase, amplitude x pulse width (uC).
     max_step_ma:
-        Largest increase of amplitude from one pulse slot to the next on a channel (mA); a slot without a
-        pulse counts as 0 mA, so stimulation always restarts from a low level. Decreases are never limited
-        (turning down must always be possible).
+        Largest increase of amplitude from one pulse to the next on a channel (mA). After a deliberate stop
+        (the controller asked for 0 mA, see :meth:`SafetyLayer.no_pulse`) or a pause longer than
+        ``ramp_reset_s``, the next pulse counts from 0 mA, so stimulation always restarts from a low level.
+        Decreases are never limited (turning down must always be possible).
+    ramp_reset_s:
+        A pause without pulses longer than this (s) restarts the ramp from 0 mA; a single skipped pulse
+        (e.g. a missed deadline) does not.
     max_rate_hz:
         Highest instantaneous pulse rate per channel (1 / shortest pulse-to-pulse interval, Hz).
     allowed_channels:
@@ -69,6 +73,7 @@ class SafetyLimits:
     max_pulse_width_us: float = 400.0
     max_charge_uc: float = 16.0
     max_step_ma: float = 5.0
+    ramp_reset_s: float = 0.25
     max_rate_hz: float = 100.0
     allowed_channels: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)
     on_violation: Literal["clamp", "refuse"] = "clamp"
@@ -84,6 +89,8 @@ class SafetyLimits:
         ):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= ceiling):
                 raise ConfigError(f"safety limit {key} = {value!r} not allowed: must be > 0 and <= {ceiling:g}")
+        if not (isinstance(self.ramp_reset_s, (int, float)) and 0 <= self.ramp_reset_s <= 10):
+            raise ConfigError(f"safety limit ramp_reset_s = {self.ramp_reset_s!r}: allowed 0..10 s")
         if not self.allowed_channels or min(self.allowed_channels) < 0:
             raise ConfigError(f"safety limit allowed_channels = {self.allowed_channels!r}: need channels >= 0")
         if self.on_violation not in ("clamp", "refuse"):
@@ -216,11 +223,14 @@ class SafetyLayer:
         if amp * pw * 1e-3 > lim.max_charge_uc:
             reasons.append(f"charge {amp * pw * 1e-3:g} uC > max {lim.max_charge_uc:g} uC")
             amp = lim.max_charge_uc / (pw * 1e-3)
-        ramp_cap = self._last_amplitude.get(cmd.channel, 0.0) + lim.max_step_ma
+        last_t = self._last_t.get(cmd.channel)
+        base = self._last_amplitude.get(cmd.channel, 0.0)
+        if last_t is None or t - last_t > lim.ramp_reset_s:
+            base = 0.0  # stimulation paused: start again from a low level
+        ramp_cap = base + lim.max_step_ma
         if amp > ramp_cap:
             reasons.append(f"step to {amp:g} mA > {lim.max_step_ma:g} mA above the previous pulse")
             amp = ramp_cap
-        last_t = self._last_t.get(cmd.channel)
         if last_t is not None and (t - last_t) * lim.max_rate_hz < 1.0 - 1e-9:
             self._event(
                 t,
@@ -257,7 +267,7 @@ class SafetyLayer:
         return pulse
 
     def no_pulse(self, channel: int) -> None:
-        """Record that a pulse slot passed without a pulse: the next pulse ramps up from 0 mA again."""
+        """Record a deliberate stop on ``channel`` (0 mA asked): the next pulse ramps up from 0 mA again."""
         self._last_amplitude[channel] = 0.0
 
     def output_off(self, t: float, reason: str) -> None:

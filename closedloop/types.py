@@ -188,6 +188,8 @@ class Estimate:
         over the estimator's spectral window; NaN until enough signal has accumulated.
     warnings:
         Short texts describing anything unusual (e.g. an interval too short for the M-wave window).
+    has_pulse:
+        True if a pulse opened this interval (its amplitude may be unknown, e.g. detected in a replay).
     """
 
     index: int
@@ -209,8 +211,4 @@ class Estimate:
     channel_mnf_hz: np.ndarray
     channel_fi_nsm5: np.ndarray
     warnings: tuple[str, ...] = field(default=())
-
-    @property
-    def has_pulse(self) -> bool:
-        """True if a pulse opened this interval."""
-        return not math.isnan(self.amplitude_ma)
+    has_pulse: bool = False

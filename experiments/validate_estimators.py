@@ -11,8 +11,9 @@ Two experiments per pulse rate and volitional method, each a full session throug
   stimulated ones only; and the slope of the unsmoothed effort against the true volitional RMS (1 is
   unbiased).
 - *Fatigue test* (constant intensity, constant voluntary drive 0.3, 60 s): the M-wave fatigue index (peak
-  -to-peak relative to the first pulses) against the true relative M-wave, and the decline of the median
-  frequency against the true decline (means of the first and the last 5 s).
+  -to-peak relative to the first pulses, 1-s mean) against the true relative M-wave (median relative error
+  over the session) and its decline; the decline of the median frequency against the true decline (means
+  of the first and the last 5 s).
 
 It prints a Markdown table (the one in the README) and returns the rows.
 """
@@ -33,6 +34,7 @@ import numpy as np
 from acquisition.simulator.muscle import MuscleParams
 from acquisition.simulator.profiles import DriveProfile, demo_profile
 from acquisition.simulator.source import SimulatedParticipant
+from closedloop.estimation.fatigue import smooth
 from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
 from closedloop.estimation.volitional import METHODS
 from closedloop.pipeline import Phase, Session, SessionConfig
@@ -148,13 +150,17 @@ def fatigue_run(
     est, truth = data["Estimates"], data["GroundTruth"]
     t = est.timestamps
     pulsed = est.channel("amplitude_ma") > 0
-    # true relative M-wave: the true peak-to-peak of each pulse over the mean of the first five
+    # true relative M-wave: each pulse's true peak-to-peak over the mean of the first five at the test
+    # intensity (the safety ramp brings the first pulses up to it)
     idx = np.clip(np.searchsorted(truth.timestamps, t[pulsed]), 0, truth.timestamps.size - 1)
     true_ptp = truth.channel("mwave_ptp_true_uv")[idx]
-    true_rel = true_ptp / true_ptp[:5].mean()
+    at_level = np.flatnonzero(np.abs(est.channel("amplitude_ma")[pulsed] - amplitude_ma) < 0.02 * amplitude_ma)
+    true_rel = true_ptp / true_ptp[at_level[:5]].mean()
     est_rel = est.channel("mwave_ptp_rel")[pulsed]
     ok = np.isfinite(est_rel)
-    index_error = float(np.median(np.abs(est_rel[ok] - true_rel[ok]) / true_rel[ok]))
+    # the index as a lab reads it: smoothed over 1 s (single M-waves carry the volitional EMG under them)
+    smoothed = smooth(t[pulsed][ok], est_rel[ok], 1.0)
+    index_error = float(np.median(np.abs(smoothed - true_rel[ok]) / true_rel[ok]))
 
     def decline(tt, values, first=5.0):
         v = np.asarray(values, dtype=float)
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     assist_s, fatigue_s = (20.0, 30.0) if args.quick else (40.0, 60.0)
     t0 = time.perf_counter()
     print(
-        "| rate | method | effort r (all) | effort r (stimulated) | effort slope | M-wave index error "
+        "| rate | method | effort r (all) | effort r (stimulated) | effort slope | M-wave index error (1-s mean) "
         "| M-wave decline true / est | MDF decline true / est (error) |"
     )
     print("|---|---|---|---|---|---|---|---|")

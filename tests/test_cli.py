@@ -70,7 +70,7 @@ def test_demo_default_run_writes_recording_summary_and_report(tmp_path):
         (
             ("demo", "--stim-hz", "100"),
             "closedloop demo: error: --stim-hz 100: a 10.0 ms interval leaves less than 5 ms of volitional EMG after "
-            "the artifact (3 ms) for the comb estimator; use at most 83 Hz",
+            "the artifact (3 ms) for the nlms estimator; use at most 83 Hz",
         ),
     ],
 )

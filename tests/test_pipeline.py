@@ -103,11 +103,11 @@ def test_assisted_contraction_end_to_end(tmp_path):
 
 
 def _ramps_restart_from_zero(applied):
-    """Between contractions the ramp restarts from 0 mA: check each step against the previous pulse,
-    or against 0 when the previous interval had no pulse (more than one interval apart)."""
+    """Between contractions the ramp restarts from 0 mA: check each step against the previous pulse, or
+    against 0 after a pause longer than ramp_reset_s (a deliberate stop restarts it too: a stricter case)."""
     prev_t, prev_a = -1.0, 0.0
     for p in applied:
-        base = prev_a if p.t - prev_t < 0.06 else 0.0
+        base = prev_a if p.t - prev_t <= LIMITS.ramp_reset_s else 0.0
         if p.amplitude_ma > base + LIMITS.max_step_ma + 1e-9:
             return False
         prev_t, prev_a = p.t, p.amplitude_ma

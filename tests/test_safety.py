@@ -186,3 +186,21 @@ def test_stopped_stimulator_refuses_and_the_layer_stays_off():
 def test_limits_above_the_ceilings_are_refused(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         SafetyLimits(**kwargs)
+
+
+def test_ramp_restarts_after_a_pause_or_a_deliberate_stop_but_not_after_one_skipped_pulse():
+    limits = SafetyLimits(max_amplitude_ma=40.0, max_charge_uc=60.0, max_step_ma=5.0, ramp_reset_s=0.25)
+    sink, clock = RecordingSink(), Clock()
+    safety = SafetyLayer(limits, SimulatedStimulator(sink, clock))
+
+    def pulse(t, amp=30.0):
+        clock.t = t
+        p = safety.deliver(PulseCommand(t, 0, amp, 200.0))
+        return 0.0 if p is None else p.amplitude_ma
+
+    assert [pulse(0.04 * k) for k in range(1, 8)] == [5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 30.0]
+    assert pulse(0.36) == 30.0  # one slot skipped (80 ms gap): no restart
+    assert pulse(0.70) == 5.0  # 340 ms pause > ramp_reset_s: from 0 mA again
+    assert pulse(0.74) == 10.0
+    safety.no_pulse(0)  # the controller asked for 0 mA
+    assert pulse(0.78) == 5.0

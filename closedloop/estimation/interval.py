@@ -51,8 +51,8 @@ class EstimatorConfig:
     Parameters
     ----------
     method:
-        Volitional EMG method during stimulation: ``"comb"`` (default), ``"post"``, ``"gs"``, ``"nlms"``
-        (see :mod:`closedloop.estimation.volitional`).
+        Volitional EMG method during stimulation: ``"nlms"`` (default), ``"comb"``, ``"gs"``, ``"post"``
+        (see :mod:`closedloop.estimation.volitional`; compared against ground truth in the README).
     band_hz:
         Band-pass corners; None gives (20, min(450, 0.45 x rate)).
     filter_order:
@@ -81,7 +81,8 @@ class EstimatorConfig:
     spectral_window_s:
         Volitional EMG over which median/mean frequency and FInsm5 are computed.
     mwave_reference_pulses:
-        The first this-many pulses define the M-wave reference of the relative fatigue indices.
+        The first this-many pulses at the current intensity define the M-wave reference of the relative
+        fatigue indices (a change of intensity by more than 2 % starts a new reference).
     control_channel:
         Index of the EMG channel whose values drive the controller.
     mvc_uv:
@@ -91,9 +92,12 @@ class EstimatorConfig:
         How far after its delivery time a pulse's artifact is looked for (0: trust the delivery time).
     artifact_factor:
         An artifact is a jump larger than this many times the interval's median sample-to-sample jump.
+    history_reset_s:
+        After a pause in stimulation longer than this (s), past pulse segments are forgotten (the evoked
+        response after a pause is no reference); a single skipped pulse keeps them.
     """
 
-    method: str = "comb"
+    method: str = "nlms"
     band_hz: tuple[float, float] | None = None
     filter_order: int = 4
     notch_hz: float | None = None
@@ -112,6 +116,7 @@ class EstimatorConfig:
     mvc_uv: float | tuple[float, ...] | None = None
     pulse_search_s: float = 0.005
     artifact_factor: float = 10.0
+    history_reset_s: float = 0.25
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -241,11 +246,18 @@ class IntervalEstimator:
         self.mwave_ref_area: np.ndarray | None = None
         self._ref_ptp: list[np.ndarray] = []
         self._ref_area: list[np.ndarray] = []
+        self._ref_amp = math.nan
         self._tail = np.zeros((0, n_ch))  # last raw samples of the previous interval
         self._spectral = (np.full(n_ch, np.nan),) * 3
         self._welch_seen = 0
-        self._h2_sum = np.zeros((self.welch.freqs.shape[0], n_ch))
-        self._h2_n = 0.0
+        self._last_pulse_t = -math.inf
+        win = self.welch.window
+        nps = win.shape[0]
+        acf = np.array([win[: nps - lag] @ win[lag:] for lag in range(nps)]) / (win @ win)
+        lag = np.arange(nps)
+        self._resp_cos = np.cos(2 * np.pi * np.outer(self.welch.freqs, lag) / fs) * acf  # (F, nperseg)
+        self._resp_lag = np.zeros((nps, n_ch))
+        self._resp_n = 0.0
 
     def set_mvc(self, mvc_uv: float | np.ndarray) -> None:
         """Set the MVC reference (uV): one value for all channels or one per channel."""
@@ -288,15 +300,18 @@ class IntervalEstimator:
         nan = np.full(n_ch, np.nan)
         ptp = area = latency = nan
         if p is not None and not bad:
-            ptp, area, latency = self._mwave(x, p, warnings)
+            ptp, area, latency = self._mwave(x, p, warnings, amplitude_ma)
         blank_linear(x, starts, self._blank, before=self._tail[-1] if self._tail.shape[0] else None)
         self._tail = x[-self._pre :].copy()
         y = self.filter.step(x) * self._scale
         if p is None:
             res = self.volitional.window(y)
+            if ts[-1] - self._last_pulse_t > cfg.history_reset_s:
+                self.volitional.reset()  # segments from before a pause are no reference for the next pulses
             offset = 0
         else:
             res = self.volitional.segment(y[p:], interval.start_sample + p)
+            self._last_pulse_t = float(ts[p])
             offset = p
             if res.method != cfg.method and cfg.method != "post":
                 warnings.append(f"{cfg.method} needs a previous pulse segment: used post")
@@ -312,8 +327,7 @@ class IntervalEstimator:
         if w.segments_pushed != self._welch_seen and w.n_segments >= w.min_segments:
             self._welch_seen = w.segments_pushed  # indices change only when a new segment arrives
             freqs, psd = w.psd()
-            h2 = self._h2_sum / max(self._h2_n, 1e-12)
-            weight = np.where(h2 > 0.2, self._psd_weight / np.maximum(h2, 1e-12), 0.0)
+            weight = self._response_psd_weight()
             self._spectral = tuple(
                 np.asarray(v, dtype=float) for v in spectral_indices(freqs, psd * weight, self.band_hz)
             )
@@ -333,19 +347,46 @@ class IntervalEstimator:
             latency,
             n / self._fs,
             tuple(warnings),
+            p is not None,
         )
 
     # -- parts ----------------------------------------------------------------------------------------
     def _track_response(self, res, n_valid: int, n: int) -> None:
-        """Running average of the residual's spectral response |H(f)|^2 over the spectral window, weighted
-        by the samples each interval contributes, so that the PSD can be divided by it."""
+        """Running average, over the spectral window and weighted by each interval's valid samples, of the
+        spectral response of the residual: for prediction methods
+        ``|1 - sum_j w_j exp(-i w l_j)|^2 / (1 + |w|^2) = 1 + sum over lags of a_l cos(w l)``, so it is kept
+        as lag coefficients ``a_l`` (``-2 w_j / (1+|w|^2)`` at ``l_j``, ``2 w_j w_k / (1+|w|^2)`` at
+        ``|l_j - l_k|``); see :meth:`_response_psd_weight`."""
         decay = math.exp(-n / (self.config.spectral_window_s * self._fs))
-        self._h2_sum *= decay
-        self._h2_n *= decay
-        if n_valid:
-            h2 = res.response(self.welch.freqs, self._fs)
-            self._h2_sum += n_valid * (1.0 if h2 is None else h2)
-            self._h2_n += n_valid
+        self._resp_lag *= decay
+        self._resp_n *= decay
+        if not n_valid:
+            return
+        self._resp_n += n_valid
+        if res.lags is None:
+            return
+        lags = np.rint(res.lags).astype(np.int64)
+        w = res.weights  # (C, M)
+        norm = n_valid / (1.0 + np.sum(w * w, axis=1))  # (C,)
+        max_lag = self._resp_lag.shape[0]
+        for j, lj in enumerate(lags):
+            if 0 < lj < max_lag:
+                self._resp_lag[lj] -= 2.0 * w[:, j] * norm
+            for k in range(j + 1, len(lags)):
+                d = abs(int(lags[k] - lj))
+                if 0 < d < max_lag:
+                    self._resp_lag[d] += 2.0 * w[:, j] * w[:, k] * norm
+
+    def _response_psd_weight(self) -> np.ndarray:
+        """Weights that turn the Welch PSD of the residual into the volitional EMG's PSD: the filters'
+        response and the averaged prediction-error response divided out. The latter is seen through the
+        Welch window: a cosine of lag ``l`` in the response shows in the periodogram attenuated by the
+        window's normalised autocorrelation at ``l`` (comb filter notches narrower than the resolution are
+        smeared exactly as the periodogram smears them). Bins where less than 20 % would be left are
+        dropped (a comb filter's notches)."""
+        n = max(self._resp_n, 1e-12)
+        h2 = 1.0 + self._resp_cos @ self._resp_lag / n  # (F, C)
+        return np.where(h2 > 0.2, self._psd_weight / np.maximum(h2, 1e-12), 0.0)
 
     def _pulse_starts(
         self, x: np.ndarray, ts: np.ndarray, pulse_times: Sequence[float], warnings: list[str]
@@ -382,7 +423,8 @@ class IntervalEstimator:
             warnings.append(f"{len(starts)} pulses in one interval: the first opens it")
         return starts
 
-    def _mwave(self, x: np.ndarray, p: int, warnings: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _mwave(self, x: np.ndarray, p: int, warnings: list[str], amplitude_ma: float = math.nan
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n, n_ch = x.shape
         m0, m1 = p + self._m0, p + self._m1
         nan = np.full(n_ch, np.nan)
@@ -404,6 +446,12 @@ class IntervalEstimator:
         dev = np.abs(seg)
         area = dev.sum(axis=0) / self._fs * self._scale
         latency = (np.argmax(dev, axis=0) + self._m0) / self._fs
+        # the reference is the first pulses at the current intensity: a change of more than 2 % starts a new
+        # one (an M-wave fatigue index compares like with like; under a varying intensity it stays NaN)
+        if math.isfinite(amplitude_ma):
+            if not (math.isfinite(self._ref_amp) and abs(amplitude_ma - self._ref_amp) <= 0.02 * self._ref_amp):
+                self.reset_mwave_reference()
+                self._ref_amp = amplitude_ma
         if self.mwave_ref_ptp is None:
             self._ref_ptp.append(ptp)
             self._ref_area.append(area)
@@ -423,6 +471,7 @@ class IntervalEstimator:
         latency: np.ndarray,
         duration_s: float,
         warnings: tuple[str, ...],
+        has_pulse: bool,
     ) -> Estimate:
         c = self.config.control_channel
         e = float(effort[c])
@@ -460,4 +509,5 @@ class IntervalEstimator:
             channel_mnf_hz=mnf,
             channel_fi_nsm5=fi,
             warnings=warnings,
+            has_pulse=has_pulse,
         )
