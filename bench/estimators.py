@@ -88,10 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     args = ap.parse_args(argv)
     rate = args.rate
-    print(f"# estimators, {args.seconds:g} s per run at {rate:g} Hz, pulses at {args.stim_hz:g} Hz; "
-          f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, one thread")
-    print("| channels | method | per interval median / p99 (ms) | channel-samples/s | x real time | "
-          "baseline sosfilt+RMS median (ms) | ratio to baseline |")
+    print(
+        f"# estimators, {args.seconds:g} s per run at {rate:g} Hz, pulses at {args.stim_hz:g} Hz; "
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, one thread"
+    )
+    print(
+        "| channels | method | per interval median / p99 (ms) | channel-samples/s | x real time | "
+        "baseline sosfilt+RMS median (ms) | ratio to baseline |"
+    )
     print("|---|---|---|---|---|---|---|")
     for n_ch in (int(c) for c in args.channels.split(",")):
         x, pulses = make_signal(n_ch, rate, args.seconds, args.stim_hz)
@@ -101,9 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods.split(","):
             t = time_estimator(ivs, info, method)
             thr = x.shape[0] * n_ch / t.sum()
-            print(f"| {n_ch} | {method} | {np.median(t) * 1e3:.3f} / {np.percentile(t, 99) * 1e3:.3f} | "
-                  f"{thr / 1e6:.2f} M | {x.shape[0] / rate / t.sum():.0f}x | {np.median(base) * 1e3:.3f} | "
-                  f"{t.sum() / base.sum():.1f} |", flush=True)
+            print(
+                f"| {n_ch} | {method} | {np.median(t) * 1e3:.3f} / {np.percentile(t, 99) * 1e3:.3f} | "
+                f"{thr / 1e6:.2f} M | {x.shape[0] / rate / t.sum():.0f}x | {np.median(base) * 1e3:.3f} | "
+                f"{t.sum() / base.sum():.1f} |",
+                flush=True,
+            )
     return 0
 
 

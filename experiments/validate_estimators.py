@@ -182,6 +182,10 @@ def fatigue_run(
     )
 
 
+def _num(v: float, digits: int = 3) -> str:
+    return "n/a" if not math.isfinite(v) else f"{v:.{digits}f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.validate_estimators", description=__doc__.split("\n")[0])
     ap.add_argument("--methods", default=",".join(METHODS))
@@ -201,10 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         for m in methods:
             a = assist_run(m, hz, assist_s)
             f = fatigue_run(m, hz, fatigue_s)
+            mdf = (
+                "n/a (no volitional spectrum)"
+                if math.isnan(f.mdf_decline_est)
+                else f"{f.mdf_decline_true:.3f} / {f.mdf_decline_est:.3f} ({f.mdf_decline_error:.0%})"
+            )
             print(
-                f"| {hz:g} Hz | {m} | {a.r_all:.3f} | {a.r_stimulated:.3f} | {a.slope:.2f} | "
-                f"{f.mwave_index_error:.1%} | {f.mwave_decline_true:.3f} / {f.mwave_decline_est:.3f} | "
-                f"{f.mdf_decline_true:.3f} / {f.mdf_decline_est:.3f} ({f.mdf_decline_error:.0%}) |",
+                f"| {hz:g} Hz | {m} | {_num(a.r_all)} | {_num(a.r_stimulated)} | {_num(a.slope, 2)} | "
+                f"{f.mwave_index_error:.1%} | {f.mwave_decline_true:.3f} / {f.mwave_decline_est:.3f} | {mdf} |",
                 flush=True,
             )
     print(

@@ -213,7 +213,8 @@ class IntervalEstimator:
         filters = []
         if cfg.notch_hz is not None and cfg.notch_hz < self.band_hz[1]:
             filters.append(SOSFilter(notch_sos(cfg.notch_hz, fs, cfg.notch_q, up_to_hz=self.band_hz[1]), n_ch))
-        filters.append(SOSFilter(bandpass_sos(*self.band_hz, fs, cfg.filter_order), n_ch))
+        # starting the band-pass at rest would turn an amplifier's DC offset into a long start transient
+        filters.append(SOSFilter(bandpass_sos(*self.band_hz, fs, cfg.filter_order), n_ch, initial="first_sample"))
         self.filter = FilterChain(filters)
         self.volitional = VolitionalEstimator(
             cfg.method,
@@ -407,7 +408,7 @@ class IntervalEstimator:
         if self._search and idx.size:
             prev = self._tail[-1:] if self._tail.shape[0] else x[:1]
             jump = np.abs(np.diff(np.vstack([prev, x]), axis=0)).max(axis=1)  # jump[j]: x[j] - x[j-1]
-            floor = self.config.artifact_factor * float(np.median(jump)) + 1e-12
+            floor = self.config.artifact_factor * float(np.partition(jump, jump.size // 2)[jump.size // 2]) + 1e-12
             refined = []
             for i in idx:
                 above = np.flatnonzero(jump[i : i + self._search + 1] > floor)
@@ -423,8 +424,9 @@ class IntervalEstimator:
             warnings.append(f"{len(starts)} pulses in one interval: the first opens it")
         return starts
 
-    def _mwave(self, x: np.ndarray, p: int, warnings: list[str], amplitude_ma: float = math.nan
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _mwave(
+        self, x: np.ndarray, p: int, warnings: list[str], amplitude_ma: float = math.nan
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n, n_ch = x.shape
         m0, m1 = p + self._m0, p + self._m1
         nan = np.full(n_ch, np.nan)
@@ -440,7 +442,7 @@ class IntervalEstimator:
             warnings.append(f"M-wave window truncated by the next pulse: {short}")
             m1 = n
         pre = x[max(0, p - self._pre) : p] if p > 0 else self._tail
-        base = np.median(pre, axis=0) if pre.shape[0] else x[m0]
+        base = pre.mean(axis=0) if pre.shape[0] else x[m0]
         seg = x[m0:m1] - base
         ptp = (seg.max(axis=0) - seg.min(axis=0)) * self._scale
         dev = np.abs(seg)

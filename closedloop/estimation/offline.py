@@ -58,9 +58,16 @@ class EstimateTable:
         )
 
 
-def estimate_recording(samples: np.ndarray, info: StreamInfo, config: EstimatorConfig | None = None,
-                       pulse_samples: np.ndarray | None = None, detect: bool = False, window_s: float = 0.1,
-                       channel: int | None = None, max_interval_s: float = 0.5) -> EstimateTable:
+def estimate_recording(
+    samples: np.ndarray,
+    info: StreamInfo,
+    config: EstimatorConfig | None = None,
+    pulse_samples: np.ndarray | None = None,
+    detect: bool = False,
+    window_s: float = 0.1,
+    channel: int | None = None,
+    max_interval_s: float = 0.5,
+) -> EstimateTable:
     """Estimate a whole recording.
 
     Parameters
@@ -117,4 +124,3 @@ def estimate_recording(samples: np.ndarray, info: StreamInfo, config: EstimatorC
         out.append(est.step(iv, [ts[a]] if a in pulse_at else []))
     c = est.config.control_channel if channel is None else channel
     return EstimateTable.from_estimates(out, c, 0.0, pulses)
-
