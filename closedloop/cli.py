@@ -90,6 +90,41 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--lan", action="store_true", help="use normal LSL discovery (visible on the network)")
 
+    r = sub.add_parser(
+        "replay",
+        help="recorded EMG through the pipeline (estimates, shadow controller, report)",
+        description="Replay recorded EMG files through the same pipeline as a live session: estimates.csv (t_s in "
+        "seconds from the start of the recording), summary.json and report.html per file, in parallel on all "
+        "cores, with one summary table. Readable: EDF/EDF+, BDF, GDF, FIF, BrainVision (.vhdr), EEGLAB (.set), "
+        "XDF, WFDB (.hea), MATLAB .mat (Ninapro-style 'emg'), OpenSignals .h5.",
+    )
+    r.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    r.add_argument(
+        "--speed",
+        default="max",
+        metavar="max|FACTOR",
+        help="max (default: as fast as possible) or a multiple of real time, e.g. 1",
+    )
+    r.add_argument(
+        "--protocol", default=None, metavar="P", help="protocol file: estimator, limits, controller (shadow)"
+    )
+    r.add_argument("--out", type=Path, default=None, metavar="DIR", help="output root (default ./closedloop-replay-*)")
+    r.add_argument("--channels", default=None, metavar="A,B", help="channel names to use (default: the EMG channels)")
+    r.add_argument("--stream", default=None, help="XDF stream name or type (default: type EMG)")
+    r.add_argument("--rate", type=_positive_float, default=None, metavar="HZ", help="rate for files that hold none")
+    r.add_argument("--units", default=None, help="units for files that state none (e.g. uV, mV, V)")
+    r.add_argument("--chunk", type=_positive_int, default=256, metavar="SAMPLES", help="chunk size (default 256)")
+    r.add_argument("--no-detect", action="store_true", help="do not detect pulses from artifacts")
+    r.add_argument("--jobs", type=_positive_int, default=None, help="parallel files (default: all cores)")
+    r.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run the batch on a Dask scheduler")
+    r.add_argument("--no-report", action="store_true")
+    r.add_argument(
+        "--publish-lsl",
+        action="store_true",
+        help="republish the recording as live LSL outlets (EMG, markers) at --speed (default 1)",
+    )
+    r.add_argument("--loopback", action="store_true", help="with --publish-lsl: visible on this machine only")
+
     ls = sub.add_parser("streams", help="list visible LSL streams")
     ls.add_argument("--wait", type=_positive_float, default=1.0, metavar="S", help="look for S seconds (default 1)")
     ls.add_argument("--loopback", action="store_true", help="only this machine (loopback-only LSL)")
@@ -170,6 +205,84 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _speed(text: str) -> float | None:
+    if text.lower() in ("max", "inf", "fast"):
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not v > 0:
+        from closedloop.errors import ConfigError
+
+        raise ConfigError(f"--speed {text}: give max or a positive factor of real time (e.g. 1, 10)")
+    return v
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from experiments.replay import ReplayOptions, publish_file, replay_batch
+
+    detect = False if args.no_detect else "auto"
+    opts = ReplayOptions(
+        speed=_speed(args.speed),
+        chunk_size=args.chunk,
+        channels=tuple(c.strip() for c in args.channels.split(",")) if args.channels else None,
+        stream=args.stream,
+        rate_hz=args.rate,
+        units=args.units,
+        protocol=str(args.protocol) if args.protocol else None,
+        detect_pulses=detect,
+        report=not args.no_report,
+        progress=len(args.files) == 1,
+    )
+    if args.protocol:
+        from experiments.protocol import load_protocol
+
+        load_protocol(args.protocol)  # a bad protocol stops here, before any file is touched
+    if args.publish_lsl:
+        if args.loopback:
+            from closedloop.lslconfig import use_loopback
+
+            use_loopback()
+        if len(args.files) != 1:
+            from closedloop.errors import ConfigError
+
+            raise ConfigError("--publish-lsl republishes one file at a time")
+        if opts.speed is None:
+            opts = ReplayOptions(**{**opts.__dict__, "speed": 1.0})
+        print(f"closedloop replay: publishing {args.files[0]} at {opts.speed:g}x real time", flush=True)
+        n = publish_file(args.files[0], opts)
+        print(f"closedloop replay: published {n} samples", flush=True)
+        return 0
+    out = args.out or Path(f"closedloop-replay-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+
+    def show(r) -> None:
+        if r.ok:
+            v = r.values
+            print(
+                f"  {r.file}: {v['duration_s']:.1f} s, {v['channels']} ch at {v['rate_hz']:g} Hz, "
+                f"{v['pulses']} pulses ({v['pulse_source']}), {v['x_real_time']}x real time -> {r.out_dir}",
+                flush=True,
+            )
+        else:
+            print(f"  {r.file}: error: {r.error}", file=sys.stderr, flush=True)
+
+    results = replay_batch(args.files, out, opts, jobs=args.jobs, scheduler=args.scheduler, on_result=show)
+    ok = sum(r.ok for r in results)
+    _print_table(results)
+    print(f"closedloop replay: {ok} of {len(results)} files replayed; summary table: {out / 'replay_summary.csv'}")
+    return 0 if ok == len(results) else 1
+
+
+def _print_table(results) -> None:
+    cols = ("file", "status", "duration_s", "pulses", "effort_median_uv", "mdf_first_hz", "mdf_last_hz", "x_real_time")
+    rows = [[str(r.row()[c]) if c != "file" else Path(r.file).name for c in cols] for r in results]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
 def _cmd_streams(args: argparse.Namespace) -> int:
     if args.loopback:
         from closedloop.lslconfig import use_loopback
@@ -188,7 +301,9 @@ def _cmd_streams(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``closedloop`` console script."""
     args = _parser().parse_args(argv)
-    handler = {"demo": _cmd_demo, "simulate": _cmd_simulate, "streams": _cmd_streams}[args.command]
+    handler = {"demo": _cmd_demo, "simulate": _cmd_simulate, "streams": _cmd_streams, "replay": _cmd_replay}[
+        args.command
+    ]
     try:
         return handler(args)
     except ClosedLoopError as exc:

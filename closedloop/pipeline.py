@@ -35,7 +35,7 @@ import numpy as np
 
 from closedloop.errors import BadSamples, ClosedLoopError, ConfigError, SafetyError, StreamMismatch
 from closedloop.estimation.interval import IntervalEstimator, mvc_from_efforts
-from closedloop.estimation.segmenter import Interval, IntervalSegmenter
+from closedloop.estimation.segmenter import Interval, IntervalSegmenter, PulseSegmenter
 from closedloop.recording.session import SessionRecorder
 from closedloop.safety import SafetyLayer
 from closedloop.types import Chunk, Estimate, PulseCommand, StreamInfo
@@ -119,6 +119,19 @@ class SessionConfig:
         Known delay from delivery to the pulse reaching the muscle (s), to locate the artifact in the EMG.
     calibration_window_s:
         MVC = largest mean effort over this window during calibrate phases (s).
+    pulses_from:
+        ``"delivered"``: the pulses in the EMG are the ones this session delivers (live). ``"source"``: they
+        come with the chunks (``Chunk.pulse_times``, a replayed recording); the controller then runs in
+        shadow: what it would have commanded is checked by the safety layer, given to the (shadow)
+        stimulator and recorded as ``ShadowPulses``, and the recording's pulses are recorded as ``Pulses``.
+    segmentation:
+        ``"grid"``: intervals of ``1/stim_hz`` on the sample grid (live, and replays of closedloop's own
+        sessions); ``"pulses"``: from each pulse to the next, windows of ``window_s`` without pulses
+        (replays of other recordings).
+    window_s:
+        Window length without pulses for ``segmentation="pulses"`` (s).
+    record_emg:
+        Record the EMG stream in session.xdf (replays leave it in the original file).
     """
 
     stim_hz: float = 25.0
@@ -133,9 +146,17 @@ class SessionConfig:
     rate_tolerance: float = 0.02
     stimulator_latency_s: float = 0.0
     calibration_window_s: float = 0.5
+    pulses_from: Literal["delivered", "source"] = "delivered"
+    segmentation: Literal["grid", "pulses"] = "grid"
+    window_s: float = 0.1
+    record_emg: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phases", tuple(self.phases))
+        if self.pulses_from not in ("delivered", "source"):
+            raise ConfigError(f"pulses_from = {self.pulses_from!r}: allowed 'delivered' or 'source'")
+        if self.segmentation not in ("grid", "pulses"):
+            raise ConfigError(f"segmentation = {self.segmentation!r}: allowed 'grid' or 'pulses'")
         if not (math.isfinite(self.stim_hz) and self.stim_hz > 0):
             raise ConfigError(f"stim_hz = {self.stim_hz!r}: must be a positive number of Hz")
         if not self.phases:
@@ -224,6 +245,8 @@ class Session:
         Merged into summary.json (e.g. the simulator's parameters).
     on_start:
         Called once with the session's time zero (LSL time) just before the loop starts.
+    csv_relative_time:
+        ``t_s`` in estimates.csv in seconds from the first sample (replays) instead of the LSL clock.
     """
 
     def __init__(
@@ -239,6 +262,7 @@ class Session:
         progress: ProgressCallback | None = None,
         extra_summary: dict | None = None,
         on_start: Callable[[float], None] | None = None,
+        csv_relative_time: bool = False,
     ) -> None:
         self.source = source
         self.estimator_factory = estimator_factory
@@ -252,6 +276,7 @@ class Session:
         self.progress = progress
         self.extra_summary = dict(extra_summary or {})
         self.on_start = on_start
+        self.csv_relative_time = csv_relative_time
         self.result = SessionResult(out_dir=self.out_dir)
         self._stop_reason: str | None = None
         self._main_task: asyncio.Task | None = None
@@ -359,26 +384,36 @@ class Session:
         if info.rate_hz <= 0:
             raise StreamMismatch(f"EMG stream {info.name!r} has no regular sampling rate")
         self.estimator = self.estimator_factory(info)
-        self.segmenter = IntervalSegmenter(info.n_channels, info.rate_hz, 1.0 / cfg.stim_hz)
+        if cfg.segmentation == "pulses":
+            self.segmenter = PulseSegmenter(info.n_channels, info.rate_hz, cfg.window_s, max(cfg.window_s, 0.5))
+        else:
+            self.segmenter = IntervalSegmenter(info.n_channels, info.rate_hz, 1.0 / cfg.stim_hz)
+        self._replay = cfg.pulses_from == "source"
+        self._n_source_pulses = 0
         self.recorder = rec = SessionRecorder(self.out_dir)
-        emg_fmt = "float32" if np.dtype(getattr(self.source, "dtype", np.float32)) == np.float32 else "double64"
-        rec.add_stream(
-            "EMG",
-            StreamInfo("EMG", "EMG", info.rate_hz, info.channel_names, info.units, info.source_id),
-            emg_fmt,
-            desc={"original_name": info.name},
-        )
-        rec.add_stream(
+        if cfg.record_emg:
+            emg_fmt = "float32" if np.dtype(getattr(self.source, "dtype", np.float32)) == np.float32 else "double64"
+            rec.add_stream(
+                "EMG",
+                StreamInfo("EMG", "EMG", info.rate_hz, info.channel_names, info.units, info.source_id),
+                emg_fmt,
+                desc={"original_name": info.name},
+            )
+        pulse_info = StreamInfo(
             "Pulses",
-            StreamInfo(
-                "Pulses",
-                "Pulses",
-                0.0,
-                ("channel", "amplitude_ma", "pulse_width_us", "charge_uc", "requested_ma"),
-                ("index", "mA", "us", "uC", "mA"),
-            ),
-            "double64",
+            "Pulses",
+            0.0,
+            ("channel", "amplitude_ma", "pulse_width_us", "charge_uc", "requested_ma"),
+            ("index", "mA", "us", "uC", "mA"),
         )
+        # live: the delivered pulses; replay: the recording's pulses, and what the controller would have sent
+        rec.add_stream("Pulses", pulse_info, "double64")
+        if self._replay:
+            rec.add_stream(
+                "ShadowPulses",
+                StreamInfo("ShadowPulses", "Pulses", 0.0, pulse_info.channel_names, pulse_info.units),
+                "double64",
+            )
         est_names = list(ESTIMATE_HEAD)
         est_units = list(ESTIMATE_HEAD_UNITS)
         for ch in info.channel_names:
@@ -459,22 +494,49 @@ class Session:
         cfg = self.config
         rec = self.recorder
         end_rel = cfg.total_duration_s
+        chunk = None
         async for chunk in self.source:
             self._check_chunk(chunk)
-            rec.push("EMG", chunk.samples, chunk.timestamps)
+            if cfg.record_emg:
+                rec.push("EMG", chunk.samples, chunk.timestamps)
             n = len(chunk)
             if n == 0:
                 continue
             if self._t_first is None:
                 self._t_first = float(chunk.timestamps[0])
+                if self.csv_relative_time:
+                    rec.t_zero = self._t_first
             self._t_last = float(chunk.timestamps[-1])
+            seen = self._n_samples
             self._n_samples += n
             self._check_rate()
-            intervals = self.segmenter.push(chunk.samples, chunk.timestamps)
-            for j, interval in enumerate(intervals):
-                self._on_interval(interval, chunk, last_in_chunk=(j == len(intervals) - 1))
+            pulse_times = self._source_pulses(chunk) if self._replay else ()
+            if cfg.segmentation == "pulses":
+                idx = seen + np.searchsorted(chunk.timestamps, np.asarray(pulse_times) - 0.5 / self._fs)
+                intervals = self.segmenter.push(chunk.samples, chunk.timestamps, idx)
+            else:
+                intervals = [(iv, None) for iv in self.segmenter.push(chunk.samples, chunk.timestamps)]
+            for j, (interval, times) in enumerate(intervals):
+                self._on_interval(interval, chunk, j == len(intervals) - 1, times)
             if self._t_last + 1.0 / self._fs - self._t_start >= end_rel:
                 return
+        if chunk is not None and cfg.segmentation == "pulses":  # the end of a recording
+            for interval, times in self.segmenter.flush():
+                self._on_interval(interval, chunk, True, times)
+
+    def _source_pulses(self, chunk: Chunk) -> list[float]:
+        """Replay: the recording's pulses in this chunk, recorded as ``Pulses`` and queued for the estimator."""
+        times = getattr(chunk, "pulse_times", None)
+        if times is None or len(times) == 0:
+            return []
+        amps = getattr(chunk, "pulse_amplitudes_ma", None)
+        amps = np.full(len(times), np.nan) if amps is None else np.asarray(amps, dtype=float)
+        rows = np.column_stack([np.full(len(times), np.nan), amps, np.full((len(times), 3), np.nan)])
+        self.recorder.push("Pulses", rows, np.asarray(times, dtype=float))
+        self._n_source_pulses += len(times)
+        for t, a in zip(times, amps, strict=True):
+            self._pending.append((float(t), float(a)))
+        return [float(t) for t in times]
 
     def _take_pulses(self, interval: Interval) -> tuple[list[float], float]:
         """Delivered pulses that fall in ``interval``: their times and the first one's amplitude."""
@@ -488,11 +550,15 @@ class Session:
             times.append(t)
         return times, amp
 
-    def _on_interval(self, interval: Interval, chunk: Chunk, last_in_chunk: bool) -> None:
+    def _on_interval(
+        self, interval: Interval, chunk: Chunk, last_in_chunk: bool, pulse_times: list[float] | None = None
+    ) -> None:
         cfg = self.config
         res = self.result
         est_ = self.estimator
-        pulse_times, amp = self._take_pulses(interval)
+        times, amp = self._take_pulses(interval)  # the pulses that fall in this interval (and their amplitude)
+        if pulse_times is None:
+            pulse_times = times
         est = est_.step(interval, pulse_times, amp)
         res.n_intervals += 1
         for w in est.warnings:
@@ -521,7 +587,7 @@ class Session:
             if "non-finite samples in interval" in est.warnings:
                 next_amp = 0.0  # nonfinite_policy == "skip": no pulse on unusable data
             if next_amp > 0.0:
-                latency = self._deliver(next_amp, chunk, last_in_chunk)
+                latency = self._deliver(next_amp, chunk, last_in_chunk, t_next)
         if next_amp <= 0.0:
             self.safety.no_pulse(cfg.stim_channel)  # a deliberate stop: the ramp restarts from 0 mA
         rec = self.recorder
@@ -557,11 +623,14 @@ class Session:
         self.result.mvc_uv = [float(v) for v in mvc]
         self._event("calibrated", "MVC reference (uV) per channel: " + ", ".join(f"{v:.1f}" for v in mvc))
 
-    def _deliver(self, amplitude_ma: float, chunk: Chunk, last_in_chunk: bool) -> float:
-        """Deliver the next pulse now, unless late; return the decision latency (s), NaN if none was delivered."""
+    def _deliver(self, amplitude_ma: float, chunk: Chunk, last_in_chunk: bool, t_due: float) -> float:
+        """Deliver the next pulse now, unless late; return the decision latency (s), NaN if none was delivered.
+
+        ``t_due`` is when the pulse belongs (the sample after the interval): a replay's shadow pulses are
+        stamped with it; live pulses with the clock at delivery."""
         cfg = self.config
         res = self.result
-        if not last_in_chunk:
+        if not last_in_chunk and chunk.t_arrival is not None:  # live: its time has passed (virtual time: no)
             res.deadline_misses += 1
             res.skipped_pulses += 1
             self.warning_counts["pulse skipped: its interval's data arrived late"] += 1
@@ -573,7 +642,7 @@ class Session:
                 raise SafetyError(f"decision missed its deadline ({late_ms:.2f} ms > {cfg.deadline_s * 1e3:g} ms)")
             res.skipped_pulses += 1
             return math.nan
-        cmd = PulseCommand(self.clock(), cfg.stim_channel, amplitude_ma, cfg.pulse_width_us)
+        cmd = PulseCommand(t_due if self._replay else self.clock(), cfg.stim_channel, amplitude_ma, cfg.pulse_width_us)
         pulse = self.safety.deliver(cmd)
         if self.safety.tripped is not None:
             raise SafetyError(f"output off: {self.safety.tripped}")
@@ -585,9 +654,10 @@ class Session:
             res.decision_latency_s.append(latency)
             res.e2e_latency_s.append(pulse.t - float(chunk.timestamps[-1]))
         res.n_pulses += 1
-        self._pending.append((pulse.t + cfg.stimulator_latency_s, pulse.amplitude_ma))
+        if not self._replay:
+            self._pending.append((pulse.t + cfg.stimulator_latency_s, pulse.amplitude_ma))
         self.recorder.push(
-            "Pulses",
+            "ShadowPulses" if self._replay else "Pulses",
             np.array(
                 [
                     [
@@ -647,7 +717,8 @@ class Session:
             "duration_s": self._session_seconds(),
             "recorded_s": (self._t_last - self._t_first) if getattr(self, "_t_first", None) is not None else 0.0,
             "intervals": res.n_intervals,
-            "pulses": res.n_pulses,
+            "pulses": getattr(self, "_n_source_pulses", 0) if getattr(self, "_replay", False) else res.n_pulses,
+            "shadow_pulses": res.n_pulses if getattr(self, "_replay", False) else None,
             "max_amplitude_ma": self.safety.max_delivered_ma,
             "limits": self.safety.limits.as_dict(),
             "decision_latency_ms": latency_stats(res.decision_latency_s),

@@ -161,7 +161,9 @@ def build_report(session_dir: str | Path, extra: dict | None = None) -> dict:
     images: list[tuple[str, str]] = []
 
     # 1. overview
-    panels = [p for p in ("emg", "intensity", "effort", "force") if p != "force" or force is not None]
+    panels = [
+        p for p, have in (("emg", emg), ("intensity", pulses), ("effort", est), ("force", force)) if have is not None
+    ]
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 2.3 * len(panels)), sharex=True, squeeze=False)
     axes = axes[:, 0]
     for ax, panel in zip(axes, panels, strict=True):

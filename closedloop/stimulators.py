@@ -23,7 +23,7 @@ from closedloop.errors import StimulatorError
 from closedloop.safety import SafePulse, require_safe
 from closedloop.types import StreamInfo
 
-__all__ = ["COMMAND_CHANNELS", "LSLStimulator", "PulseSink", "SimulatedStimulator"]
+__all__ = ["COMMAND_CHANNELS", "LSLStimulator", "PulseSink", "ShadowStimulator", "SimulatedStimulator"]
 
 #: Channel labels of the LSL command stream.
 COMMAND_CHANNELS = ("channel", "amplitude_ma", "pulse_width_us")
@@ -62,6 +62,39 @@ class SimulatedStimulator:
         t = self.clock()
         self.sink.schedule_pulse(t, pulse.channel, pulse.amplitude_ma, pulse.pulse_width_us)
         self.n_delivered += 1
+        return t
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def close(self) -> None:
+        self.stop()
+
+
+class ShadowStimulator:
+    """Delivers nothing: records what a controller would have commanded (replays in shadow mode).
+
+    Parameters
+    ----------
+    clock:
+        The replay's clock (the recording's timestamps).
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.stopped = False
+        #: (time, channel, amplitude_ma, pulse_width_us) of every pulse that would have been delivered.
+        self.commands: list[tuple[float, int, float, float]] = []
+
+    def open(self) -> None:
+        self.stopped = False
+
+    def deliver(self, pulse: SafePulse) -> float:
+        pulse = require_safe(pulse)
+        if self.stopped:
+            raise StimulatorError("shadow stimulator is stopped")
+        t = pulse.t  # the time the pulse was due in the recording, not when a fast replay got there
+        self.commands.append((t, pulse.channel, pulse.amplitude_ma, pulse.pulse_width_us))
         return t
 
     def stop(self) -> None:

@@ -114,12 +114,19 @@ class Chunk:
     t_arrival:
         ``time.perf_counter()`` when the chunk reached this process (None for virtual-time sources);
         used to measure decision latency.
+    pulse_times:
+        ``(n_pulses,)`` float64, times (s, on the clock of ``timestamps``) of the stimulation pulses
+        whose sample falls in this chunk, in increasing order; empty if the source knows there were
+        none, None if the source does not know (live streams). Set by replays of recordings
+        (:class:`acquisition.files.FileSource`), from the file's pulse record or from detected
+        artifacts.
     """
 
     samples: np.ndarray
     timestamps: np.ndarray
     info: StreamInfo
     t_arrival: float | None = None
+    pulse_times: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.samples.shape[0]

@@ -329,3 +329,20 @@ def test_real_recording_without_stimulation_gives_almost_no_detections():
     bound = int(0.001 * 30.0 * x.shape[0] / rate)
     assert bound == 2
     assert found.size <= bound, f"{found.size} detections at {found / rate} s"
+
+
+def test_only_steady_pulse_trains_count_as_stimulation():
+    from closedloop.estimation.artifacts import is_pulse_train
+
+    fs = 2000.0
+    train = np.arange(50) * 67  # ~30 Hz
+    assert is_pulse_train(train, fs)
+    # intermittent stimulation: trains of 20 pulses separated by 1-s pauses
+    bursts = np.concatenate([k * 4000 + np.arange(20) * 100 for k in range(5)])
+    assert is_pulse_train(bursts, fs)
+    jitter = train + np.random.default_rng(0).integers(-2, 3, train.size)  # a few samples of jitter
+    assert is_pulse_train(jitter, fs)
+    irregular = np.sort(np.random.default_rng(1).integers(0, 60000, 31))  # motor-unit potentials
+    assert not is_pulse_train(irregular, fs)
+    assert not is_pulse_train(train[:5], fs)  # too few
+    assert not is_pulse_train(np.arange(50) * 5, fs)  # 400 Hz: no stimulator pulses that fast

@@ -103,7 +103,7 @@ import numpy as np
 
 from closedloop.errors import ConfigError
 
-__all__ = ["ArtifactDetector", "blank_linear", "detect_pulses"]
+__all__ = ["ArtifactDetector", "blank_linear", "detect_pulses", "is_pulse_train"]
 
 _MAD_TO_SIGMA = 1.4826  # 1 / Phi^-1(3/4): MAD of a Gaussian times this is its standard deviation
 _EPS = 1e-9  # tolerance when converting durations to whole samples
@@ -441,3 +441,32 @@ def detect_pulses(x: np.ndarray, rate_hz: float, **kwargs) -> np.ndarray:
         x = x[:, None]
     det = ArtifactDetector(rate_hz, x.shape[1], **kwargs)
     return np.concatenate((det.step(x), det.flush()))
+
+
+def is_pulse_train(
+    pulse_samples: np.ndarray,
+    rate_hz: float,
+    min_pulses: int = 10,
+    tolerance: float = 0.1,
+    max_rate_hz: float = 200.0,
+    min_rate_hz: float = 1.0,
+) -> bool:
+    """Do detected events look like stimulation: trains of pulses at a steady rate?
+
+    Stimulators pulse at a fixed rate, in trains that may pause; motor-unit potentials mistaken for
+    artifacts come at irregular intervals. True when there are at least ``min_pulses`` events, their median
+    interval corresponds to ``min_rate_hz``..``max_rate_hz``, and at least 80 % of the intervals within the
+    trains (shorter than 1.5 x the median) lie within ``tolerance`` of the median, those making up at least
+    half of all intervals.
+    """
+    idx = np.unique(np.asarray(pulse_samples, dtype=np.int64))
+    if idx.size < min_pulses:
+        return False
+    d = np.diff(idx).astype(float)
+    m = float(np.median(d))
+    if not (rate_hz / max_rate_hz <= m <= rate_hz / min_rate_hz):
+        return False
+    in_train = d[d < 1.5 * m]
+    if in_train.size < 0.5 * d.size:
+        return False
+    return bool(np.mean(np.abs(in_train - m) <= tolerance * m) >= 0.8)

@@ -7,7 +7,6 @@ fixed windows otherwise.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +14,7 @@ import numpy as np
 from closedloop.errors import ConfigError
 from closedloop.estimation.artifacts import detect_pulses
 from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
-from closedloop.estimation.segmenter import Interval
+from closedloop.estimation.segmenter import PulseSegmenter
 from closedloop.types import Estimate, StreamInfo
 
 __all__ = ["EstimateTable", "estimate_recording"]
@@ -103,24 +102,8 @@ def estimate_recording(
     pulses = np.unique(np.asarray(pulse_samples if pulse_samples is not None else [], dtype=np.int64))
     pulses = pulses[(pulses >= 0) & (pulses < n)]
     est = IntervalEstimator(info, config)
-    win = max(2, round(window_s * fs))
-    longest = max(win, round(max_interval_s * fs))
-    # interval boundaries: every pulse, then fixed windows through stretches without pulses
-    pulse_at = set(pulses.tolist())
-    edges = [0]
-    cur, cur_is_pulse = 0, 0 in pulse_at
-    for b in [*pulses.tolist(), n]:
-        while b - cur > (longest if cur_is_pulse else win):
-            cur += longest if cur_is_pulse else win
-            edges.append(cur)
-            cur_is_pulse = False
-        if b > cur:
-            edges.append(b)
-        cur, cur_is_pulse = b, b in pulse_at
+    seg = PulseSegmenter(info.n_channels, fs, window_s, max_interval_s)
     ts = np.arange(n) / fs
-    out: list[Estimate] = []
-    for k, (a, b) in enumerate(itertools.pairwise(edges)):
-        iv = Interval(k, a, x[a:b], ts[a:b])
-        out.append(est.step(iv, [ts[a]] if a in pulse_at else []))
+    out: list[Estimate] = [est.step(iv, times) for iv, times in seg.push(x, ts, pulses) + seg.flush()]
     c = est.config.control_channel if channel is None else channel
     return EstimateTable.from_estimates(out, c, 0.0, pulses)

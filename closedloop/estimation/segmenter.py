@@ -8,7 +8,7 @@ import numpy as np
 
 from closedloop.errors import ConfigError
 
-__all__ = ["Interval", "IntervalSegmenter"]
+__all__ = ["Interval", "IntervalSegmenter", "PulseSegmenter"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,4 +111,94 @@ class IntervalSegmenter:
                 self.index += 1
                 self._start_current()
         self._n_seen += n
+        return out
+
+
+class PulseSegmenter:
+    """Splits a stream into intervals from each pulse to the next (replays, where the pulses are given).
+
+    Each pulse opens an interval that ends at the next pulse, or ``max_interval_s`` after it if the next one
+    is further away; stretches without pulses are cut into windows of ``window_s``. Pulses are given as
+    absolute sample indices with the chunk that holds them (a pulse must be known by the time its sample
+    arrives). The boundaries are the same whatever the chunking.
+
+    Parameters
+    ----------
+    n_channels, rate_hz:
+        Stream shape and rate (Hz).
+    window_s:
+        Window length without pulses (s).
+    max_interval_s:
+        Longest interval opened by a pulse (s).
+    """
+
+    def __init__(
+        self, n_channels: int, rate_hz: float, window_s: float = 0.1, max_interval_s: float = 0.5, dtype=np.float64
+    ) -> None:
+        if rate_hz <= 0:
+            raise ConfigError(f"PulseSegmenter needs a regular stream, got rate_hz={rate_hz}")
+        self.n_channels = n_channels
+        self.rate_hz = float(rate_hz)
+        self.window = max(2, round(window_s * rate_hz))
+        self.longest = max(self.window, round(max_interval_s * rate_hz))
+        if self.window < 2:
+            raise ConfigError(f"window of {window_s} s is shorter than 2 samples at {rate_hz:g} Hz")
+        self.dtype = dtype
+        self.index = 0
+        self._cur = 0  # first sample of the open interval
+        self._cur_pulse = False
+        self._pending: list[int] = []  # pulse samples not yet opening an interval, sorted
+        self._buf = np.empty((0, n_channels), dtype=dtype)
+        self._ts = np.empty(0)
+        self._n_seen = 0
+
+    @property
+    def samples_seen(self) -> int:
+        return self._n_seen
+
+    def push(self, samples: np.ndarray, timestamps: np.ndarray, pulse_samples=()) -> list[tuple[Interval, list[float]]]:
+        """Consume a chunk and the absolute sample indices of the pulses in it; return the completed intervals,
+        each with the times of the pulses that open it (empty for windows)."""
+        n = samples.shape[0]
+        for p in pulse_samples:
+            p = int(p)
+            if p >= self._cur and (not self._pending or p > self._pending[-1]):
+                if p == self._cur and not self._cur_pulse and self._buf.shape[0] == 0:
+                    self._cur_pulse = True  # a pulse on the first sample of the open interval opens it
+                elif p > self._cur or not self._cur_pulse:
+                    self._pending.append(p)
+        self._buf = np.concatenate([self._buf, samples.astype(self.dtype, copy=False)])
+        self._ts = np.concatenate([self._ts, timestamps])
+        self._n_seen += n
+        out = []
+        while True:
+            limit = self._cur + (self.longest if self._cur_pulse else self.window)
+            nxt = self._pending[0] if self._pending else None
+            end = min(limit, nxt) if nxt is not None else limit
+            if end == self._cur:  # a pulse at the start of a window: it opens the interval instead
+                self._pending.pop(0)
+                self._cur_pulse = True
+                continue
+            if self._n_seen < end:
+                break
+            k = end - self._cur
+            iv = Interval(self.index, self._cur, self._buf[:k].copy(), self._ts[:k].copy())
+            out.append((iv, [float(self._ts[0])] if self._cur_pulse else []))
+            self.index += 1
+            self._buf, self._ts = self._buf[k:], self._ts[k:]
+            self._cur = end
+            self._cur_pulse = nxt is not None and end == nxt
+            if self._cur_pulse:
+                self._pending.pop(0)
+        return out
+
+    def flush(self) -> list[tuple[Interval, list[float]]]:
+        """The last, incomplete interval (end of a recording), if it has at least 2 samples."""
+        if self._buf.shape[0] < 2:
+            return []
+        iv = Interval(self.index, self._cur, self._buf.copy(), self._ts.copy())
+        self.index += 1
+        out = [(iv, [float(self._ts[0])] if self._cur_pulse else [])]
+        self._buf, self._ts = self._buf[:0], self._ts[:0]
+        self._cur += iv.samples.shape[0]
         return out

@@ -1,0 +1,1734 @@
+"""Recorded EMG as a Source: file readers for the formats labs use, and the paced :class:`FileSource`.
+
+:func:`open_recording` opens one recording and returns a :class:`RecordingReader`: what the file holds
+(:class:`RecordingInfo`: rate, channels, units, pulses, timestamps) and ``read(start, stop)``, which
+returns ``(stop - start, n_channels)`` float64 samples in **volts** whatever the file stores.
+:class:`FileSource` replays a recording as a :class:`~acquisition.base.Source`, as fast as possible or
+paced at a multiple of real time, with the stimulation pulses attached to the chunks they fall in.
+
+Formats
+-------
+======================  ==================================  ===========================================
+extension               read with                           EMG channels, units, pulses
+======================  ==================================  ===========================================
+.edf .bdf .gdf          MNE (lazy: ``preload=False``)       channels of type ``emg`` (EDF/BDF labels
+.fif .fif.gz            MNE (lazy)                          such as ``"EMG biceps"`` are typed with
+.vhdr (BrainVision)     MNE (lazy)                          ``infer_types=True``), else every channel
+.set (EEGLAB)           MNE (lazy)                          in volts; pulses from annotations matching
+                                                            ``pulse_annotation``, else from the onsets
+                                                            of a stim/trigger channel
+.xdf .xdfz              pyxdf (whole file in memory)        one stream (``stream``, default type or
+                                                            name ``EMG``); units per channel from the
+                                                            header; the exact recorded timestamps;
+                                                            pulses from closedloop's ``Pulses`` stream
+                                                            or a string ``Markers`` stream
+.hea (WFDB)             wfdb (lazy: ``rdrecord(sampfrom,    channels in a voltage unit (``mV`` ...)
+                        sampto)``; optional dependency)
+.mat (MATLAB v4-v7)     scipy.io.loadmat (whole file)       Ninapro-style ``emg`` or the single signal
+                                                            array; see "MATLAB files" below
+.h5 .hdf5 (OpenSignals) h5py (lazy)                         ``raw/channel_N`` with ``sensor == 'EMG'``;
+                                                            the PLUX EMG transfer function
+======================  ==================================  ===========================================
+
+MATLAB files
+    The signal is the variable ``emg`` (Ninapro: ``(n, C)``; a ``(C, n)`` array with ``C < n`` is
+    transposed) or else the one numeric 1-D or 2-D variable with at least 100 samples (e.g. ``raw_on``
+    of the tSCS recordings); anything else is ambiguous and refused. The rate comes from a variable
+    named ``frequency``, ``fs``, ``Fs``, ``FS``, ``sampling_rate`` or ``srate``, else from
+    ``rate_hz``. Units come from a string variable ``units`` or the ``units`` argument; when neither
+    says, the values are taken as **microvolts** (``original_units`` ``"assumed uV"``): lab exports of
+    EMG are mostly in uV or V, and reading volts as uV only makes the signal look tiny, whereas reading
+    uV (or ADC counts) as V makes every estimator window saturate. Ninapro files are in volts: pass
+    ``units="V"``. Pulse times (s) come from a variable ``pulses`` or ``stim_times`` if present.
+
+OpenSignals (PLUX) files
+    The device group (``stream`` picks one by name if there are several) holds ``raw/channel_N``
+    datasets; those whose attribute ``sensor`` is ``EMG`` are read. Rate from the group's attribute
+    ``sampling rate``, ADC resolution (bits) from ``resolution``. The PLUX EMG sensor's transfer function
+    (supply 3 V, gain 1000) gives volts: ``(adc / 2**resolution - 0.5) * 3.0 / 1000``.
+
+MNE formats
+    Annotation texts are searched with ``pulse_annotation`` (default ``(?i)stim|pulse|trigger``); GDF
+    events become annotations named by their numeric event type (e.g. ``"768"``), so give a pattern such
+    as ``r"^768$"`` for them. Without matching annotations, the onsets (changes to a non-zero value) of
+    the first stim channel that has any are the pulses (BDF ``Status``: its low 16 bits, the trigger
+    lines). MNE only knows uV and mV in EDF/BDF/GDF headers; other voltage units stated there (e.g. nV,
+    or mV in GDF 1) are corrected here, and EDF/GDF signals whose header states a non-voltage unit are
+    not taken as EMG.
+
+Units and rates the file does not state
+    ``units`` (one for all channels or one per channel) is used only where the file states none, or a
+    non-voltage one (XDF channels, .mat files); ``rate_hz`` only where the file has no sampling rate
+    (.mat files, irregular XDF streams). XDF channels without a unit are taken as microvolts
+    (``"assumed uV"``), as :class:`acquisition.lsl.LSLSource` does for live streams without one.
+
+Errors
+    Every problem with a file (missing, unknown type, truncated, corrupt, no EMG, a missing channel, no
+    rate) raises :class:`FileFormatError` with a one-line message ``"<path>: <problem>"``; library
+    exceptions are translated with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import contextlib
+import dataclasses
+import gzip
+import logging
+import math
+import re
+import struct
+import time
+import warnings
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from closedloop.errors import ConfigError, SourceError
+from closedloop.estimation.artifacts import ArtifactDetector, is_pulse_train
+from closedloop.types import Chunk, StreamInfo, unit_to_volts
+
+__all__ = [
+    "READABLE_EXTENSIONS",
+    "FileChunk",
+    "FileFormatError",
+    "FileSource",
+    "RecordingInfo",
+    "RecordingReader",
+    "open_recording",
+]
+
+DEFAULT_PULSE_ANNOTATION = r"(?i)stim|pulse|trigger"
+
+#: Extensions :func:`open_recording` reads, and the format each stands for.
+READABLE_EXTENSIONS: dict[str, str] = {
+    ".edf": "EDF",
+    ".bdf": "BDF",
+    ".gdf": "GDF",
+    ".fif": "FIF",
+    ".fif.gz": "FIF",
+    ".vhdr": "BrainVision",
+    ".set": "EEGLAB",
+    ".xdf": "XDF",
+    ".xdfz": "XDF",
+    ".hea": "WFDB",
+    ".mat": "MAT",
+    ".h5": "OpenSignals",
+    ".hdf5": "OpenSignals",
+}
+
+# Companion files people open by mistake, and the file to open instead.
+_COMPANIONS = {
+    ".eeg": ".vhdr (the BrainVision header)",
+    ".vmrk": ".vhdr (the BrainVision header)",
+    ".fdt": ".set (the EEGLAB dataset)",
+    ".dat": ".hea (the WFDB header)",
+}
+
+_MAT_RATE_NAMES = ("frequency", "fs", "Fs", "FS", "sampling_rate", "srate")
+_MAT_PULSE_NAMES = ("pulses", "stim_times")
+_MAT_MIN_SAMPLES = 100
+
+# PLUX EMG sensor: supply voltage (V) and gain; volts = (adc / 2**bits - 0.5) * VCC / GAIN.
+_PLUX_VCC_V = 3.0
+_PLUX_EMG_GAIN = 1000.0
+
+# MNE channel types whose channels count as EMG candidates when no channel is typed 'emg'.
+_VOLTAGE_TYPES = frozenset({"eeg", "emg", "ecg", "eog", "seeg", "ecog", "dbs", "misc"})
+
+# Exceptions libraries raise on unreadable files; translated into FileFormatError at the boundary.
+_LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    RuntimeError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AssertionError,
+    EOFError,
+    SyntaxError,  # xml.etree.ElementTree.ParseError
+    struct.error,
+    zlib.error,
+    configparser.Error,  # BrainVision headers
+    MemoryError,  # a corrupt header asking for absurd sizes
+)
+
+# Read-ahead of FileSource: at least this much signal per file read (s).
+_READ_BLOCK_S = 0.5
+
+
+class FileFormatError(SourceError):
+    """A recording that cannot be used: missing, unknown type, truncated or corrupt, no EMG, no rate."""
+
+
+def _fail(path: str | PathLike[str], problem: str) -> FileFormatError:
+    """A :class:`FileFormatError` with the one-line message ``"<path>: <problem>"``."""
+    return FileFormatError(f"{path}: {_one_line(problem)}")
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line of printable characters, at most ``limit`` long."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in " ".join(str(text).split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _library_problem(what: str, exc: BaseException) -> str:
+    detail = _one_line(str(exc), 200) or "no detail"
+    return f"{what} ({type(exc).__name__}: {detail})"
+
+
+# ---------------------------------------------------------------------------------------------- info
+
+
+@dataclass(frozen=True, eq=False)
+class RecordingInfo:
+    """What a recording holds.
+
+    Attributes
+    ----------
+    path:
+        The file opened.
+    format:
+        ``"EDF"``, ``"BDF"``, ``"GDF"``, ``"FIF"``, ``"BrainVision"``, ``"EEGLAB"``, ``"XDF"``, ``"WFDB"``,
+        ``"MAT"`` or ``"OpenSignals"``.
+    rate_hz:
+        Sampling rate (Hz).
+    n_samples:
+        Samples per channel.
+    channel_names:
+        The EMG channels read, in the order of the sample columns.
+    original_units:
+        Per channel, the unit the file states (``"uV"``, ``"mV"``, ``"V"``, ...), or ``"assumed V"`` /
+        ``"assumed uV"`` when the file states none, or a description of a conversion (OpenSignals). The
+        samples :meth:`RecordingReader.read` returns are in volts regardless.
+    pulse_times_s:
+        ``(n_pulses,)`` float64, stimulation pulse times in seconds from the first sample, increasing;
+        empty if the file records none (pulses outside the recording are dropped, see ``extra``).
+    pulse_amplitudes_ma:
+        ``(n_pulses,)`` amplitudes in mA when the file records them (closedloop's ``Pulses`` stream),
+        else None.
+    pulse_source:
+        Where the pulses come from: ``"annotations"``, ``"stim channel:<name>"``, ``"markers:<stream>"``,
+        ``"Pulses stream"``, ``"variable:<name>"`` (.mat), ``"detected"`` (set by :class:`FileSource`
+        when it detects them from the artifacts) or ``"none"``.
+    timestamps:
+        ``(n_samples,)`` float64, the per-sample timestamps recorded in the file (XDF), else None.
+    meas_date:
+        Start of the recording when the file states it, else None.
+    extra:
+        Format-specific details: which channel rule applied, the XDF file header, OpenSignals attributes,
+        warnings the reading library gave, ...
+    """
+
+    path: Path
+    format: str
+    rate_hz: float
+    n_samples: int
+    channel_names: tuple[str, ...]
+    original_units: tuple[str, ...]
+    pulse_times_s: np.ndarray
+    pulse_amplitudes_ma: np.ndarray | None
+    pulse_source: str
+    timestamps: np.ndarray | None = None
+    meas_date: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_channels(self) -> int:
+        """Number of channels read."""
+        return len(self.channel_names)
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the recording (s): ``n_samples / rate_hz``."""
+        return self.n_samples / self.rate_hz
+
+
+@dataclass(frozen=True)
+class _Options:
+    channels: tuple[str, ...] | None
+    stream: str | None
+    rate_hz: float | None
+    units: tuple[str, ...] | None
+    pulse_annotation: re.Pattern[str]
+
+
+# -------------------------------------------------------------------------------------------- reader
+
+
+class RecordingReader:
+    """An open recording: :attr:`info`, and :meth:`read` for any range of samples.
+
+    Created by :func:`open_recording`; usable as a context manager (closes the file on exit).
+
+    Attributes
+    ----------
+    info:
+        What the recording holds.
+    pulse_times_clock:
+        ``(n_pulses,)`` the pulses of ``info.pulse_times_s`` on the clock of the replay's timestamps:
+        the recorded timestamps for XDF (exactly as recorded), seconds from the first sample otherwise.
+    in_memory:
+        True when the whole recording was loaded on opening (XDF, .mat): reads are then mere slicing.
+    """
+
+    in_memory: bool = False
+
+    def __init__(self, info: RecordingInfo, pulse_times_clock: np.ndarray) -> None:
+        self.info = info
+        self.pulse_times_clock = pulse_times_clock
+        self._closed = False
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Samples ``start`` to ``stop`` (exclusive) as ``(stop - start, n_channels)`` float64 volts.
+
+        Raises
+        ------
+        ValueError
+            A range outside ``0 <= start <= stop <= n_samples``.
+        FileFormatError
+            The file cannot be read there (truncated, corrupt) or delivers fewer samples than it claims.
+        """
+        n = self.info.n_samples
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"read({start}, {stop}): the range must lie within 0..{n}")
+        if self._closed:
+            raise SourceError(f"{self.info.path}: the recording is closed")
+        c = self.info.n_channels
+        if stop == start:
+            return np.empty((0, c))
+        try:
+            x = self._read(start, stop)
+        except (FileFormatError, SourceError):
+            raise
+        except Exception as exc:  # OSError, ValueError, struct.error, ... from a truncated or corrupt file
+            raise _fail(self.info.path, _library_problem(f"cannot read samples {start}..{stop}", exc)) from exc
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape != (stop - start, c):
+            raise _fail(
+                self.info.path,
+                f"file ended early: asked for samples {start}..{stop} ({stop - start} x {c}), "
+                f"got an array of shape {x.shape} (truncated file?)",
+            )
+        return x
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the file; idempotent."""
+        self._closed = True
+
+    def __enter__(self) -> RecordingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        i = self.info
+        return (
+            f"{type(self).__name__}({str(i.path)!r}, {i.format}, {i.rate_hz:g} Hz, {i.n_channels} ch, "
+            f"{i.n_samples} samples)"
+        )
+
+
+class _ArrayReader(RecordingReader):
+    """A recording held in memory as ``(n, C)`` volts."""
+
+    in_memory = True
+
+    def __init__(self, info: RecordingInfo, pulse_times_clock: np.ndarray, volts: np.ndarray) -> None:
+        super().__init__(info, pulse_times_clock)
+        self._x = volts
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        return self._x[start:stop]
+
+    def close(self) -> None:
+        super().close()
+        self._x = np.empty((0, self.info.n_channels))
+
+
+class _MNEReader(RecordingReader):
+    """Lazy reads through ``raw.get_data(picks, start, stop)``; ``scale`` corrects MNE's unit handling."""
+
+    def __init__(
+        self, info: RecordingInfo, pulse_times_clock: np.ndarray, raw: Any, picks: list[int], scale: np.ndarray
+    ) -> None:
+        super().__init__(info, pulse_times_clock)
+        self._raw = raw
+        self._picks = picks
+        self._scale = scale
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        # FileSource calls this from a worker thread; catch_warnings is process-wide, which is harmless
+        # here (nothing else changes the warning filters during a replay)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = self._raw.get_data(picks=self._picks, start=start, stop=stop, verbose="warning")
+        _note_warnings(self.info.extra, caught)
+        return data.T * self._scale
+
+    def close(self) -> None:
+        super().close()
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            with contextlib.suppress(Exception):
+                raw.close()
+
+
+class _WFDBReader(RecordingReader):
+    """Lazy reads through ``wfdb.rdrecord(sampfrom, sampto, physical=True)``."""
+
+    def __init__(
+        self,
+        info: RecordingInfo,
+        pulse_times_clock: np.ndarray,
+        wfdb: Any,
+        record_name: str,
+        channels: list[int],
+        scale: np.ndarray,
+    ) -> None:
+        super().__init__(info, pulse_times_clock)
+        self._wfdb = wfdb
+        self._record = record_name
+        self._channels = channels
+        self._scale = scale
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rec = self._wfdb.rdrecord(self._record, sampfrom=start, sampto=stop, channels=self._channels, physical=True)
+        _note_warnings(self.info.extra, caught)
+        if rec.p_signal is None:
+            raise _fail(self.info.path, "the record holds no physical signal")
+        return rec.p_signal * self._scale
+
+
+class _OpenSignalsReader(RecordingReader):
+    """Lazy reads of ``raw/channel_N`` datasets, converted with the PLUX EMG transfer function."""
+
+    def __init__(
+        self,
+        info: RecordingInfo,
+        pulse_times_clock: np.ndarray,
+        h5file: Any,
+        datasets: list[Any],
+        resolution_bits: np.ndarray,
+    ) -> None:
+        super().__init__(info, pulse_times_clock)
+        self._file = h5file
+        self._datasets = datasets
+        self._full_scale = 2.0 ** resolution_bits.astype(np.float64)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        adc = np.column_stack([np.asarray(ds[start:stop], dtype=np.float64).reshape(-1) for ds in self._datasets])
+        return (adc / self._full_scale - 0.5) * (_PLUX_VCC_V / _PLUX_EMG_GAIN)
+
+    def close(self) -> None:
+        super().close()
+        f, self._file = self._file, None
+        if f is not None:
+            with contextlib.suppress(Exception):
+                f.close()
+
+
+# ------------------------------------------------------------------------------------------ opening
+
+
+def open_recording(
+    path: str | PathLike[str],
+    *,
+    channels: Sequence[str] | str | None = None,
+    stream: str | None = None,
+    rate_hz: float | None = None,
+    units: Sequence[str] | str | None = None,
+    pulse_annotation: str | re.Pattern[str] = DEFAULT_PULSE_ANNOTATION,
+) -> RecordingReader:
+    """Open a recording of EMG for reading in volts.
+
+    MNE formats, WFDB and OpenSignals are read lazily (only the samples asked for); XDF and MATLAB files
+    are loaded whole on opening (their libraries cannot read part of a file).
+
+    Parameters
+    ----------
+    path:
+        The recording: .edf .bdf .gdf .fif(.gz) .vhdr .set .xdf(z) .hea .mat .h5 (see the module docstring).
+    channels:
+        Names of the channels to read, in this order; None: the EMG channels the format rule finds.
+    stream:
+        XDF: name or type of the EMG stream (default: the stream of type ``EMG``, else one named ``EMG``).
+        OpenSignals: name of the device group when the file holds several.
+    rate_hz:
+        Sampling rate (Hz) for files that do not state one (.mat); ignored when the file has one.
+    units:
+        Unit of the values (one for all channels or one per channel) where the file states none.
+    pulse_annotation:
+        Regular expression (searched) for annotation or marker texts that mark stimulation pulses.
+
+    Returns
+    -------
+    RecordingReader
+        Close it (or use it as a context manager) when done.
+
+    Raises
+    ------
+    FileFormatError
+        The file cannot be used; the one-line message names the file and the problem.
+    ConfigError
+        Invalid arguments (a bad regular expression, an unknown unit, a non-positive rate).
+    """
+    p = Path(path)
+    opts = _options(channels, stream, rate_hz, units, pulse_annotation)
+    name = p.name.lower()
+    ext = ".fif.gz" if name.endswith(".fif.gz") else p.suffix.lower()
+    fmt = READABLE_EXTENSIONS.get(ext)
+    if fmt is None:
+        if ext in _COMPANIONS:
+            raise _fail(path, f"'{ext}' holds only part of a recording: open the {_COMPANIONS[ext]} instead")
+        shown = f"'{ext}'" if ext else "(no extension)"
+        raise _fail(path, f"unknown file type {shown}; readable: {' '.join(READABLE_EXTENSIONS)}")
+    if not p.exists():
+        raise _fail(path, "no such file")
+    if p.is_dir():
+        raise _fail(path, "is a directory, not a recording")
+    opener = _OPENERS[fmt]
+    try:
+        return opener(p, fmt, opts)
+    except (FileFormatError, ConfigError):
+        raise
+    except _LIBRARY_ERRORS as exc:
+        raise _fail(path, _library_problem(f"cannot read this {fmt} file", exc)) from exc
+    except Exception as exc:  # a corrupt file can make a parser fail in any way: never a bare traceback
+        raise _fail(path, _library_problem(f"cannot read this {fmt} file", exc)) from exc
+
+
+def _options(
+    channels: Sequence[str] | str | None,
+    stream: str | None,
+    rate_hz: float | None,
+    units: Sequence[str] | str | None,
+    pulse_annotation: str | re.Pattern[str],
+) -> _Options:
+    chans: tuple[str, ...] | None = None
+    if channels is not None:
+        chans = (channels,) if isinstance(channels, str) else tuple(str(c) for c in channels)
+        if not chans:
+            raise ConfigError("channels: give at least one channel name (or None for the EMG channels)")
+        dup = sorted({c for c in chans if chans.count(c) > 1})
+        if dup:
+            raise ConfigError(f"channels: {', '.join(dup)} given more than once")
+    rate: float | None = None
+    if rate_hz is not None:
+        try:
+            rate = float(rate_hz)
+        except (TypeError, ValueError):
+            raise ConfigError(f"rate_hz = {rate_hz!r}: must be a number of Hz") from None
+        if not (math.isfinite(rate) and rate > 0):
+            raise ConfigError(f"rate_hz = {rate_hz!r}: must be a finite number > 0")
+    unit_t: tuple[str, ...] | None = None
+    if units is not None:
+        unit_t = (units,) if isinstance(units, str) else tuple(units)
+        if not unit_t:
+            raise ConfigError("units: give one unit, or one per channel")
+        for u in unit_t:
+            unit_to_volts(u)  # ConfigError naming the allowed units
+    if isinstance(pulse_annotation, re.Pattern):
+        pattern = pulse_annotation
+    else:
+        try:
+            pattern = re.compile(pulse_annotation)
+        except (re.error, TypeError) as exc:
+            raise ConfigError(f"pulse_annotation {pulse_annotation!r} is not a regular expression: {exc}") from None
+    return _Options(chans, stream, rate, unit_t, pattern)
+
+
+def _note_warnings(extra: dict[str, Any], caught: list[warnings.WarningMessage]) -> None:
+    """Keep what the reading library warned about (not deprecations: those concern the library) in extra."""
+    notes = [
+        _one_line(str(w.message), 200)
+        for w in caught
+        if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))
+    ]
+    if notes:
+        extra.setdefault("warnings", []).extend(notes)
+
+
+def _units_for(opts: _Options, n: int, path: Path) -> tuple[str, ...] | None:
+    """The ``units`` argument expanded to ``n`` channels (None if not given)."""
+    if opts.units is None:
+        return None
+    if len(opts.units) == 1:
+        return opts.units * n
+    if len(opts.units) != n:
+        raise ConfigError(f"{path}: {len(opts.units)} units given for {n} channels; give one, or one per channel")
+    return opts.units
+
+
+def _is_voltage(unit: str) -> bool:
+    try:
+        unit_to_volts(unit)
+    except ConfigError:
+        return False
+    return True
+
+
+def _pick_by_name(path: Path, available: Sequence[str], wanted: Sequence[str]) -> list[int]:
+    index = {name: i for i, name in enumerate(available)}
+    missing = [w for w in wanted if w not in index]
+    if missing:
+        word = "channel" if len(missing) == 1 else "channels"
+        listing = ", ".join(available) if available else "none"
+        names = ", ".join(repr(m) for m in missing)
+        raise _fail(path, f"no {word} named {names} (channels: {listing})")
+    return [index[w] for w in wanted]
+
+
+def _finish(
+    path: Path,
+    fmt: str,
+    rate_hz: float,
+    n_samples: int,
+    names: Sequence[str],
+    original_units: Sequence[str],
+    pulse_clock: np.ndarray,
+    amplitudes: np.ndarray | None,
+    pulse_source: str,
+    *,
+    timestamps: np.ndarray | None = None,
+    meas_date: datetime | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[RecordingInfo, np.ndarray]:
+    """Check the basics, keep the pulses inside the recording and build the :class:`RecordingInfo`."""
+    extra = {} if extra is None else extra
+    if not (math.isfinite(rate_hz) and rate_hz > 0):
+        raise _fail(path, f"invalid sampling rate {rate_hz!r} Hz in the file")
+    if n_samples <= 0:
+        raise _fail(path, "the recording holds no samples")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if list(names).count(n) > 1})
+        raise _fail(path, f"channel names are not unique ({', '.join(dup)}); pick channels by name")
+    t0 = 0.0 if timestamps is None else float(timestamps[0])
+    t_end = (n_samples - 1) / rate_hz if timestamps is None else float(timestamps[-1]) - t0
+    pulse_clock = np.asarray(pulse_clock, dtype=np.float64).reshape(-1)
+    order = np.argsort(pulse_clock, kind="stable")
+    pulse_clock = pulse_clock[order]
+    if amplitudes is not None:
+        amplitudes = np.asarray(amplitudes, dtype=np.float64).reshape(-1)[order]
+    rel = pulse_clock - t0
+    half = 0.5 / rate_hz
+    inside = np.isfinite(rel) & (rel >= -half) & (rel < t_end + half)
+    n_out = int(np.count_nonzero(~inside))
+    if n_out:
+        extra["pulses_outside_recording"] = n_out
+        rel, pulse_clock = rel[inside], pulse_clock[inside]
+        if amplitudes is not None:
+            amplitudes = amplitudes[inside]
+    if rel.size == 0:
+        pulse_source, amplitudes = "none", None
+    info = RecordingInfo(
+        path=path,
+        format=fmt,
+        rate_hz=float(rate_hz),
+        n_samples=int(n_samples),
+        channel_names=tuple(str(n) for n in names),
+        original_units=tuple(original_units),
+        pulse_times_s=rel,
+        pulse_amplitudes_ma=amplitudes,
+        pulse_source=pulse_source,
+        timestamps=timestamps,
+        meas_date=meas_date,
+        extra=extra,
+    )
+    return info, pulse_clock
+
+
+# ---------------------------------------------------------------------------------------- MNE family
+
+
+def _edf_header_check(path: Path, fmt: str) -> None:
+    """Refuse EDF/BDF files whose fixed header is unusable or whose data records are cut short.
+
+    MNE would silently read a truncated file up to where it ends (with a warning); a replay should not.
+    """
+    size = path.stat().st_size
+    article = "an" if fmt == "EDF" else "a"
+    with open(path, "rb") as f:
+        head = f.read(256)
+        if len(head) < 256:
+            raise _fail(path, f"not {article} {fmt} file (header is {len(head)} bytes, need 256)")
+
+        def number(lo: int, hi: int, what: str) -> int:
+            raw = head[lo:hi]
+            try:
+                return int(float(raw.decode("ascii").strip()))
+            except (UnicodeDecodeError, ValueError):
+                raise _fail(path, f"not {article} {fmt} file (header field '{what}' is {raw!r})") from None
+
+        header_bytes = number(184, 192, "number of bytes in header")
+        n_records = number(236, 244, "number of data records")
+        n_signals = number(252, 256, "number of signals")
+        if n_signals < 1 or header_bytes != 256 * (n_signals + 1):
+            raise _fail(
+                path,
+                f"not {article} {fmt} file (header size field says {header_bytes} bytes for {n_signals} signals, "
+                f"expected {256 * (max(n_signals, 0) + 1)})",
+            )
+        if size < header_bytes:
+            raise _fail(path, f"truncated: the header needs {header_bytes} bytes, the file has {size}")
+        f.seek(256 + n_signals * 216)
+        raw_counts = f.read(8 * n_signals)
+    try:
+        per_record = sum(int(raw_counts[8 * i : 8 * i + 8].decode("ascii").strip()) for i in range(n_signals))
+    except (UnicodeDecodeError, ValueError):
+        raise _fail(path, f"not {article} {fmt} file (unreadable 'samples per record' fields)") from None
+    record_bytes = per_record * (3 if fmt == "BDF" else 2)
+    if n_records > 0 and record_bytes > 0:
+        expected = header_bytes + n_records * record_bytes
+        if size < expected:
+            raise _fail(
+                path,
+                f"truncated: the header promises {n_records} data records ({expected} bytes), "
+                f"the file has {size} bytes",
+            )
+
+
+# GDF 2 physical-dimension codes of voltages (biosig units.csv: 4256 = V, low bits = decimal prefix).
+_GDF_VOLT_CODES = {4256: "V", 4274: "mV", 4275: "uV", 4276: "nV"}
+
+
+def _gdf_units(path: Path) -> list[str] | None:
+    """Channel units stated in a GDF header (GDF 1: text; GDF 2: codes), None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+            version = float(head[4:8].decode("ascii"))
+            if version < 1.9:
+                ns = struct.unpack_from("<I", head, 252)[0]
+                f.seek(256 + ns * (16 + 80))
+                raw = f.read(8 * ns)
+                return [raw[8 * i : 8 * i + 8].decode("latin-1").strip("\x00 ") for i in range(ns)]
+            ns = struct.unpack_from("<H", head, 252)[0]
+            f.seek(256 + ns * (16 + 80 + 6))
+            codes = struct.unpack(f"<{ns}H", f.read(2 * ns))
+            return [_GDF_VOLT_CODES.get(c, f"GDF unit code {c}") for c in codes]
+    except (OSError, ValueError, struct.error):
+        return None
+
+
+def _mne_factor(fmt: str, unit: str, gdf_version2: bool) -> float | None:
+    """The factor MNE applied for ``unit`` in EDF/BDF/GDF files (None: not an integer-format file)."""
+    if fmt in ("EDF", "BDF"):
+        if unit in ("\u03bcV", "\u00b5V", "\x83\xcaV", "uV"):
+            return 1e-6
+        return 1e-3 if unit == "mV" else 1.0
+    if fmt == "GDF":
+        if gdf_version2:
+            return {"uV": 1e-6, "mV": 1e-3}.get(unit, 1.0)
+        return 1e-6 if unit[:2] == "uV" else 1.0
+    return None
+
+
+def _open_mne(path: Path, fmt: str, opts: _Options) -> RecordingReader:
+    if fmt in ("EDF", "BDF"):
+        _edf_header_check(path, fmt)
+    elif fmt == "GDF":
+        with open(path, "rb") as f:
+            magic = f.read(8)
+        if magic[:3] != b"GDF":
+            raise _fail(path, f"not a GDF file (it starts with {magic[:8]!r}, not 'GDF')")
+    import mne
+
+    readers: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
+        "EDF": (mne.io.read_raw_edf, {"infer_types": True}),
+        "BDF": (mne.io.read_raw_bdf, {"infer_types": True}),
+        "GDF": (mne.io.read_raw_gdf, {}),
+        "FIF": (mne.io.read_raw_fif, {}),
+        "BrainVision": (mne.io.read_raw_brainvision, {}),
+        "EEGLAB": (mne.io.read_raw_eeglab, {}),
+    }
+    reader, kwargs = readers[fmt]
+    extra: dict[str, Any] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        raw = reader(str(path), preload=False, verbose="warning", **kwargs)
+    _note_warnings(extra, caught)
+    try:
+        return _mne_reader(path, fmt, opts, raw, extra)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            raw.close()
+        raise
+
+
+def _mne_reader(path: Path, fmt: str, opts: _Options, raw: Any, extra: dict[str, Any]) -> RecordingReader:
+    from mne.io.constants import FIFF
+
+    if fmt == "GDF":
+        _gdf_size_check(path, raw)
+    names = list(raw.ch_names)
+    types = raw.get_channel_types()
+    orig = dict(getattr(raw, "_orig_units", None) or {})
+    gdf_units = _gdf_units(path) if fmt == "GDF" else None
+    if gdf_units is not None and len(gdf_units) == len(names):
+        orig = dict(zip(names, gdf_units, strict=True))
+
+    def stated_voltage(i: int) -> bool:  # MNE types every EDF/GDF signal as V, whatever its header says
+        unit = str(orig.get(names[i], "")).strip().replace("\u00b5", "u").replace("\u03bc", "u")
+        return not unit or _is_voltage(unit)
+
+    if opts.channels is not None:
+        picks = _pick_by_name(path, names, opts.channels)
+        extra["channel_rule"] = "by name"
+    else:
+        picks = [i for i, t in enumerate(types) if t == "emg"]
+        extra["channel_rule"] = "type emg"
+        if not picks:
+            picks = [
+                i
+                for i, (t, ch) in enumerate(zip(types, raw.info["chs"], strict=True))
+                if t in _VOLTAGE_TYPES and ch["unit"] == FIFF.FIFF_UNIT_V and stated_voltage(i)
+            ]
+            extra["channel_rule"] = "unit V (no channel of type emg)"
+        if not picks:
+            listing = ", ".join(f"{n} ({t})" for n, t in zip(names, types, strict=True)) or "none"
+            raise _fail(path, f"no EMG channels (no channel of type emg or in volts; channels: {listing})")
+    gdf_v2 = False
+    if gdf_units is not None:
+        with contextlib.suppress(ValueError, OSError), open(path, "rb") as f:
+            gdf_v2 = float(f.read(8)[4:8].decode("ascii")) >= 1.9
+    units: list[str] = []
+    scale = np.ones(len(picks))
+    for j, i in enumerate(picks):
+        stated = orig.get(names[i])
+        if stated is None and fmt == "EEGLAB":
+            stated = "uV"  # EEGLAB stores microvolts by convention; MNE scales by 1e-6
+        if stated is None:
+            units.append("V")
+            continue
+        stated = str(stated).strip()
+        if not stated:
+            units.append("assumed V")
+            continue
+        units.append(stated.replace("\u00b5", "u").replace("\u03bc", "u"))
+        mne_factor = _mne_factor(fmt, stated, gdf_v2)
+        if mne_factor is not None and _is_voltage(units[-1]):
+            # MNE knows only uV and mV in EDF/BDF/GDF headers: correct the rest (e.g. nV)
+            scale[j] = unit_to_volts(units[-1]) / mne_factor
+    pulse_s, source = _mne_pulses(path, fmt, opts, raw, names, types, picks, extra)
+    meas_date = raw.info.get("meas_date")
+    extra["channel_types"] = tuple(types[i] for i in picks)
+    info, clock = _finish(
+        path,
+        fmt,
+        float(raw.info["sfreq"]),
+        int(raw.n_times),
+        [names[i] for i in picks],
+        units,
+        pulse_s,
+        None,
+        source,
+        meas_date=meas_date if isinstance(meas_date, datetime) else None,
+        extra=extra,
+    )
+    return _MNEReader(info, clock, raw, picks, scale)
+
+
+def _gdf_size_check(path: Path, raw: Any) -> None:
+    try:
+        ex = raw._raw_extras[0]
+        expected = int(ex["data_offset"]) + int(ex["n_records"]) * int(ex["bytes_tot"])
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return
+    size = path.stat().st_size
+    if size < expected:
+        raise _fail(path, f"truncated: the header promises {expected} bytes of header and data, the file has {size}")
+
+
+def _mne_pulses(
+    path: Path,
+    fmt: str,
+    opts: _Options,
+    raw: Any,
+    names: list[str],
+    types: list[str],
+    picks: list[int],
+    extra: dict[str, Any],
+) -> tuple[np.ndarray, str]:
+    """Pulse times (s from the first sample) from annotations, else from a stim channel's onsets."""
+    ann = raw.annotations
+    if len(ann):
+        desc = [str(d) for d in ann.description]
+        match = np.array([opts.pulse_annotation.search(d) is not None for d in desc], dtype=bool)
+        extra["annotations"] = sorted(set(desc))
+        if match.any():
+            onsets = np.asarray(ann.onset, dtype=np.float64)[match] - float(raw.first_time)
+            return onsets, "annotations"
+    for i, t in enumerate(types):
+        if t != "stim" or i in picks:
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            v = raw.get_data(picks=[i], verbose="warning")[0]
+        _note_warnings(extra, caught)
+        codes = np.rint(np.nan_to_num(v)).astype(np.int64)
+        if fmt == "BDF":
+            codes &= 0xFFFF  # BioSemi Status: trigger lines are the low 16 bits, the rest are status flags
+        prev = np.concatenate(([codes[0]], codes[:-1]))
+        onsets = np.flatnonzero((codes != prev) & (codes != 0))
+        if onsets.size:
+            return onsets / float(raw.info["sfreq"]), f"stim channel:{names[i]}"
+    return np.empty(0), "none"
+
+
+# ---------------------------------------------------------------------------------------------- XDF
+
+
+class _LogCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(_one_line(record.getMessage(), 200))
+
+
+def _first(d: Any, key: str, default: Any = None) -> Any:
+    """``d[key][0]`` of pyxdf's XML-as-dict structures, or ``default``."""
+    if not isinstance(d, dict):
+        return default
+    v = d.get(key)
+    if isinstance(v, list):
+        return v[0] if v else default
+    return default if v is None else v
+
+
+def _flatten(d: Any) -> Any:
+    """pyxdf's XML dicts with one-element lists unwrapped (for ``extra``)."""
+    if isinstance(d, dict):
+        return {k: _flatten(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return _flatten(d[0]) if len(d) == 1 else [_flatten(v) for v in d]
+    return d
+
+
+def _xdf_channels(info: dict[str, Any], n: int) -> tuple[list[str], list[str | None]]:
+    """Channel labels and units (None where absent) from a stream header's desc/channels/channel."""
+    entries: list[Any] = []
+    chans = _first(_first(info, "desc"), "channels")
+    if isinstance(chans, dict) and isinstance(chans.get("channel"), list):
+        entries = chans["channel"]
+    labels: list[str] = []
+    units: list[str | None] = []
+    for ch in entries[:n]:
+        label = _first(ch, "label")
+        unit = _first(ch, "unit")
+        labels.append(str(label) if label else f"ch{len(labels) + 1}")
+        units.append(str(unit).strip() if unit else None)
+    labels += [f"ch{i + 1}" for i in range(len(labels), n)]
+    units += [None] * (n - len(units))
+    return labels, units
+
+
+def _describe_streams(streams: list[dict[str, Any]]) -> str:
+    if not streams:
+        return "the file holds no streams"
+    parts = [
+        f"{_first(s['info'], 'name', '?')!r} (type {_first(s['info'], 'type', '?')!r}, "
+        f"{_first(s['info'], 'channel_format', '?')})"
+        for s in streams
+    ]
+    return "streams: " + ", ".join(parts)
+
+
+def _open_xdf(path: Path, fmt: str, opts: _Options) -> RecordingReader:
+    opener: Callable[..., Any] = gzip.open if path.suffix.lower() == ".xdfz" else open
+    with opener(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"XDF:":
+        raise _fail(path, f"not an XDF file (it starts with {magic!r}, not b'XDF:')")
+    import pyxdf
+
+    logger = logging.getLogger("pyxdf.pyxdf")
+    capture = _LogCapture()
+    old_propagate = logger.propagate
+    logger.addHandler(capture)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            streams, header = pyxdf.load_xdf(str(path), dejitter_timestamps=False, synchronize_clocks=False)
+    finally:
+        logger.removeHandler(capture)
+        logger.propagate = old_propagate
+    extra: dict[str, Any] = {"header": _flatten(header["info"]) if isinstance(header, dict) else None}
+    _note_warnings(extra, caught)
+    if capture.messages:
+        extra.setdefault("warnings", []).extend(capture.messages)
+    emg = _xdf_choose(path, opts, streams, capture.messages)
+    info = emg["info"]
+    name = str(_first(info, "name", ""))
+    x = emg["time_series"]
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "biuf":
+        raise _fail(path, f"stream {name!r} holds {_first(info, 'channel_format', 'non-numeric')} values, not samples")
+    x = x.reshape(x.shape[0], -1) if x.ndim != 2 else x
+    n, c = x.shape
+    if n == 0:
+        raise _fail(path, f"stream {name!r} holds no samples")
+    ts = np.asarray(emg["time_stamps"], dtype=np.float64).copy()
+    if ts.shape != (n,):
+        raise _fail(path, f"stream {name!r}: {ts.shape[0]} timestamps for {n} samples")
+    rate = float(_first(info, "nominal_srate", 0) or 0)
+    if rate <= 0:
+        if opts.rate_hz is None:
+            raise _fail(path, f"stream {name!r} has no nominal sampling rate (irregular stream): give --rate")
+        rate = opts.rate_hz
+    labels, stated = _xdf_channels(info, c)
+    if opts.channels is not None:
+        picks = _pick_by_name(path, labels, opts.channels)
+        x, labels, stated = x[:, picks], [labels[i] for i in picks], [stated[i] for i in picks]
+    given = _units_for(opts, len(labels), path)
+    orig: list[str] = []
+    scale = np.empty(len(labels))
+    for j, (label, unit) in enumerate(zip(labels, stated, strict=True)):
+        if unit is not None and _is_voltage(unit):
+            orig.append(unit)
+            scale[j] = unit_to_volts(unit)
+        elif given is not None:
+            orig.append(given[j] if unit is None else f"{unit} (taken as {given[j]})")
+            scale[j] = unit_to_volts(given[j])
+        elif unit is None:
+            orig.append("assumed uV")
+            scale[j] = 1e-6
+        else:
+            raise _fail(
+                path,
+                f"channel {label!r} of stream {name!r} has unit {unit!r}, not a voltage (V, mV, uV, nV): "
+                "give the unit of the values (units=...)",
+            )
+    volts = x.astype(np.float64) * scale
+    pulse_t, amps, source = _xdf_pulses(streams, opts)
+    extra["stream"] = {
+        "name": name,
+        "type": _first(info, "type"),
+        "source_id": _first(info, "source_id"),
+        "channel_format": _first(info, "channel_format"),
+        "created_at": _first(info, "created_at"),
+    }
+    meas_date = None
+    when = _first(extra["header"], "datetime") if isinstance(extra["header"], dict) else None
+    if isinstance(when, str):
+        with contextlib.suppress(ValueError):
+            meas_date = datetime.fromisoformat(when)
+    rinfo, clock = _finish(
+        path, fmt, rate, n, labels, orig, pulse_t, amps, source, timestamps=ts, meas_date=meas_date, extra=extra
+    )
+    return _ArrayReader(rinfo, clock, volts)
+
+
+def _xdf_choose(path: Path, opts: _Options, streams: list[dict[str, Any]], log: list[str]) -> dict[str, Any]:
+    def key(s: dict[str, Any], k: str) -> str:
+        return str(_first(s["info"], k, ""))
+
+    if opts.stream is not None:
+        found = [s for s in streams if opts.stream in (key(s, "name"), key(s, "type"))]
+        if not found:
+            want = opts.stream.lower()
+            found = [s for s in streams if want in (key(s, "name").lower(), key(s, "type").lower())]
+        what = f"named or typed {opts.stream!r}"
+    else:
+        found = [s for s in streams if key(s, "type").lower() == "emg"]
+        if not found:
+            found = [s for s in streams if key(s, "name").lower() == "emg"]
+        what = "of type or name 'EMG'"
+    if not found:
+        hint = f"; the reader reported: {log[0]}" if (log and not streams) else ""
+        raise _fail(path, f"no EMG stream {what} ({_describe_streams(streams)}){hint}")
+    if len(found) > 1:
+        raise _fail(path, f"{len(found)} streams {what} ({_describe_streams(found)}): choose one with --stream")
+    return found[0]
+
+
+def _xdf_pulses(streams: list[dict[str, Any]], opts: _Options) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Pulse times (recording clock), amplitudes and source: the Pulses stream, else Markers streams."""
+    for s in streams:
+        info = s["info"]
+        if str(_first(info, "name", "")) != "Pulses":
+            continue
+        x = s["time_series"]
+        ts = np.asarray(s["time_stamps"], dtype=np.float64)
+        if not isinstance(x, np.ndarray) or ts.size == 0:
+            continue
+        labels, _ = _xdf_channels(info, x.shape[1] if x.ndim == 2 else 1)
+        amps = None
+        if "amplitude_ma" in labels:
+            amps = np.asarray(x, dtype=np.float64).reshape(ts.size, -1)[:, labels.index("amplitude_ma")]
+        return ts, amps, "Pulses stream"
+    times: list[np.ndarray] = []
+    names: list[str] = []
+    for s in streams:
+        info = s["info"]
+        if str(_first(info, "type", "")).lower() != "markers" or str(_first(info, "channel_format", "")) != "string":
+            continue
+        ts = np.asarray(s["time_stamps"], dtype=np.float64)
+        texts = [
+            " ".join(str(v) for v in row) if isinstance(row, (list, tuple)) else str(row) for row in s["time_series"]
+        ]
+        match = np.array([opts.pulse_annotation.search(t) is not None for t in texts], dtype=bool)
+        if match.size and match.any():
+            times.append(ts[: match.size][match])
+            names.append(str(_first(info, "name", "")))
+    if times:
+        return np.concatenate(times), None, "markers:" + ",".join(names)
+    return np.empty(0), None, "none"
+
+
+# --------------------------------------------------------------------------------------------- WFDB
+
+
+def _open_wfdb(path: Path, fmt: str, opts: _Options) -> RecordingReader:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # wfdb's own use of pandas, on import
+            import wfdb
+    except ImportError:
+        raise _fail(path, "reading WFDB records needs the wfdb package: pip install 'closedloop[wfdb]'") from None
+    record_name = str(path.with_suffix(""))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        header = wfdb.rdheader(record_name)
+    extra: dict[str, Any] = {"record_name": path.stem}
+    _note_warnings(extra, caught)
+    names = [str(n) for n in (header.sig_name or [])]
+    if not names:
+        raise _fail(path, "the header describes no signals")
+    if getattr(header, "seg_name", None):
+        units_all = [str(u) for u in (getattr(header, "units", None) or ["mV"] * len(names))]
+    else:
+        units_all = [str(u) if u else "mV" for u in (header.units or ["mV"] * len(names))]
+    if opts.channels is not None:
+        picks = _pick_by_name(path, names, opts.channels)
+        extra["channel_rule"] = "by name"
+        bad = [f"{names[i]} ({units_all[i]})" for i in picks if not _is_voltage(units_all[i])]
+        if bad:
+            raise _fail(path, f"channels not in a voltage unit: {', '.join(bad)}")
+    else:
+        picks = [i for i, u in enumerate(units_all) if _is_voltage(u)]
+        extra["channel_rule"] = "unit is a voltage"
+        if not picks:
+            listing = ", ".join(f"{n} ({u})" for n, u in zip(names, units_all, strict=True))
+            raise _fail(path, f"no EMG channels (no channel in a voltage unit; channels: {listing})")
+    rate = float(header.fs or 0)
+    if rate <= 0:
+        if opts.rate_hz is None:
+            raise _fail(path, "no sampling rate in the header: give --rate")
+        rate = opts.rate_hz
+    n = header.sig_len
+    if n is None:
+        raise _fail(path, "the header does not state the signal length")
+    meas_date = None
+    with contextlib.suppress(AttributeError, TypeError, ValueError):
+        if header.base_date is not None and header.base_time is not None:
+            meas_date = datetime.combine(header.base_date, header.base_time)
+    scale = np.array([unit_to_volts(units_all[i]) for i in picks])
+    info, clock = _finish(
+        path,
+        fmt,
+        rate,
+        int(n),
+        [names[i] for i in picks],
+        [units_all[i] for i in picks],
+        np.empty(0),
+        None,
+        "none",
+        meas_date=meas_date,
+        extra=extra,
+    )
+    return _WFDBReader(info, clock, wfdb, record_name, picks, scale)
+
+
+# ---------------------------------------------------------------------------------------------- MAT
+
+
+def _open_mat(path: Path, fmt: str, opts: _Options) -> RecordingReader:
+    with open(path, "rb") as f:
+        head = f.read(1032)
+    hdf5 = any(head[o : o + 8] == b"\x89HDF\r\n\x1a\n" for o in (0, 512, 1024))  # HDF5 superblock positions
+    if head.startswith(b"MATLAB 7.3") or hdf5:
+        raise _fail(
+            path,
+            "MATLAB v7.3 (HDF5) files are not read: save it in MATLAB with save(..., '-v7'), or read it with h5py",
+        )
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m = loadmat(str(path))
+    except NotImplementedError as exc:  # scipy's message for v7.3
+        raise _fail(path, f"{exc}: save it in MATLAB with save(..., '-v7'), or read it with h5py") from exc
+    except MatReadError as exc:
+        raise _fail(path, _library_problem("not a readable MATLAB file", exc)) from exc
+    extra: dict[str, Any] = {}
+    _note_warnings(extra, caught)
+    variables = {k: v for k, v in m.items() if not k.startswith("__")}
+
+    def numeric(v: Any) -> bool:
+        return isinstance(v, np.ndarray) and v.dtype.kind in "iuf" and v.size > 0
+
+    def listing() -> str:
+        parts = [
+            f"{k} {v.dtype}{list(v.shape)}" if isinstance(v, np.ndarray) else f"{k} ({type(v).__name__})"
+            for k, v in variables.items()
+        ]
+        return ", ".join(parts) or "none"
+
+    rate = None
+    for k in _MAT_RATE_NAMES:
+        if k in variables:
+            v = variables[k]
+            vals = np.asarray(v).ravel() if numeric(v) else np.empty(0)
+            if vals.size != 1 or not math.isfinite(float(vals[0])) or float(vals[0]) <= 0:
+                raise _fail(path, f"variable {k!r} should hold the sampling rate (a number > 0), got {listing()}")
+            rate = float(vals[0])
+            extra["rate_variable"] = k
+            break
+    if rate is None:
+        if opts.rate_hz is None:
+            raise _fail(
+                path,
+                f"no sampling rate in the file: give --rate (looked for a variable {'/'.join(_MAT_RATE_NAMES)})",
+            )
+        rate = opts.rate_hz
+    if "emg" in variables and numeric(variables["emg"]) and variables["emg"].ndim <= 2:
+        var = "emg"
+    else:
+        special = set(_MAT_RATE_NAMES) | set(_MAT_PULSE_NAMES)
+        cands = [
+            k
+            for k, v in variables.items()
+            if k not in special and numeric(v) and v.ndim in (1, 2) and max(v.shape) >= _MAT_MIN_SAMPLES
+        ]
+        if len(cands) != 1:
+            why = "no signal variable" if not cands else f"{len(cands)} candidate signal variables"
+            raise _fail(
+                path,
+                f"{why} (want 'emg', or a single numeric 1-D/2-D array of >= {_MAT_MIN_SAMPLES} samples); "
+                f"variables: {listing()}",
+            )
+        var = cands[0]
+    x = np.asarray(variables[var], dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    elif x.shape[0] < x.shape[1]:
+        x = x.T  # (C, n) with C < n
+    n, c = x.shape
+    names = [var] if c == 1 else [f"{var}{i + 1}" for i in range(c)]
+    if var == "emg":
+        names = [f"EMG{i + 1}" for i in range(c)]
+    extra["variable"] = var
+    if opts.channels is not None:
+        picks = _pick_by_name(path, names, opts.channels)
+        x, names = x[:, picks], [names[i] for i in picks]
+    file_units = variables.get("units")
+    stated: tuple[str, ...] | None = None
+    if isinstance(file_units, np.ndarray) and file_units.dtype.kind == "U":
+        stated = tuple(str(u).strip() for u in file_units.ravel())
+    elif isinstance(file_units, np.ndarray) and file_units.dtype == object:
+        stated = tuple(str(np.asarray(u).ravel()[0]).strip() for u in file_units.ravel())
+    if stated is not None and len(stated) not in (1, len(names)):
+        stated = None
+    if stated is not None and all(_is_voltage(u) for u in stated):
+        orig = stated * len(names) if len(stated) == 1 else stated
+        scale = np.array([unit_to_volts(u) for u in orig])
+    else:
+        given = _units_for(opts, len(names), path)
+        if given is not None:
+            orig, scale = given, np.array([unit_to_volts(u) for u in given])
+        else:
+            orig, scale = ("assumed uV",) * len(names), np.full(len(names), 1e-6)
+    pulses, source = np.empty(0), "none"
+    for k in _MAT_PULSE_NAMES:
+        if k in variables and numeric(variables[k]):
+            pulses, source = np.asarray(variables[k], dtype=np.float64).ravel(), f"variable:{k}"
+            break
+    info, clock = _finish(path, fmt, rate, n, names, orig, pulses, None, source, extra=extra)
+    return _ArrayReader(info, clock, x * scale)
+
+
+# -------------------------------------------------------------------------------------- OpenSignals
+
+
+def _attr(v: Any) -> Any:
+    """An HDF5 attribute as a plain Python value."""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, np.ndarray):
+        return [_attr(x) for x in v.tolist()] if v.dtype.kind in "OSU" else v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _open_opensignals(path: Path, fmt: str, opts: _Options) -> RecordingReader:
+    import h5py
+
+    f = h5py.File(path, "r")
+    try:
+        return _opensignals_reader(path, fmt, opts, f)
+    except BaseException:
+        f.close()
+        raise
+
+
+def _opensignals_reader(path: Path, fmt: str, opts: _Options, f: Any) -> RecordingReader:
+    import h5py
+
+    devices = {
+        k: g
+        for k, g in f.items()
+        if isinstance(g, h5py.Group) and "sampling rate" in g.attrs and isinstance(g.get("raw"), h5py.Group)
+    }
+    if not devices:
+        raise _fail(path, "not an OpenSignals file (no device group with a 'raw' group and a 'sampling rate')")
+
+    def emg_channels(g: Any) -> list[tuple[int, str]]:
+        out = []
+        for k, ds in g["raw"].items():
+            m = re.fullmatch(r"channel_(\d+)", k)
+            if m and isinstance(ds, h5py.Dataset) and str(_attr(ds.attrs.get("sensor", ""))).upper() == "EMG":
+                out.append((int(m.group(1)), k))
+        return sorted(out)
+
+    if opts.stream is not None:
+        if opts.stream not in devices:
+            raise _fail(path, f"no device {opts.stream!r} (devices: {', '.join(devices)})")
+        name = opts.stream
+    else:
+        with_emg = [k for k, g in devices.items() if emg_channels(g)]
+        if len(devices) == 1:
+            name = next(iter(devices))
+        elif len(with_emg) == 1:
+            name = with_emg[0]
+        else:
+            raise _fail(path, f"{len(devices)} devices ({', '.join(devices)}): choose one with --stream")
+    g = devices[name]
+    attrs = {k: _attr(v) for k, v in g.attrs.items()}
+    raw = g["raw"]
+    sensors = {k: str(_attr(ds.attrs.get("sensor", "?"))) for k, ds in raw.items() if k.startswith("channel_")}
+    found = emg_channels(g)
+    all_names = [k for _, k in found]
+    if opts.channels is not None:
+        wanted = _pick_by_name(path, list(sensors), opts.channels)
+        keys = [list(sensors)[i] for i in wanted]
+        not_emg = [k for k in keys if k not in all_names]
+        if not_emg:
+            raise _fail(path, f"not EMG channels: {', '.join(f'{k} ({sensors[k]})' for k in not_emg)}")
+        found = [(int(k.split("_")[1]), k) for k in keys]
+    if not found:
+        listing = ", ".join(f"{k} ({s})" for k, s in sensors.items()) or "none"
+        raise _fail(path, f"no EMG channels (no raw/channel_N with sensor 'EMG'; channels: {listing})")
+    rate = float(np.asarray(attrs["sampling rate"]).ravel()[0])
+    res = np.asarray(attrs.get("resolution", []), dtype=np.int64).ravel()
+    numbers = np.asarray(attrs.get("channels", []), dtype=np.int64).ravel()
+    bits = []
+    for num, k in found:
+        if res.size == 1:
+            bits.append(int(res[0]))
+        elif res.size and numbers.size == res.size and num in numbers.tolist():
+            bits.append(int(res[numbers.tolist().index(num)]))
+        else:
+            raise _fail(path, f"no ADC resolution for {k} (attribute 'resolution' = {res.tolist()})")
+    datasets = [raw[k] for _, k in found]
+    lengths = {ds.shape[0] for ds in datasets}
+    if len(lengths) != 1:
+        raise _fail(path, f"EMG channels of different lengths: {sorted(lengths)}")
+    n = lengths.pop()
+    declared = attrs.get("nsamples")
+    if isinstance(declared, int) and declared > n:
+        raise _fail(path, f"truncated: the device says {declared} samples, the channels hold {n}")
+    meas_date = None
+    with contextlib.suppress(ValueError, TypeError):
+        meas_date = datetime.strptime(f"{attrs.get('date')} {attrs.get('time')}", "%Y-%m-%d %H:%M:%S.%f")
+    extra = {
+        "device": name,
+        "attrs": attrs,
+        "labels": {k: _attr(raw[k].attrs.get("label", "")) for _, k in found},
+        "resolution_bits": bits,
+        "transfer_function": "V = (adc / 2**bits - 0.5) * 3.0 V / 1000 (PLUX EMG sensor)",
+    }
+    info, clock = _finish(
+        path,
+        fmt,
+        rate,
+        int(n),
+        [k for _, k in found],
+        ["ADC (PLUX EMG transfer function)"] * len(found),
+        np.empty(0),
+        None,
+        "none",
+        meas_date=meas_date,
+        extra=extra,
+    )
+    return _OpenSignalsReader(info, clock, f, datasets, np.asarray(bits))
+
+
+_OPENERS: dict[str, Callable[[Path, str, _Options], RecordingReader]] = {
+    "EDF": _open_mne,
+    "BDF": _open_mne,
+    "GDF": _open_mne,
+    "FIF": _open_mne,
+    "BrainVision": _open_mne,
+    "EEGLAB": _open_mne,
+    "XDF": _open_xdf,
+    "WFDB": _open_wfdb,
+    "MAT": _open_mat,
+    "OpenSignals": _open_opensignals,
+}
+
+
+# ----------------------------------------------------------------------------------------- replay
+
+
+@dataclass(frozen=True, eq=False)
+class FileChunk(Chunk):
+    """A :class:`~closedloop.types.Chunk` of a replayed recording, with the amplitudes of its pulses.
+
+    Attributes
+    ----------
+    pulse_amplitudes_ma:
+        ``(n_pulses,)`` amplitudes (mA) of the pulses in ``pulse_times`` when the file records them
+        (closedloop's own sessions), else None.
+    """
+
+    pulse_amplitudes_ma: np.ndarray | None = None
+
+
+class FileSource:
+    """A recording replayed as a :class:`~acquisition.base.Source`.
+
+    Usage::
+
+        async with FileSource("session.xdf", speed=1.0) as src:
+            async for chunk in src:
+                ...
+
+    Parameters
+    ----------
+    path, channels, stream, rate_hz, units, pulse_annotation:
+        As for :func:`open_recording`.
+    chunk_size:
+        Samples per chunk (the last chunk may be shorter).
+    speed:
+        None (or ``inf``): as fast as possible, yielding to the event loop (``asyncio.sleep(0)``) between
+        chunks; ``t_arrival`` is None. A number ``s > 0``: paced at ``s`` times real time; the chunk whose
+        last sample lies ``t`` seconds after the first sample is yielded at wall time ``start + t / s``
+        (absolute deadlines on ``time.perf_counter``, so no drift); ``t_arrival`` is the
+        ``time.perf_counter()`` at yield.
+    detect_pulses:
+        When the file records no pulses: ``"auto"`` detects them from their artifacts with
+        :class:`~closedloop.estimation.artifacts.ArtifactDetector` (default settings, all channels) in a pass
+        over the file when it is opened, and keeps them only if they form a steady pulse train
+        (:func:`~closedloop.estimation.artifacts.is_pulse_train`): sharp motor-unit potentials in voluntary
+        EMG can pass for artifacts but come at irregular intervals. True detects streaming and keeps
+        whatever is found (the detector's warm-up, 1 s, is read ahead, so every chunk is yielded with its
+        pulses already known). False: no detection (chunks of a file without pulses carry
+        ``pulse_times=None``).
+
+    Notes
+    -----
+    Chunks are :class:`FileChunk` objects: samples ``(n, C)`` float64 in volts (``info.units`` is
+    ``"V"``), timestamps the file's own (XDF) or seconds from the first sample (``index / rate``), and
+    ``pulse_times`` the pulses whose sample falls in the chunk: a pulse at time ``t`` belongs to the first
+    sample whose timestamp is ``>= t - 0.5 / rate`` (its nearest sample). ``recording.pulse_source`` says
+    where they come from; in detection mode ``recording.pulse_times_s`` holds the pulses detected so far
+    (all of them once the replay has ended).
+    """
+
+    dtype = np.float64
+
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        *,
+        channels: Sequence[str] | str | None = None,
+        stream: str | None = None,
+        rate_hz: float | None = None,
+        units: Sequence[str] | str | None = None,
+        chunk_size: int = 256,
+        speed: float | None = None,
+        detect_pulses: bool | str = "auto",
+        pulse_annotation: str | re.Pattern[str] = DEFAULT_PULSE_ANNOTATION,
+    ) -> None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise ConfigError(f"FileSource chunk_size = {chunk_size!r}: must be an integer >= 1")
+        if speed is not None:
+            try:
+                speed = float(speed)
+            except (TypeError, ValueError):
+                raise ConfigError(f"FileSource speed = {speed!r}: must be a number > 0 or None") from None
+            if math.isnan(speed) or speed <= 0:
+                raise ConfigError(f"FileSource speed = {speed!r}: must be a number > 0 (or None: as fast as possible)")
+            if math.isinf(speed):
+                speed = None
+        if detect_pulses not in ("auto", True, False):
+            raise ConfigError(f"FileSource detect_pulses = {detect_pulses!r}: must be 'auto', True or False")
+        self.path = Path(path)
+        self.chunk_size = int(chunk_size)
+        self.speed = speed
+        self.detect_pulses = detect_pulses
+        self._open_kwargs: dict[str, Any] = {
+            "channels": channels,
+            "stream": stream,
+            "rate_hz": rate_hz,
+            "units": units,
+            "pulse_annotation": pulse_annotation,
+        }
+        _options(channels, stream, rate_hz, units, pulse_annotation)  # argument errors now, not on opening
+        self._reader: RecordingReader | None = None
+        self._info: StreamInfo | None = None
+        self._recording: RecordingInfo | None = None
+        self._pos = 0
+        self._t0: float | None = None
+        self._t_first = 0.0
+        self._detector: ArtifactDetector | None = None
+        self._det_idx = np.empty(0, dtype=np.int64)
+        self._pulse_t: np.ndarray | None = None
+        self._pulse_amp: np.ndarray | None = None
+        self._pulse_idx: np.ndarray | None = None
+
+    # -- description ---------------------------------------------------------------------------
+    def _need_open(self) -> RecordingReader:
+        if self._reader is None:
+            raise SourceError(f"{self.path}: the file source is not open; use 'async with source:'")
+        return self._reader
+
+    def _need_opened(self) -> None:
+        if self._recording is None:
+            raise SourceError(f"{self.path}: the file source has not been opened; use 'async with source:'")
+
+    @property
+    def info(self) -> StreamInfo:
+        """The replayed stream: name = file stem, type ``EMG``, units ``V`` (valid once opened)."""
+        self._need_opened()
+        assert self._info is not None
+        return self._info
+
+    @property
+    def recording(self) -> RecordingInfo:
+        """What the file holds (valid once opened); ``pulse_source`` says where the pulses come from."""
+        self._need_opened()
+        assert self._recording is not None
+        if self._detector is not None:
+            return dataclasses.replace(self._recording, pulse_times_s=self._det_times() - self._t_first)
+        return self._recording
+
+    @property
+    def n_samples(self) -> int:
+        """Samples per channel in the recording."""
+        return self.recording.n_samples
+
+    @property
+    def progress(self) -> float:
+        """Fraction (0..1) of the samples yielded so far."""
+        if self._recording is None:
+            return 0.0
+        return self._pos / self._recording.n_samples
+
+    def clock(self) -> float:
+        """The timestamp of the next sample to be yielded: the virtual "now" of the replay (s)."""
+        self._need_opened()
+        return self._time_of(self._pos)
+
+    def _time_of(self, index: int) -> float:
+        rec = self._recording
+        assert rec is not None
+        if rec.timestamps is None:
+            return index / rec.rate_hz
+        if index < rec.n_samples:
+            return float(rec.timestamps[index])
+        return float(rec.timestamps[-1]) + (index - rec.n_samples + 1) / rec.rate_hz
+
+    # -- opening -------------------------------------------------------------------------------
+    async def __aenter__(self) -> FileSource:
+        reader = await asyncio.to_thread(open_recording, self.path, **self._open_kwargs)
+        rec = reader.info
+        self._reader = reader
+        self._info = StreamInfo(
+            name=self.path.stem,
+            type="EMG",
+            rate_hz=rec.rate_hz,
+            channel_names=rec.channel_names,
+            units=("V",) * rec.n_channels,
+            source_id=str(self.path),
+        )
+        self._t_first = 0.0 if rec.timestamps is None else float(rec.timestamps[0])
+        self._detector = None
+        self._det_idx = np.empty(0, dtype=np.int64)
+        if rec.pulse_source != "none":
+            self._pulse_t = reader.pulse_times_clock
+            self._pulse_amp = rec.pulse_amplitudes_ma
+        elif self.detect_pulses == "auto":
+            # a pass over the file first: only a steady pulse train counts as stimulation (voluntary EMG has
+            # sharp motor-unit potentials that a detector can mistake for artifacts, at irregular intervals)
+            found = await asyncio.to_thread(self._detect_all, reader)
+            if is_pulse_train(found, rec.rate_hz):
+                self._pulse_t = rec.timestamps[found] if rec.timestamps is not None else found / rec.rate_hz
+                rec = dataclasses.replace(rec, pulse_source="detected", pulse_times_s=self._pulse_t - self._t_first)
+            else:
+                self._pulse_t = None
+                note = f"none ({found.size} irregular artifact-like events ignored)" if found.size else "none"
+                rec = dataclasses.replace(rec, pulse_source=note)
+            self._pulse_amp = None
+        elif self.detect_pulses is True:
+            self._detector = ArtifactDetector(rec.rate_hz, rec.n_channels)
+            rec = dataclasses.replace(rec, pulse_source="detected")
+            self._pulse_t = np.empty(0)
+            self._pulse_amp = None
+        else:
+            self._pulse_t = None
+            self._pulse_amp = None
+        self._recording = rec
+        self._pulse_idx = self._sample_of(self._pulse_t) if self._pulse_t is not None else None
+        self._pos = 0
+        self._t0 = None
+        self._buf = np.empty((0, rec.n_channels))
+        self._buf_start = 0
+        self._read_to = 0  # samples read from the file (and given to the detector)
+        self._block = max(self.chunk_size, math.ceil(_READ_BLOCK_S * rec.rate_hz))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def _detect_all(self, reader: RecordingReader) -> np.ndarray:
+        """Pulses detected from artifacts over the whole file (sample indices)."""
+        rec = reader.info
+        det = ArtifactDetector(rec.rate_hz, rec.n_channels)
+        block = max(self.chunk_size, math.ceil(_READ_BLOCK_S * rec.rate_hz))
+        found = [det.step(reader.read(a, min(rec.n_samples, a + block))) for a in range(0, rec.n_samples, block)]
+        found.append(det.flush())
+        return np.concatenate(found).astype(np.int64)
+
+    def close(self) -> None:
+        """Close the file; idempotent."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+    # -- reading -------------------------------------------------------------------------------
+    def _sample_of(self, times: np.ndarray) -> np.ndarray:
+        """Index of the sample each pulse time belongs to: the first with timestamp >= t - 0.5 / rate."""
+        rec = self._recording
+        assert rec is not None
+        half = 0.5 / rec.rate_hz
+        if rec.timestamps is not None:
+            return np.searchsorted(rec.timestamps, times - half)
+        # the same as searchsorted(arange(n) / rate, times - half), without the n-sample array
+        target = times - half
+        k = np.clip(np.ceil(target * rec.rate_hz), 0, rec.n_samples).astype(np.int64)
+        k -= (k > 0) & ((k - 1) / rec.rate_hz >= target)
+        k += (k < rec.n_samples) & (k / rec.rate_hz < target)
+        return k
+
+    def _det_times(self) -> np.ndarray:
+        rec = self._recording
+        assert rec is not None
+        if rec.timestamps is None:
+            return self._det_idx / rec.rate_hz
+        return rec.timestamps[self._det_idx]
+
+    async def _fill(self, stop: int) -> None:
+        """Read until samples up to ``stop`` are buffered (and, when detecting, their pulses known)."""
+        reader = self._reader
+        assert reader is not None
+        n = self._recording.n_samples  # type: ignore[union-attr]
+        det = self._detector
+
+        def more() -> bool:
+            if self._read_to >= n:
+                return False
+            return self._read_to < stop or (det is not None and det.threshold_ is None)
+
+        while more():
+            a = self._read_to
+            b = min(n, a + self._block)
+            if reader.in_memory:
+                x = reader.read(a, b)
+            else:
+                x = await asyncio.to_thread(reader.read, a, b)
+            if det is not None:
+                found = det.step(x)
+                if self._read_to + x.shape[0] >= n:
+                    found = np.concatenate((found, det.flush()))
+                if found.size:
+                    self._det_idx = np.concatenate((self._det_idx, found))
+            self._buf = np.concatenate((self._buf[self._pos - self._buf_start :], x))
+            self._buf_start = self._pos
+            self._read_to = b
+
+    def __aiter__(self) -> FileSource:
+        return self
+
+    async def __anext__(self) -> FileChunk:
+        reader = self._need_open()
+        rec = self._recording
+        assert rec is not None and self._info is not None
+        a = self._pos
+        n = rec.n_samples
+        if a >= n:
+            raise StopAsyncIteration
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        b = min(a + self.chunk_size, n)
+        await self._fill(b)
+        if self._reader is not reader:  # closed while reading
+            raise StopAsyncIteration
+        samples = self._buf[a - self._buf_start : b - self._buf_start]
+        if rec.timestamps is None:
+            ts = np.arange(a, b, dtype=np.float64) / rec.rate_hz
+        else:
+            ts = rec.timestamps[a:b].copy()
+        pulse_times, amps = self._pulses_in(a, b)
+        if self.speed is None:
+            await asyncio.sleep(0)
+            t_arrival = None
+        else:
+            deadline = self._t0 + (self._time_of(b - 1) - self._t_first) / self.speed
+            delay = deadline - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            t_arrival = time.perf_counter()
+        self._pos = b
+        return FileChunk(
+            samples=samples,
+            timestamps=ts,
+            info=self._info,
+            t_arrival=t_arrival,
+            pulse_times=pulse_times,
+            pulse_amplitudes_ma=amps,
+        )
+
+    def _pulses_in(self, a: int, b: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if self._detector is not None:
+            lo, hi = np.searchsorted(self._det_idx, [a, b])
+            sel = self._det_idx[lo:hi]
+            rec = self._recording
+            assert rec is not None
+            times = sel / rec.rate_hz if rec.timestamps is None else rec.timestamps[sel]
+            return np.asarray(times, dtype=np.float64), None
+        if self._pulse_idx is None or self._pulse_t is None:
+            return None, None
+        lo, hi = np.searchsorted(self._pulse_idx, [a, b])
+        amps = None if self._pulse_amp is None else self._pulse_amp[lo:hi]
+        return self._pulse_t[lo:hi], amps

@@ -1,0 +1,476 @@
+"""``closedloop replay``: recorded EMG through the same pipeline, in batch, or republished as a live device.
+
+One file is one :class:`~closedloop.pipeline.Session` whose source is a
+:class:`~acquisition.files.FileSource`: the same orchestrator and estimators as a live session. The
+recording's pulses (annotations, a marker or Pulses stream, or detected from the artifacts) drive the
+estimator; a controller, if a protocol gives one, runs in *shadow*: every command it would have sent goes
+through the safety layer into a stimulator that delivers nothing, and is recorded as ``ShadowPulses``.
+
+A recording made by ``closedloop demo``/``run`` (``session.xdf`` beside its ``summary.json``) replays with
+the session's own configuration (pulse rate grid, phases, time zero, estimator, controller), so its
+estimates come out as they were computed live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from closedloop.errors import ClosedLoopError, ConfigError
+from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
+from closedloop.pipeline import Phase, Session, SessionConfig
+from closedloop.safety import SafetyLayer, SafetyLimits
+from closedloop.stimulators import ShadowStimulator
+
+__all__ = ["SUMMARY_COLUMNS", "ReplayOptions", "ReplayResult", "publish_file", "replay_batch", "replay_file"]
+
+#: Columns of replay_summary.csv (one row per file).
+SUMMARY_COLUMNS = (
+    "file",
+    "status",
+    "error",
+    "format",
+    "channels",
+    "rate_hz",
+    "duration_s",
+    "pulses",
+    "pulse_source",
+    "shadow_pulses",
+    "intervals",
+    "effort_median_uv",
+    "mdf_first_hz",
+    "mdf_last_hz",
+    "mwave_ptp_median_uv",
+    "elapsed_s",
+    "x_real_time",
+    "out_dir",
+)
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """How files are replayed (the CLI flags).
+
+    Parameters
+    ----------
+    speed:
+        None: as fast as possible; else the pace as a multiple of real time (1.0 = real time).
+    chunk_size:
+        Samples per chunk.
+    channels, stream, rate_hz, units:
+        Channel picks by name, XDF stream name/type, rate for files without one (Hz), unit for files
+        without one.
+    protocol:
+        A protocol file: its estimator, safety limits and controller (run in shadow) and phases.
+    detect_pulses:
+        Find pulses from artifacts when the file has none ("auto"), always, or never.
+    report:
+        Write report.html.
+    window_s:
+        Window length where there are no pulses (s).
+    progress:
+        Show a progress line (only on a terminal).
+    """
+
+    speed: float | None = None
+    chunk_size: int = 256
+    channels: tuple[str, ...] | None = None
+    stream: str | None = None
+    rate_hz: float | None = None
+    units: str | None = None
+    protocol: str | None = None
+    detect_pulses: str | bool = "auto"
+    report: bool = True
+    window_s: float = 0.1
+    progress: bool = False
+
+
+@dataclass
+class ReplayResult:
+    """The outcome of one file (a row of replay_summary.csv)."""
+
+    file: str
+    status: str = "failed"
+    error: str = ""
+    out_dir: str = ""
+    values: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+    def row(self) -> dict:
+        r = {"file": self.file, "status": self.status, "error": self.error, "out_dir": self.out_dir}
+        r.update(self.values)
+        return {k: r.get(k, "") for k in SUMMARY_COLUMNS}
+
+
+def _session_config_of(xdf: Path) -> dict | None:
+    """summary.json of a closedloop session recorded in ``xdf``, if that is what it is."""
+    summary = xdf.with_name("summary.json")
+    if xdf.name != "session.xdf" or not summary.exists():
+        return None
+    try:
+        s = json.loads(summary.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return s if isinstance(s.get("config"), dict) else None
+
+
+def _estimator_config(d: dict) -> EstimatorConfig:
+    names = {f.name for f in dataclasses.fields(EstimatorConfig)}
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+    return EstimatorConfig(**kw)
+
+
+def _controller_from_summary(d: dict):
+    from experiments.protocol import CONTROLLERS
+
+    by_class = {cls.__name__: cls for cls in CONTROLLERS.values()}
+    cls = by_class.get(d.get("type", ""))
+    if cls is None:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session:
+    """The replay session for an opened source."""
+    rec = source.recording
+    duration = rec.n_samples / rec.rate_hz
+    live = _session_config_of(path) if rec.format.lower() == "xdf" else None
+    controller = None
+    limits = SafetyLimits()
+    est_cfg = EstimatorConfig()
+    phases: tuple[Phase, ...] = (Phase("replay", duration + 1.0, "rest"),)
+    cfg_kw: dict = {
+        "segmentation": "pulses",
+        "pulses_from": "source",
+        "record_emg": False,
+        "window_s": options.window_s,
+        "start_time": None,
+        "stim_hz": 25.0,
+    }
+    if live is not None:
+        c = live["config"]
+        est_cfg = _estimator_config(live.get("estimator") or {})
+        controller = _controller_from_summary(live.get("controller") or {})
+        limits = SafetyLimits(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in live["limits"].items()})
+        phases = tuple(Phase(p["name"], p["duration_s"], p["mode"]) for p in c["phases"])
+        cfg_kw.update(
+            segmentation="grid",
+            stim_hz=c["stim_hz"],
+            pulse_width_us=c["pulse_width_us"],
+            stim_channel=c["stim_channel"],
+            start_time=live.get("t_start_lsl"),
+            calibration_window_s=c.get("calibration_window_s", 0.5),
+        )
+    if options.protocol:
+        from experiments.protocol import load_protocol
+
+        proto = load_protocol(options.protocol)
+        est_cfg = proto.estimator
+        controller = proto.make_controller()
+        limits = proto.safety_limits()
+        phases = proto.phases
+        cfg_kw.update(
+            stim_hz=proto.stimulation.rate_hz,
+            pulse_width_us=proto.stimulation.pulse_width_us,
+            stim_channel=proto.stimulation.channel,
+        )
+    if controller is None:
+        controller = _NoController()
+        phases = tuple(Phase(p.name, p.duration_s, "rest" if p.mode == "control" else p.mode) for p in phases)
+    total = sum(p.duration_s for p in phases)
+    if total < duration:  # the recording outlasts the phases: keep measuring to its end
+        phases = (*phases, Phase("after protocol", duration - total + 1.0, "rest"))
+    cfg_kw["duration_s"] = None
+    config = SessionConfig(phases=phases, **cfg_kw)
+    safety = SafetyLayer(limits, ShadowStimulator(source.clock))
+    extra = {
+        "replay": {
+            "file": str(path),
+            "format": rec.format,
+            "pulse_source": rec.pulse_source,
+            "original_units": list(rec.original_units),
+            "speed": options.speed,
+            "reproduces_live_session": live is not None,
+            "protocol": options.protocol,
+        }
+    }
+    return Session(
+        source,
+        lambda info: IntervalEstimator(info, est_cfg),
+        controller,
+        safety,
+        config,
+        out_dir,
+        extra_summary=extra,
+        csv_relative_time=True,
+    )
+
+
+class _NoController:
+    """Monitoring only: never asks for a pulse."""
+
+    def step(self, estimate) -> float:
+        return 0.0
+
+    def reset(self) -> None:
+        pass
+
+
+class _Progress:
+    def __init__(self, name: str, source, enabled: bool) -> None:
+        self.name = name
+        self.source = source
+        self.enabled = enabled and sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, *args) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.2:
+            return
+        self.last = now
+        frac = getattr(self.source, "progress", 0.0)
+        sys.stderr.write(f"\r{self.name}: [{'#' * int(frac * 30):<30}] {frac:6.1%}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayResult:
+    from acquisition.files import FileSource
+
+    result = ReplayResult(str(path), out_dir=str(out_dir))
+    source = FileSource(
+        path,
+        channels=options.channels,
+        stream=options.stream,
+        rate_hz=options.rate_hz,
+        units=options.units,
+        chunk_size=options.chunk_size,
+        speed=options.speed,
+        detect_pulses=options.detect_pulses,
+    )
+    t0 = time.perf_counter()
+    async with source:  # opens the file: format errors surface here, before any output is written
+        session = _build(path, options, source, out_dir)
+        bar = _Progress(path.name, source, options.progress)
+        session.progress = bar
+        try:
+            res = await session.run()
+        finally:
+            bar.close()
+    elapsed = time.perf_counter() - t0
+    rec = source.recording
+    if options.report and (out_dir / "session.xdf").exists():
+        from closedloop.report import build_report
+
+        build_report(out_dir)
+    s = json.loads((out_dir / "summary.json").read_text()) if (out_dir / "summary.json").exists() else res.summary
+    est = _estimates_overview(out_dir / "estimates.csv", rec.channel_names)
+    duration = rec.n_samples / rec.rate_hz
+    result.status = res.status
+    result.error = res.error or ""
+    result.values = {
+        "format": rec.format,
+        "channels": len(rec.channel_names),
+        "rate_hz": rec.rate_hz,
+        "duration_s": round(duration, 3),
+        "pulses": s.get("pulses"),
+        "pulse_source": rec.pulse_source,
+        "shadow_pulses": s.get("shadow_pulses"),
+        "intervals": s.get("intervals"),
+        **est,
+        "elapsed_s": round(elapsed, 3),
+        "x_real_time": round(duration / elapsed, 1) if elapsed > 0 else "",
+    }
+    return result
+
+
+def _estimates_overview(csv_path: Path, channels: tuple[str, ...]) -> dict:
+    """Median effort and M-wave, first and last median frequency of the first channel."""
+    if not csv_path.exists() or not channels:
+        return {}
+    effort, mdf, ptp = [], [], []
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["channel"] != channels[0]:
+                continue
+            effort.append(float(row["effort_uv"]) if row["effort_uv"] else math.nan)
+            mdf.append(float(row["mdf_hz"]) if row["mdf_hz"] else math.nan)
+            ptp.append(float(row["mwave_ptp_uv"]) if row["mwave_ptp_uv"] else math.nan)
+    mdf_a = np.array(mdf)
+    ok = mdf_a[np.isfinite(mdf_a)]
+
+    def med(v):
+        a = np.array(v)
+        a = a[np.isfinite(a)]
+        return round(float(np.median(a)), 3) if a.size else ""
+
+    return {
+        "effort_median_uv": med(effort),
+        "mwave_ptp_median_uv": med(ptp),
+        "mdf_first_hz": round(float(ok[0]), 2) if ok.size else "",
+        "mdf_last_hz": round(float(ok[-1]), 2) if ok.size else "",
+    }
+
+
+def replay_file(path: str | Path, out_dir: str | Path, options: ReplayOptions | None = None) -> ReplayResult:
+    """Replay one file into ``out_dir``; never raises for a bad file: the result says what went wrong."""
+    options = options or ReplayOptions()
+    p, out = Path(path), Path(out_dir)
+    try:
+        return asyncio.run(_replay(p, out, options))
+    except ClosedLoopError as exc:
+        return ReplayResult(str(p), "failed", str(exc), str(out))
+    except Exception as exc:  # a bug, not a user error: still one line, and the batch goes on
+        return ReplayResult(str(p), "failed", f"unexpected {type(exc).__name__}: {exc}", str(out))
+
+
+def _out_dirs(paths: list[Path], out_root: Path) -> list[Path]:
+    seen: dict[str, int] = {}
+    dirs = []
+    for p in paths:
+        stem = p.name[: -len("".join(p.suffixes))] if p.suffixes else p.name
+        if p.name == "session.xdf":
+            stem = f"{p.parent.name}-replay"
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        dirs.append(out_root / (stem if n == 0 else f"{stem}-{n + 1}"))
+    return dirs
+
+
+def replay_batch(
+    paths: list[str | Path],
+    out_root: str | Path,
+    options: ReplayOptions | None = None,
+    jobs: int | None = None,
+    scheduler: str | None = None,
+    on_result=None,
+) -> list[ReplayResult]:
+    """Replay several files in parallel; write ``out_root/replay_summary.csv``; return the results in order.
+
+    Parameters
+    ----------
+    jobs:
+        Worker processes (default: all cores); 1 runs in this process.
+    scheduler:
+        Address of a Dask distributed scheduler (``tcp://host:8786``), or a ``dask.distributed.Client``:
+        the files run on its workers instead (needs ``pip install 'closedloop[dask]'``).
+    on_result:
+        Called with each result as it finishes.
+    """
+    options = options or ReplayOptions()
+    out = Path(out_root)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [Path(p) for p in paths]
+    dirs = _out_dirs(files, out)
+    results: list[ReplayResult | None] = [None] * len(files)
+    if scheduler is not None:
+        try:
+            from dask.distributed import Client, as_completed
+        except ImportError as exc:
+            raise ConfigError("--scheduler needs Dask: pip install 'closedloop[dask]'") from exc
+        client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+        try:
+            futures = {
+                client.submit(replay_file, str(f), str(d), options, pure=False): i
+                for i, (f, d) in enumerate(zip(files, dirs, strict=True))
+            }
+            for fut in as_completed(futures):
+                results[futures[fut]] = r = fut.result()
+                if on_result:
+                    on_result(r)
+        finally:
+            if client is not scheduler:
+                client.close()
+    else:
+        jobs = max(1, min(jobs or os.cpu_count() or 1, len(files)))
+        if jobs == 1:
+            for i, (f, d) in enumerate(zip(files, dirs, strict=True)):
+                results[i] = r = replay_file(f, d, options)
+                if on_result:
+                    on_result(r)
+        else:
+            quiet = dataclasses.replace(options, progress=False)
+            with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
+                futures = {
+                    pool.submit(replay_file, f, d, quiet): i for i, (f, d) in enumerate(zip(files, dirs, strict=True))
+                }
+                for fut in concurrent.futures.as_completed(futures):
+                    results[futures[fut]] = r = fut.result()
+                    if on_result:
+                        on_result(r)
+    final = [r for r in results if r is not None]
+    with open(out / "replay_summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+        w.writeheader()
+        for r in final:
+            w.writerow(r.row())
+    return final
+
+
+async def _publish(path: Path, options: ReplayOptions, name: str | None) -> int:
+    from acquisition.files import FileSource
+    from acquisition.lsl import LSLPublisher
+    from closedloop.lslconfig import import_pylsl
+    from closedloop.types import StreamInfo
+
+    pylsl = import_pylsl()
+    speed = options.speed or 1.0
+    source = FileSource(
+        path,
+        channels=options.channels,
+        stream=options.stream,
+        rate_hz=options.rate_hz,
+        units=options.units,
+        chunk_size=options.chunk_size,
+        speed=speed,
+        detect_pulses=options.detect_pulses,
+    )
+    n = 0
+    async with source:
+        info = source.info
+        stem = name or info.name
+        emg = LSLPublisher(
+            StreamInfo(
+                f"{stem}", "EMG", info.rate_hz, info.channel_names, ("microvolts",), f"closedloop-replay-{stem}"
+            ),
+            "float32",
+            options.chunk_size,
+        )
+        markers = pylsl.StreamOutlet(
+            pylsl.StreamInfo(f"{stem}-Markers", "Markers", 1, 0.0, pylsl.cf_string, f"closedloop-replay-{stem}-markers")
+        )
+        t_shift = None
+        async for chunk in source:
+            now = pylsl.local_clock()
+            if t_shift is None:
+                t_shift = now - float(chunk.timestamps[-1])
+            emg.push((chunk.samples * 1e6).astype(np.float32), float(chunk.timestamps[-1]) + t_shift)
+            for t in chunk.pulse_times if chunk.pulse_times is not None else ():
+                markers.push_sample(["pulse"], float(t) + t_shift)
+            n += len(chunk)
+        emg.close()
+    return n
+
+
+def publish_file(path: str | Path, options: ReplayOptions | None = None, name: str | None = None) -> int:
+    """Republish a recording as live LSL outlets (EMG in microvolts, pulses as 'pulse' markers) at
+    ``options.speed`` (default real time); returns the samples published."""
+    return asyncio.run(_publish(Path(path), options or ReplayOptions(), name))
