@@ -1663,7 +1663,7 @@ class FileSource:
         while more():
             a = self._read_to
             b = min(n, a + self._block)
-            if reader.in_memory:
+            if reader.in_memory or self.speed is None:  # as fast as possible: no thread hand-off per block
                 x = reader.read(a, b)
             else:
                 x = await asyncio.to_thread(reader.read, a, b)

@@ -390,7 +390,9 @@ class Session:
             self.segmenter = IntervalSegmenter(info.n_channels, info.rate_hz, 1.0 / cfg.stim_hz)
         self._replay = cfg.pulses_from == "source"
         self._n_source_pulses = 0
-        self.recorder = rec = SessionRecorder(self.out_dir)
+        # replays as fast as possible write in this thread: no writer thread to hand the GIL to per item
+        threaded = not (self._replay and getattr(self.source, "speed", 1.0) is None)
+        self.recorder = rec = SessionRecorder(self.out_dir, threaded=threaded)
         if cfg.record_emg:
             emg_fmt = "float32" if np.dtype(getattr(self.source, "dtype", np.float32)) == np.float32 else "double64"
             rec.add_stream(

@@ -18,7 +18,6 @@ import concurrent.futures
 import csv
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -282,7 +281,7 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
 
         build_report(out_dir)
     s = json.loads((out_dir / "summary.json").read_text()) if (out_dir / "summary.json").exists() else res.summary
-    est = _estimates_overview(out_dir / "estimates.csv", rec.channel_names)
+    est = _estimates_overview(out_dir)
     duration = rec.n_samples / rec.rate_hz
     result.status = res.status
     result.error = res.error or ""
@@ -302,32 +301,27 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
     return result
 
 
-def _estimates_overview(csv_path: Path, channels: tuple[str, ...]) -> dict:
-    """Median effort and M-wave, first and last median frequency of the first channel."""
-    if not csv_path.exists() or not channels:
-        return {}
-    effort, mdf, ptp = [], [], []
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["channel"] != channels[0]:
-                continue
-            effort.append(float(row["effort_uv"]) if row["effort_uv"] else math.nan)
-            mdf.append(float(row["mdf_hz"]) if row["mdf_hz"] else math.nan)
-            ptp.append(float(row["mwave_ptp_uv"]) if row["mwave_ptp_uv"] else math.nan)
-    mdf_a = np.array(mdf)
-    ok = mdf_a[np.isfinite(mdf_a)]
+def _estimates_overview(out_dir: Path) -> dict:
+    """Median effort and M-wave, first and last median frequency of the control channel (from session.xdf)."""
+    from closedloop.report import load_session
 
-    def med(v):
-        a = np.array(v)
+    try:
+        est = load_session(out_dir).get("Estimates")
+    except ClosedLoopError:
+        return {}
+    if est is None or est.values.shape[0] == 0:
+        return {}
+
+    def med(name: str):
+        a = est.channel(name)
         a = a[np.isfinite(a)]
         return round(float(np.median(a)), 3) if a.size else ""
 
-    return {
-        "effort_median_uv": med(effort),
-        "mwave_ptp_median_uv": med(ptp),
-        "mdf_first_hz": round(float(ok[0]), 2) if ok.size else "",
-        "mdf_last_hz": round(float(ok[-1]), 2) if ok.size else "",
-    }
+    mdf = est.channel("mdf_hz")
+    ok = mdf[np.isfinite(mdf)]
+    return {"effort_median_uv": med("effort"), "mwave_ptp_median_uv": med("mwave_ptp"),
+            "mdf_first_hz": round(float(ok[0]), 2) if ok.size else "",
+            "mdf_last_hz": round(float(ok[-1]), 2) if ok.size else ""}
 
 
 def replay_file(path: str | Path, out_dir: str | Path, options: ReplayOptions | None = None) -> ReplayResult:

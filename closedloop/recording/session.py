@@ -7,7 +7,6 @@ surfaces as :class:`RecordingError` at the next ``push`` so the orchestrator can
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
@@ -44,12 +43,11 @@ class RecordingError(ClosedLoopError):
     """The recorder could not write the session files."""
 
 
-def _fmt(x: float) -> str:
-    return "" if math.isnan(x) else f"{x:.6g}"
-
-
-def _fmt_sci(x: float) -> str:
-    return "" if math.isnan(x) else f"{x:.6e}"
+def _csv_text(name: str) -> str:
+    """A channel name as a CSV field (quoted if it holds a comma or quote; % doubled for formatting)."""
+    if any(c in name for c in ',"\n'):
+        name = '"' + name.replace('"', '""') + '"'
+    return name.replace("%", "%%")
 
 
 class SessionRecorder:
@@ -63,9 +61,13 @@ class SessionRecorder:
         The writer flushes to the OS at least this often (s), so a crash loses at most this much.
     t_zero:
         Time subtracted from ``t_s`` in estimates.csv (0: LSL clock, as for live sessions).
+    threaded:
+        Write from a thread of its own (live sessions: the pulse loop never waits for the disk), or in the
+        caller's thread (replays as fast as possible: no thread handing over the GIL for every item).
     """
 
-    def __init__(self, out_dir: str | Path, flush_interval_s: float = 0.5, t_zero: float = 0.0) -> None:
+    def __init__(self, out_dir: str | Path, flush_interval_s: float = 0.5, t_zero: float = 0.0,
+                 threaded: bool = True) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.xdf_path = self.out_dir / "session.xdf"
@@ -77,12 +79,16 @@ class SessionRecorder:
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._csv_channels: tuple[str, ...] = ()
+        self._row_formats: list[str] | None = None
         self.error: BaseException | None = None
         self._closed = False
+        self.threaded = threaded
+        self._started = False
+        self._last_flush = time.monotonic()
 
     def add_stream(self, key: str, info: StreamInfo, channel_format: str = "float32", desc: dict | None = None) -> None:
         """Declare a stream (before :meth:`start`); ``key`` is how :meth:`push` refers to it."""
-        if self._thread is not None:
+        if self._started:
             raise RecordingError("add_stream() after start()")
         self._streams[key] = (info, channel_format, desc)
 
@@ -112,64 +118,88 @@ class SessionRecorder:
                 self._csv.write(",".join(ESTIMATES_CSV_COLUMNS) + "\n")
         except OSError as exc:
             raise RecordingError(f"cannot create the session files in {self.out_dir}: {exc}") from exc
-        self._thread = threading.Thread(target=self._run, name="session-recorder", daemon=True)
-        self._thread.start()
+        self._started = True
+        if self.threaded:
+            self._thread = threading.Thread(target=self._run, name="session-recorder", daemon=True)
+            self._thread.start()
 
     # -- producer side (called from the event loop) ---------------------------------------------
     def push(self, key: str, samples: np.ndarray, timestamps: np.ndarray) -> None:
         """Enqueue samples of stream ``key``; raises :class:`RecordingError` if the writer failed."""
         if self.error is not None:
             raise RecordingError(f"recording to {self.xdf_path} failed: {self.error}") from self.error
-        self._q.put((self._ids[key], samples, timestamps))
+        self._put((self._ids[key], samples, timestamps))
 
     def push_estimate(self, est: Estimate) -> None:
         """Enqueue the estimates.csv rows of one interval."""
         if self._csv_channels:
-            self._q.put(("csv", est))
+            self._put(("csv", est))
+
+    def _put(self, item: tuple) -> None:
+        if self.threaded:
+            self._q.put(item)
+            return
+        try:
+            self._write(item)
+        except OSError as exc:
+            self.error = exc
+            raise RecordingError(f"recording to {self.xdf_path} failed: {exc}") from exc
 
     # -- writer thread -------------------------------------------------------------------------------
     def _rows(self, est: Estimate) -> str:
+        """The CSV rows of one interval: one ``%`` formatting per row (NaN becomes an empty cell)."""
+        if self._row_formats is None:
+            self._row_formats = [
+                f"%.6f,%d,{_csv_text(name)},%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6e\n"
+                for name in self._csv_channels
+            ]
         t = est.t_start - self.t_zero
-        head = f"{t:.6f},{est.index},"
-        amp = _fmt(est.amplitude_ma)
-        cols = (
-            est.channel_mwave_ptp_uv,
-            est.channel_mwave_area_uvs,
-            est.channel_mwave_latency_s * 1e3,
-            est.channel_mwave_ptp_rel,
-            est.channel_mwave_area_rel,
-            est.channel_effort_uv,
-            est.channel_effort_pct_mvc,
-            est.channel_mdf_hz,
-            est.channel_mnf_hz,
-        )
-        lines = []
-        for i, name in enumerate(self._csv_channels):
-            values = ",".join(_fmt(c[i]) for c in cols)
-            lines.append(f"{head}{name},{amp},{values},{_fmt_sci(est.channel_fi_nsm5[i])}\n")
-        return "".join(lines)
+        table = np.column_stack(
+            (
+                np.full(len(self._csv_channels), est.amplitude_ma),
+                est.channel_mwave_ptp_uv,
+                est.channel_mwave_area_uvs,
+                est.channel_mwave_latency_s * 1e3,
+                est.channel_mwave_ptp_rel,
+                est.channel_mwave_area_rel,
+                est.channel_effort_uv,
+                est.channel_effort_pct_mvc,
+                est.channel_mdf_hz,
+                est.channel_mnf_hz,
+                est.channel_fi_nsm5,
+            )
+        ).tolist()
+        text = "".join(fmt % (t, est.index, *row) for fmt, row in zip(self._row_formats, table, strict=True))
+        return text.replace(",nan", ",").replace(",inf", ",").replace(",-inf", ",")
+
+    def _write(self, item: tuple) -> None:
+        if item[0] == "csv":
+            self._csv.write(self._rows(item[1]))
+        else:
+            self._writer.write_samples(*item)
+        now = time.monotonic()
+        if now - self._last_flush >= self.flush_interval_s:
+            self._writer.flush()
+            if self._csv is not None:
+                self._csv.flush()
+            self._last_flush = now
 
     def _run(self) -> None:
-        last_flush = time.monotonic()
         try:
             while True:
                 try:
                     item = self._q.get(timeout=self.flush_interval_s)
                 except queue.Empty:
-                    item = False
+                    item = ("flush",)
                 if item is None:
                     break
-                if item is not False:
-                    if item[0] == "csv":
-                        self._csv.write(self._rows(item[1]))
-                    else:
-                        self._writer.write_samples(*item)
-                now = time.monotonic()
-                if now - last_flush >= self.flush_interval_s:
+                if item[0] == "flush":
                     self._writer.flush()
                     if self._csv is not None:
                         self._csv.flush()
-                    last_flush = now
+                    self._last_flush = time.monotonic()
+                else:
+                    self._write(item)
         except BaseException as exc:  # surfaces at the next push(); the orchestrator turns output off
             self.error = exc
 
