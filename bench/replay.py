@@ -68,13 +68,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"replay failed: {res.error}")
         m, r = min(t_mne), min(t_rep)
         samples = args.seconds * args.rate * args.channels
-        print(f"# replay, {args.channels} ch x {args.rate:g} Hz, {args.seconds:g} s, pulses at {args.stim_hz:g} Hz "
-              f"({res.values['pulses']} pulses), {args.format.upper()}, one thread, best of {args.repeat}")
+        print(
+            f"# replay, {args.channels} ch x {args.rate:g} Hz, {args.seconds:g} s, pulses at {args.stim_hz:g} Hz "
+            f"({res.values['pulses']} pulses), {args.format.upper()}, one thread, best of {args.repeat}"
+        )
         print("| what | seconds | x real time | channel-samples/s |")
         print("|---|---|---|---|")
         print(f"| MNE read_raw + get_data | {m:.3f} | {args.seconds / m:.0f}x | {samples / m / 1e6:.1f} M |")
-        print(f"| closedloop replay (estimates.csv, summary.json) | {r:.3f} | {args.seconds / r:.0f}x | "
-              f"{samples / r / 1e6:.1f} M |")
+        print(
+            f"| closedloop replay (estimates.csv, summary.json) | {r:.3f} | {args.seconds / r:.0f}x | "
+            f"{samples / r / 1e6:.1f} M |"
+        )
         print(f"\nreplay / MNE read: {r / m:.1f}")
     return 0
 

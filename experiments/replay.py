@@ -319,9 +319,12 @@ def _estimates_overview(out_dir: Path) -> dict:
 
     mdf = est.channel("mdf_hz")
     ok = mdf[np.isfinite(mdf)]
-    return {"effort_median_uv": med("effort"), "mwave_ptp_median_uv": med("mwave_ptp"),
-            "mdf_first_hz": round(float(ok[0]), 2) if ok.size else "",
-            "mdf_last_hz": round(float(ok[-1]), 2) if ok.size else ""}
+    return {
+        "effort_median_uv": med("effort"),
+        "mwave_ptp_median_uv": med("mwave_ptp"),
+        "mdf_first_hz": round(float(ok[0]), 2) if ok.size else "",
+        "mdf_last_hz": round(float(ok[-1]), 2) if ok.size else "",
+    }
 
 
 def replay_file(path: str | Path, out_dir: str | Path, options: ReplayOptions | None = None) -> ReplayResult:

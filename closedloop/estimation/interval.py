@@ -80,6 +80,8 @@ class EstimatorConfig:
         mean square (the smoothed effort is the square root of the smoothed power).
     spectral_window_s:
         Volitional EMG over which median/mean frequency and FInsm5 are computed.
+    spectral_update_s:
+        How often (in stream time) those indices are recomputed; between updates they keep their value.
     mwave_reference_pulses:
         The first this-many pulses at the current intensity define the M-wave reference of the relative
         fatigue indices (a change of intensity by more than 2 % starts a new reference).
@@ -111,6 +113,7 @@ class EstimatorConfig:
     comb_scale: bool = True
     smoothing_s: float = 0.25
     spectral_window_s: float = 1.0
+    spectral_update_s: float = 0.25
     mwave_reference_pulses: int = 5
     control_channel: int = 0
     mvc_uv: float | tuple[float, ...] | None = None
@@ -134,6 +137,8 @@ class EstimatorConfig:
             raise ConfigError(f"notch_hz = {self.notch_hz}: give the power-line frequency (50 or 60) or None")
         if self.min_volitional_s <= 0 or self.smoothing_s < 0 or self.spectral_window_s <= 0:
             raise ConfigError("min_volitional_s and spectral_window_s must be > 0 and smoothing_s >= 0")
+        if not self.spectral_update_s > 0:
+            raise ConfigError(f"spectral_update_s = {self.spectral_update_s}: must be > 0")
         if self.pulse_search_s < 0 or self.artifact_factor <= 1:
             raise ConfigError("pulse_search_s must be >= 0 and artifact_factor > 1")
         if self.mwave_reference_pulses < 1:
@@ -251,6 +256,8 @@ class IntervalEstimator:
         self._tail = np.zeros((0, n_ch))  # last raw samples of the previous interval
         self._spectral = (np.full(n_ch, np.nan),) * 3
         self._welch_seen = 0
+        self._spectral_every = max(1, round(cfg.spectral_update_s * fs))
+        self._spectral_due = -1
         self._last_pulse_t = -math.inf
         win = self.welch.window
         nps = win.shape[0]
@@ -325,8 +332,12 @@ class IntervalEstimator:
         self.welch.step(resid, valid)
         self._track_response(res, int(valid.sum()), n)
         w = self.welch
-        if w.segments_pushed != self._welch_seen and w.n_segments >= w.min_segments:
-            self._welch_seen = w.segments_pushed  # indices change only when a new segment arrives
+        due = w.n_samples // self._spectral_every
+        if w.segments_pushed != self._welch_seen and w.n_segments >= w.min_segments and due != self._spectral_due:
+            # new segments since the last update, and a new update period of the stream (sample-counted, so
+            # the same whatever the interval lengths and chunking)
+            self._welch_seen = w.segments_pushed
+            self._spectral_due = due
             freqs, psd = w.psd()
             weight = self._response_psd_weight()
             self._spectral = tuple(

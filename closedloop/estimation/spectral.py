@@ -260,6 +260,10 @@ class StreamingWelch:
         self._n_in_ring = 0
         self.segments_pushed = 0
         self.segments_rejected = 0
+        self._ring_sum = np.zeros((self.freqs.shape[0], self.n_channels))
+        self._pend: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pend_n = 0
+        self._next_end = self.nperseg  # stream index (exclusive) where the next segment ends
 
     def step(self, x: np.ndarray, valid: np.ndarray | None = None) -> None:
         """Append samples; compute and push the periodograms of the segments they complete.
@@ -290,15 +294,27 @@ class StreamingWelch:
         gated = np.where(v[:, None], a, 0.0)
 
         nps, hop = self.nperseg, self.hop
-        ext = np.concatenate([self.buffer, gated])  # stream samples [n0 - nperseg, n0 + n)
-        ext_valid = np.concatenate([self.buffer_valid, v])
-        n0, n1 = self.n_samples, self.n_samples + n
+        n1 = self.n_samples + n
+        # fast path: no segment completes yet; keep the samples until one does (buffer is brought up to date
+        # then: it always holds the last nperseg samples as of the last completed segment)
+        if n1 < self._next_end:
+            self._pend.append((gated, v))
+            self._pend_n += n
+            self.n_samples = n1
+            return
+        n0 = self.n_samples - self._pend_n  # stream index of the first sample after the buffer
+        parts = [self.buffer, *(g for g, _ in self._pend), gated]
+        vparts = [self.buffer_valid, *(b for _, b in self._pend), v]
+        self._pend, self._pend_n = [], 0
+        ext = np.concatenate(parts)  # stream samples [n0 - nperseg, n1)
+        ext_valid = np.concatenate(vparts)
         # Segment ends (exclusive, in stream samples) completed by this chunk: nperseg + k * hop in (n0, n1].
         first_k = max(0, -(-(n0 + 1 - nps) // hop))
         ends = np.arange(nps + first_k * hop, n1 + 1, hop)
         self.buffer = ext[-nps:].copy()
         self.buffer_valid = ext_valid[-nps:].copy()
         self.n_samples = n1
+        self._next_end = nps + max(0, -(-(n1 + 1 - nps) // hop)) * hop
         if ends.size == 0:
             return
         starts = ends - n0  # segment start in ext coordinates (ext index = stream index - n0 + nperseg)
@@ -314,10 +330,16 @@ class StreamingWelch:
         spec = sp_fft.rfft(segs * self.window, axis=-1)  # (n_new, C, n_freqs)
         pgram = (spec.real**2 + spec.imag**2) * self._scale  # density, one-sided
         slots = (self.ring_pos + np.arange(starts.size)) % self.ring_size
-        self.ring[slots] = np.swapaxes(pgram, 1, 2)
+        new = np.swapaxes(pgram, 1, 2)
+        filled = slots < self._n_in_ring
+        self._ring_sum -= self.ring[slots[filled]].sum(axis=0)
+        self.ring[slots] = new
+        self._ring_sum += new.sum(axis=0)
         self.ring_valid_fraction[slots] = frac
         self.ring_pos = int((self.ring_pos + starts.size) % self.ring_size)
         self._n_in_ring = min(self.ring_size, self._n_in_ring + int(starts.size))
+        if self.ring_pos < starts.size:  # wrapped: recompute the running sum exactly (no drift)
+            self._ring_sum = self.ring[: self._n_in_ring].sum(axis=0)
 
     def psd(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(freqs, psd)``: ``(n_freqs,)`` Hz and the ``(n_freqs, n_channels)`` mean periodogram over the ring.
@@ -326,7 +348,7 @@ class StreamingWelch:
         """
         if self._n_in_ring == 0:
             return None
-        return self.freqs.copy(), self.ring[: self._n_in_ring].mean(axis=0)
+        return self.freqs.copy(), self._ring_sum / self._n_in_ring
 
     def indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """``(mdf_hz, mnf_hz, fi_nsm5)``, each ``(n_channels,)``, of :meth:`psd` over ``band_hz``.
@@ -335,6 +357,6 @@ class StreamingWelch:
         """
         if self._n_in_ring < self.min_segments:
             return None
-        mean = self.ring[: self._n_in_ring].mean(axis=0)
+        mean = self._ring_sum / self._n_in_ring
         mdf, mnf, fi = spectral_indices(self.freqs, mean, self.band_hz)
         return np.asarray(mdf), np.asarray(mnf), np.asarray(fi)

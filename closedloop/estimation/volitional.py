@@ -193,28 +193,37 @@ class VolitionalEstimator:
         m0, m1 = min(self.mwave_n[0], n), min(self.mwave_n[1], n)
         if m1 - m0 < 2:
             m0, m1 = b0, n
-        X = np.stack([p[:n] for p in past], axis=-1)  # (n, C, M)
+        P = [p[:n] for p in past]  # M arrays (n, C), most recent first
         cur = y[:n]
-        M = X.shape[-1]
-        Xw, yw = X[m0:m1], cur[m0:m1]
+        M = len(P)
+        yw = cur[m0:m1]
         if method == "comb":
+            Pw = P[0][m0:m1]
             if self.comb_scale:
-                den = np.einsum("lcm,lcm->c", Xw, Xw)
-                w = (np.einsum("lcm,lc->c", Xw, yw) / np.where(den > 0, den, 1.0))[:, None]
+                den = np.einsum("lc,lc->c", Pw, Pw)
+                a = np.einsum("lc,lc->c", Pw, yw) / np.where(den > 0, den, 1.0)
             else:
-                w = np.ones((C, 1))
+                a = np.ones(C)
+            w = a[:, None]
+            err = cur - P[0] * a
         elif method == "gs":
+            X = np.stack(P, axis=-1)  # (n, C, M)
+            Xw = X[m0:m1]
             G = np.einsum("lcm,lcn->cmn", Xw, Xw)
             G += np.eye(M) * (1e-9 * np.trace(G, axis1=1, axis2=2)[:, None, None] / M + 1e-300)
             w = np.linalg.solve(G, np.einsum("lcm,lc->cm", Xw, yw)[..., None])[..., 0]
+            err = cur - np.einsum("lcm,cm->lc", X, w)
         else:  # nlms: a priori weights, then one normalised step on the M-wave window
             w = self._w[:, :M].copy()
-        err = cur - np.einsum("lcm,cm->lc", X, w)
-        if method == "nlms":
+            err = cur.copy()
+            for j in range(M):
+                err -= P[j] * w[:, j]
             e_w = err[m0:m1]
-            norm = np.einsum("lcm,lcm->c", Xw, Xw)
-            step = self.mu * np.einsum("lcm,lc->cm", Xw, e_w) / np.where(norm > 0, norm, 1.0)[:, None]
-            self._w[:, :M] = w + step
+            Pw = [q[m0:m1] for q in P]
+            norm = sum(np.einsum("lc,lc->c", q, q) for q in Pw)
+            norm = np.where(norm > 0, norm, 1.0)
+            for j in range(M):
+                self._w[:, j] = w[:, j] + self.mu * np.einsum("lc,lc->c", Pw[j], e_w) / norm
         gain = np.sqrt(1.0 + np.sum(w * w, axis=1))
         resid = np.zeros_like(y)
         resid[b0:n] = err[b0:n] / gain

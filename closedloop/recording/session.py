@@ -66,8 +66,9 @@ class SessionRecorder:
         caller's thread (replays as fast as possible: no thread handing over the GIL for every item).
     """
 
-    def __init__(self, out_dir: str | Path, flush_interval_s: float = 0.5, t_zero: float = 0.0,
-                 threaded: bool = True) -> None:
+    def __init__(
+        self, out_dir: str | Path, flush_interval_s: float = 0.5, t_zero: float = 0.0, threaded: bool = True
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.xdf_path = self.out_dir / "session.xdf"
