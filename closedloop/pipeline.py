@@ -24,6 +24,7 @@ import datetime as _dt
 import json
 import math
 import signal
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -132,6 +133,9 @@ class SessionConfig:
         Window length without pulses for ``segmentation="pulses"`` (s).
     record_emg:
         Record the EMG stream in session.xdf (replays leave it in the original file).
+    nan_tolerance_s:
+        In a control phase, output goes off when the estimator has given no finite effort for longer than
+        this (s); None disables the check. An infinite estimate always turns output off.
     """
 
     stim_hz: float = 25.0
@@ -150,6 +154,7 @@ class SessionConfig:
     segmentation: Literal["grid", "pulses"] = "grid"
     window_s: float = 0.1
     record_emg: bool = True
+    nan_tolerance_s: float | None = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phases", tuple(self.phases))
@@ -218,6 +223,48 @@ class SessionResult:
 ProgressCallback = Callable[[float, str, Estimate, float], None]
 
 
+class _Watchdog:
+    """A thread of its own that turns output off when the event loop cannot: a decision that hangs (a
+    controller or estimator that does not return) or EMG that stops arriving. It checks every
+    ``check_s`` (a quarter of a pulse period, at most 5 ms), so output goes off within one pulse period of
+    the limit being passed, whatever the loop is doing."""
+
+    def __init__(self, session: Session, hang_s: float, stall_s: float | None, check_s: float) -> None:
+        self.session = session
+        self.hang_s = hang_s
+        self.stall_s = stall_s
+        self.check_s = check_s
+        self.reason: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="closedloop-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=1.0)
+
+    def _run(self) -> None:
+        s = self.session
+        while not self._stop.wait(self.check_s):
+            now = time.perf_counter()
+            busy = s._busy_since
+            if busy is not None and now - busy > self.hang_s:
+                self._trip(f"decision hung: no answer for {(now - busy) * 1e3:.1f} ms (limit {self.hang_s * 1e3:g} ms)")
+            last = s._last_arrival
+            if self.stall_s is not None and last is not None and now - last > self.stall_s:
+                self._trip(f"EMG stalled: no samples for {now - last:.2f} s (limit {self.stall_s:g} s)")
+
+    def _trip(self, reason: str) -> None:
+        self.reason = reason
+        self._stop.set()
+        s = self.session
+        s.safety.output_off(s._now(), f"watchdog: {reason}")  # from this thread: at once
+        s.stop_threadsafe(f"watchdog: {reason}", fault=True)
+
+
 class Session:
     """One closed-loop session: source -> estimator -> controller -> safety -> stimulator, recorded.
 
@@ -279,25 +326,48 @@ class Session:
         self.csv_relative_time = csv_relative_time
         self.result = SessionResult(out_dir=self.out_dir)
         self._stop_reason: str | None = None
+        self._stop_is_fault = False
         self._main_task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchdog: _Watchdog | None = None
+        self._busy_since: float | None = None
+        self._last_arrival: float | None = None
         self.recorder: SessionRecorder | None = None
         self.warning_counts: Counter[str] = Counter()
         self.events: list[dict] = []
 
     # -- public -------------------------------------------------------------------------------------
-    def request_stop(self, reason: str) -> None:
-        """Turn output off now and end the session (used for signals and e-stops)."""
-        self.safety.output_off(self.clock(), reason)
-        self._stop_reason = reason
+    def request_stop(self, reason: str, fault: bool = False) -> None:
+        """Turn output off now and end the session (signals, e-stops; ``fault``: a watchdog). Loop thread."""
+        self.safety.output_off(self._now(), reason)
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            self._stop_is_fault = fault
         if self._main_task is not None and not self._main_task.done():
             self._main_task.cancel()
+
+    def _first_cause(self, error: str) -> str:
+        """The watchdog's reason when it cut the loop off first (the loop's own error follows from it)."""
+        wd = self._watchdog
+        return f"watchdog: {wd.reason}" if wd is not None and wd.reason else error
+
+    def stop_threadsafe(self, reason: str, fault: bool = False) -> None:
+        """:meth:`request_stop` from any thread (keyboard, MQTT, watchdog): output goes off in the calling
+        thread at once, the session ends in its own."""
+        self.safety.output_off(self._now(), reason)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self.request_stop, reason, fault)
+            except RuntimeError:  # the loop closed meanwhile: the session is over anyway
+                pass
 
     def clock(self) -> float:
         return (self._clock or self.source.clock)()
 
     async def run(self) -> SessionResult:
         """Run the session to its end; never leaves output on. Returns the result (see ``status``)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         res = self.result
         installed = self._install_signals(loop)
         self._t_wall_start = _dt.datetime.now(_dt.timezone.utc)
@@ -324,19 +394,21 @@ class Session:
             res.status = "completed"
         except asyncio.CancelledError:
             if self._stop_reason is None:
-                self.safety.output_off(self.clock(), "session cancelled")
+                self.safety.output_off(self._now(), "session cancelled")
                 raise
-            res.status = "stopped"
+            res.status = "faulted" if self._stop_is_fault else "stopped"
             res.error = self._stop_reason
         except ClosedLoopError as exc:
             self.safety.output_off(self._now(), f"{type(exc).__name__}: {exc}")
             res.status = "faulted"
-            res.error = f"{type(exc).__name__}: {exc}"
+            res.error = self._first_cause(f"{type(exc).__name__}: {exc}")
         except Exception as exc:
             self.safety.output_off(self._now(), f"unexpected {type(exc).__name__}: {exc}")
             res.status = "faulted"
-            res.error = f"unexpected {type(exc).__name__}: {exc}"
+            res.error = self._first_cause(f"unexpected {type(exc).__name__}: {exc}")
         finally:
+            if self._watchdog is not None:
+                self._watchdog.stop()
             self.safety.output_off(self._now(), "session ended")
             with contextlib.suppress(Exception):
                 self.safety.stimulator.close()
@@ -432,10 +504,13 @@ class Session:
                 "double64",
                 desc={"original_name": a.name},
             )
+        rec.add_stream("Events", StreamInfo("Events", "Markers", 0.0, ("event",), ("text",)), "string")
         rec.set_estimate_channels(info.channel_names)
         rec.start()
+        self.safety.on_event = self._on_safety_event
         self._pending: deque[tuple[float, float]] = deque()
         self._calib: list[np.ndarray] = []
+        self._nan_s = 0.0
         self._in_calibration = False
         self._t_start = cfg.start_time
         self._t_first: float | None = None
@@ -453,7 +528,18 @@ class Session:
             self._event("warning", "control phases without MVC calibration: effort in % MVC is undefined")
 
     def _event(self, kind: str, reason: str, t: float | None = None) -> None:
-        self.events.append({"t": self._now() if t is None else t, "kind": kind, "reason": reason})
+        t = self._now() if t is None else t
+        self.events.append({"t": t, "kind": kind, "reason": reason})
+        self._record_event(t, kind, reason)
+
+    def _record_event(self, t: float, kind: str, reason: str) -> None:
+        """Put an event into session.xdf's Events stream (safety events and session events)."""
+        rec = self.recorder
+        if rec is not None and rec.started and not rec.closed and math.isfinite(t):
+            rec.push("Events", [[f"{kind}: {reason}"]], np.array([t]))
+
+    def _on_safety_event(self, ev) -> None:
+        self._record_event(ev.t, ev.kind, ev.reason)
 
     # -- the loop ---------------------------------------------------------------------------------------
     def _phase_at(self, t_rel: float) -> Phase | None:
@@ -494,37 +580,56 @@ class Session:
 
     async def _pipeline(self) -> None:
         cfg = self.config
-        rec = self.recorder
-        end_rel = cfg.total_duration_s
         chunk = None
         async for chunk in self.source:
-            self._check_chunk(chunk)
-            if cfg.record_emg:
-                rec.push("EMG", chunk.samples, chunk.timestamps)
-            n = len(chunk)
-            if n == 0:
-                continue
-            if self._t_first is None:
-                self._t_first = float(chunk.timestamps[0])
-                if self.csv_relative_time:
-                    rec.t_zero = self._t_first
-            self._t_last = float(chunk.timestamps[-1])
-            seen = self._n_samples
-            self._n_samples += n
-            self._check_rate()
-            pulse_times = self._source_pulses(chunk) if self._replay else ()
-            if cfg.segmentation == "pulses":
-                idx = seen + np.searchsorted(chunk.timestamps, np.asarray(pulse_times) - 0.5 / self._fs)
-                intervals = self.segmenter.push(chunk.samples, chunk.timestamps, idx)
-            else:
-                intervals = [(iv, None) for iv in self.segmenter.push(chunk.samples, chunk.timestamps)]
-            for j, (interval, times) in enumerate(intervals):
-                self._on_interval(interval, chunk, j == len(intervals) - 1, times)
-            if self._t_last + 1.0 / self._fs - self._t_start >= end_rel:
-                return
+            if chunk.t_arrival is not None:
+                self._last_arrival = chunk.t_arrival
+                if self._watchdog is None:
+                    self._start_watchdog()
+            self._busy_since = time.perf_counter()
+            try:
+                if self._process_chunk(chunk):
+                    return
+            finally:
+                self._busy_since = None
         if chunk is not None and cfg.segmentation == "pulses":  # the end of a recording
             for interval, times in self.segmenter.flush():
                 self._on_interval(interval, chunk, True, times)
+
+    def _start_watchdog(self) -> None:
+        cfg = self.config
+        period = 1.0 / cfg.stim_hz
+        hang = cfg.deadline_s if cfg.deadline_policy == "stop" else period
+        self._watchdog = _Watchdog(self, hang, getattr(self.source, "stall_timeout_s", None), min(period / 4, 0.005))
+        self._watchdog.start()
+
+    def _process_chunk(self, chunk: Chunk) -> bool:
+        """Record, segment and handle one chunk; True when the session's time is up."""
+        cfg = self.config
+        rec = self.recorder
+        self._check_chunk(chunk)
+        if cfg.record_emg:
+            rec.push("EMG", chunk.samples, chunk.timestamps)
+        n = len(chunk)
+        if n == 0:
+            return False
+        if self._t_first is None:
+            self._t_first = float(chunk.timestamps[0])
+            if self.csv_relative_time:
+                rec.t_zero = self._t_first
+        self._t_last = float(chunk.timestamps[-1])
+        seen = self._n_samples
+        self._n_samples += n
+        self._check_rate()
+        pulse_times = self._source_pulses(chunk) if self._replay else ()
+        if cfg.segmentation == "pulses":
+            idx = seen + np.searchsorted(chunk.timestamps, np.asarray(pulse_times) - 0.5 / self._fs)
+            intervals = self.segmenter.push(chunk.samples, chunk.timestamps, idx)
+        else:
+            intervals = [(iv, None) for iv in self.segmenter.push(chunk.samples, chunk.timestamps)]
+        for j, (interval, times) in enumerate(intervals):
+            self._on_interval(interval, chunk, j == len(intervals) - 1, times)
+        return self._t_last + 1.0 / self._fs - self._t_start >= cfg.total_duration_s
 
     def _source_pulses(self, chunk: Chunk) -> list[float]:
         """Replay: the recording's pulses in this chunk, recorded as ``Pulses`` and queued for the estimator."""
@@ -561,7 +666,12 @@ class Session:
         times, amp = self._take_pulses(interval)  # the pulses that fall in this interval (and their amplitude)
         if pulse_times is None:
             pulse_times = times
-        est = est_.step(interval, pulse_times, amp)
+        try:
+            est = est_.step(interval, pulse_times, amp)
+        except Exception as exc:
+            reason = f"estimator raised {type(exc).__name__}: {exc}"
+            self.safety.output_off(self._now(), reason)
+            raise SafetyError(reason) from exc
         res.n_intervals += 1
         for w in est.warnings:
             self.warning_counts[w.split(":")[0]] += 1
@@ -578,6 +688,7 @@ class Session:
         next_amp = 0.0
         latency = math.nan
         if mode == "control":
+            self._check_estimate(est, interval)
             try:
                 next_amp = float(self.controller.step(est))
             except Exception as exc:
@@ -616,6 +727,26 @@ class Session:
         rec.push_estimate(est)
         if self.progress is not None:
             self.progress(t_rel, phase.name if phase else "waiting", est, next_amp)
+
+    def _check_estimate(self, est: Estimate, interval: Interval) -> None:
+        """Watchdog on the estimator: inf anywhere stops at once; no finite effort for longer than
+        ``nan_tolerance_s`` in a control phase stops too (unusable EMG must not steer stimulation)."""
+        values = (est.effort_uv, est.effort_smooth_uv, est.effort_pct_mvc, est.mwave_ptp_uv)
+        if any(math.isinf(v) for v in values):
+            reason = f"estimator returned inf (effort {est.effort_uv}, % MVC {est.effort_pct_mvc})"
+            self.safety.output_off(self._now(), reason)
+            raise SafetyError(reason)
+        tol = self.config.nan_tolerance_s
+        if tol is None or "non-finite samples in interval" in est.warnings:
+            return  # bad input samples are nonfinite_policy's business (no pulse is given on them anyway)
+        if math.isnan(est.effort_uv):
+            self._nan_s += len(interval.timestamps) / self._fs
+            if self._nan_s > tol:
+                reason = f"estimator returned no finite effort for {self._nan_s:.2f} s in a control phase"
+                self.safety.output_off(self._now(), reason)
+                raise SafetyError(reason)
+        else:
+            self._nan_s = 0.0
 
     def _finish_calibration(self) -> None:
         self._in_calibration = False
@@ -729,6 +860,7 @@ class Session:
             "deadline_misses": res.deadline_misses,
             "skipped_pulses": res.skipped_pulses,
             "safety_events": [e.as_dict() for e in self.safety.events],
+            "output_off": _first_off(self.safety),
             "safety_counts": dict(self.safety.counts),
             "events": self.events,
             "estimator_warnings": dict(self.warning_counts),
@@ -742,6 +874,14 @@ class Session:
         res.summary = s
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_summary(self.out_dir / "summary.json", s)
+
+
+def _first_off(safety: SafetyLayer) -> dict | None:
+    """The first output-off: why, when on the session clock, and when on the monotonic clock (stimulator)."""
+    off = next((e for e in safety.events if e.kind == "output_off"), None)
+    if off is None:
+        return None
+    return {"reason": off.reason, "t": off.t, "monotonic": getattr(safety.stimulator, "stopped_at", None)}
 
 
 def write_summary(path: Path, summary: dict) -> None:

@@ -68,6 +68,10 @@ def load_session(session_dir: str | Path) -> SessionData:
         chans = info["desc"][0]["channels"][0]["channel"] if info.get("desc") and info["desc"][0] else []
         labels = [c["label"][0] for c in chans]
         units = [(c.get("unit") or [None])[0] or "" for c in chans]
+        if info["channel_format"][0] == "string":
+            values = np.asarray(s["time_series"], dtype=object).reshape(-1, max(1, len(labels)))
+            out[name] = StreamData(name, values, np.asarray(s["time_stamps"], dtype=float), labels, units, 0.0)
+            continue
         values = np.asarray(s["time_series"], dtype=float)
         if values.ndim == 1:
             values = values.reshape(-1, max(1, len(labels)))

@@ -11,7 +11,9 @@ explicitly.
 from __future__ import annotations
 
 import math
+import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -67,6 +69,9 @@ class SafetyLimits:
     on_violation:
         ``"clamp"``: bring an out-of-limit amplitude/pulse width into the limits and deliver;
         ``"refuse"``: drop the pulse. Either way the event is counted.
+    channel_max_amplitude_ma, channel_max_pulse_width_us:
+        Optional tighter limits per channel, one value per entry of ``allowed_channels`` in the same order
+        (e.g. a smaller muscle on channel 1); empty: the global limits apply to every channel.
     """
 
     max_amplitude_ma: float = 40.0
@@ -77,9 +82,24 @@ class SafetyLimits:
     max_rate_hz: float = 100.0
     allowed_channels: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)
     on_violation: Literal["clamp", "refuse"] = "clamp"
+    channel_max_amplitude_ma: tuple[float, ...] = ()
+    channel_max_pulse_width_us: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed_channels", tuple(int(c) for c in self.allowed_channels))
+        for key, ceiling in (
+            ("channel_max_amplitude_ma", self.max_amplitude_ma),
+            ("channel_max_pulse_width_us", self.max_pulse_width_us),
+        ):
+            values = tuple(float(v) for v in getattr(self, key))
+            object.__setattr__(self, key, values)
+            if values and len(values) != len(self.allowed_channels):
+                raise ConfigError(
+                    f"safety limit {key} has {len(values)} values: give one per allowed channel "
+                    f"({len(self.allowed_channels)}: {list(self.allowed_channels)})"
+                )
+            if not all(math.isfinite(v) and 0 < v <= ceiling for v in values):
+                raise ConfigError(f"safety limit {key} = {list(values)}: each must be > 0 and <= {ceiling:g}")
         for key, value, ceiling in (
             ("max_amplitude_ma", self.max_amplitude_ma, ABSOLUTE_MAX_AMPLITUDE_MA),
             ("max_pulse_width_us", self.max_pulse_width_us, ABSOLUTE_MAX_PULSE_WIDTH_US),
@@ -96,10 +116,19 @@ class SafetyLimits:
         if self.on_violation not in ("clamp", "refuse"):
             raise ConfigError(f"safety limit on_violation = {self.on_violation!r}: allowed 'clamp' or 'refuse'")
 
+    def for_channel(self, channel: int) -> tuple[float, float]:
+        """``(max_amplitude_ma, max_pulse_width_us)`` in force on ``channel``."""
+        i = self.allowed_channels.index(channel)
+        amp = self.channel_max_amplitude_ma[i] if self.channel_max_amplitude_ma else self.max_amplitude_ma
+        pw = self.channel_max_pulse_width_us[i] if self.channel_max_pulse_width_us else self.max_pulse_width_us
+        return amp, pw
+
     def as_dict(self) -> dict:
         """JSON-ready form, for summary.json."""
         d = asdict(self)
         d["allowed_channels"] = list(self.allowed_channels)
+        d["channel_max_amplitude_ma"] = list(self.channel_max_amplitude_ma)
+        d["channel_max_pulse_width_us"] = list(self.channel_max_pulse_width_us)
         return d
 
 
@@ -175,15 +204,26 @@ class SafetyLayer:
         The driver; the safety layer is the only caller of its ``deliver``.
     max_events:
         At most this many individual events are kept (all are counted in :attr:`counts`).
+    on_event:
+        Called with each kept event (the session records them in session.xdf).
     """
 
-    def __init__(self, limits: SafetyLimits, stimulator: Stimulator, max_events: int = 1000) -> None:
+    def __init__(
+        self,
+        limits: SafetyLimits,
+        stimulator: Stimulator,
+        max_events: int = 1000,
+        on_event: Callable[[SafetyEvent], None] | None = None,
+    ) -> None:
         self.limits = limits
         self.stimulator = stimulator
         self.events: list[SafetyEvent] = []
         self.counts: Counter[str] = Counter()
         self.max_events = max_events
         self.tripped: str | None = None
+        self._lock = threading.Lock()
+        #: Called with every event kept (e.g. to record it); must not raise.
+        self.on_event = on_event
         self._last_amplitude: dict[int, float] = {}
         self._last_t: dict[int, float] = {}
         self.n_delivered = 0
@@ -192,7 +232,13 @@ class SafetyLayer:
     def _event(self, t: float, kind: str, reason: str) -> None:
         self.counts[kind] += 1
         if len(self.events) < self.max_events or kind == "output_off":
-            self.events.append(SafetyEvent(t, kind, reason))
+            ev = SafetyEvent(t, kind, reason)
+            self.events.append(ev)
+            if self.on_event is not None:
+                try:
+                    self.on_event(ev)
+                except Exception:  # recording an event must never stop the safety layer from acting
+                    pass
 
     def check(self, cmd: PulseCommand) -> SafePulse | None:
         """Apply the limits to ``cmd``; return the pulse to deliver, or None (no pulse / refused)."""
@@ -214,12 +260,13 @@ class SafetyLayer:
             self._last_amplitude[cmd.channel] = 0.0
             return None
         reasons = []
-        if pw > lim.max_pulse_width_us:
-            reasons.append(f"pulse width {pw:g} us > max {lim.max_pulse_width_us:g} us")
-            pw = lim.max_pulse_width_us
-        if amp > lim.max_amplitude_ma:
-            reasons.append(f"amplitude {amp:g} mA > max {lim.max_amplitude_ma:g} mA")
-            amp = lim.max_amplitude_ma
+        max_amp, max_pw = lim.for_channel(cmd.channel)
+        if pw > max_pw:
+            reasons.append(f"pulse width {pw:g} us > max {max_pw:g} us on channel {cmd.channel}")
+            pw = max_pw
+        if amp > max_amp:
+            reasons.append(f"amplitude {amp:g} mA > max {max_amp:g} mA on channel {cmd.channel}")
+            amp = max_amp
         if amp * pw * 1e-3 > lim.max_charge_uc:
             reasons.append(f"charge {amp * pw * 1e-3:g} uC > max {lim.max_charge_uc:g} uC")
             amp = lim.max_charge_uc / (pw * 1e-3)
@@ -250,14 +297,17 @@ class SafetyLayer:
 
         A driver failure turns output off and raises :class:`SafetyError`.
         """
-        pulse = self.check(cmd)
-        if pulse is None:
-            return None
-        try:
-            t = self.stimulator.deliver(pulse)
-        except Exception as exc:
-            self.output_off(cmd.t, f"stimulator failed: {exc!r}")
-            raise SafetyError(f"stimulator failed while delivering a pulse: {exc}") from exc
+        with self._lock:  # a watchdog thread's output_off() cannot slip between the check and the delivery
+            pulse = self.check(cmd)
+            if pulse is None:
+                return None
+            try:
+                t = self.stimulator.deliver(pulse)
+            except Exception as exc:
+                self._output_off_locked(cmd.t, f"stimulator failed: {exc!r}")
+                raise SafetyError(f"stimulator failed while delivering a pulse: {exc}") from exc
+        if self.tripped is not None:  # turned off while this pulse was being handed over: off again, after it
+            self._stop_stimulator()
         if t != pulse.t:
             pulse = SafePulse(t, pulse.channel, pulse.amplitude_ma, pulse.pulse_width_us, pulse.requested, _TOKEN)
         self._last_amplitude[pulse.channel] = pulse.amplitude_ma
@@ -271,16 +321,34 @@ class SafetyLayer:
         self._last_amplitude[channel] = 0.0
 
     def output_off(self, t: float, reason: str) -> None:
-        """Turn all output off now and stay off until :meth:`reset`; record why. Never raises."""
+        """Turn all output off now and stay off until :meth:`reset`; record why. Never raises.
+
+        Safe to call from another thread (a watchdog): if a delivery is in progress it waits for it at most
+        a few milliseconds, then stops the stimulator anyway (a delivery that hangs is the fault)."""
+        got = self._lock.acquire(timeout=0.002)
+        try:
+            self._output_off_locked(t, reason)
+        finally:
+            if got:
+                self._lock.release()
+
+    def _output_off_locked(self, t: float, reason: str) -> None:
         first = self.tripped is None
+        if first:
+            self.tripped = reason  # first: any delivery that checks from now on refuses
+        problem = self._stop_stimulator()
+        if problem:
+            reason = f"{reason}; {problem}"
+        if first:
+            self._event(t, "output_off", reason)
+        self._last_amplitude.clear()
+
+    def _stop_stimulator(self) -> str:
         try:
             self.stimulator.stop()
         except Exception as exc:  # stop() must not raise; if it does, say so but keep the trip
-            reason = f"{reason}; stimulator.stop() failed: {exc!r}"
-        if first:
-            self.tripped = reason
-            self._event(t, "output_off", reason)
-        self._last_amplitude.clear()
+            return f"stimulator.stop() failed: {exc!r}"
+        return ""
 
     def reset(self) -> None:
         """Explicitly re-arm after an output-off (ramp limits start again from 0 mA)."""

@@ -15,6 +15,7 @@ The sample's LSL timestamp is the delivery time.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Protocol
@@ -50,6 +51,8 @@ class SimulatedStimulator:
         self.sink = sink
         self.clock = clock
         self.stopped = False
+        #: time.monotonic() (the LSL clock on Linux) when output was last turned off.
+        self.stopped_at: float | None = None
         self.n_delivered = 0
 
     def open(self) -> None:
@@ -65,7 +68,9 @@ class SimulatedStimulator:
         return t
 
     def stop(self) -> None:
-        self.stopped = True
+        if not self.stopped:
+            self.stopped = True
+            self.stopped_at = time.monotonic()
 
     def close(self) -> None:
         self.stop()
@@ -83,6 +88,7 @@ class ShadowStimulator:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.stopped = False
+        self.stopped_at: float | None = None
         #: (time, channel, amplitude_ma, pulse_width_us) of every pulse that would have been delivered.
         self.commands: list[tuple[float, int, float, float]] = []
 
@@ -98,7 +104,9 @@ class ShadowStimulator:
         return t
 
     def stop(self) -> None:
-        self.stopped = True
+        if not self.stopped:
+            self.stopped = True
+            self.stopped_at = time.monotonic()
 
     def close(self) -> None:
         self.stop()
@@ -130,6 +138,7 @@ class LSLStimulator:
         self._pub = LSLPublisher(info, channel_format="double64")
         self.clock = self._pub._pylsl.local_clock
         self.stopped = False
+        self.stopped_at: float | None = None
 
     def open(self) -> None:
         if self.wait_for_consumer_s > 0 and not self._pub.wait_for_consumers(self.wait_for_consumer_s):
@@ -157,6 +166,7 @@ class LSLStimulator:
     def stop(self) -> None:
         if not self.stopped:
             self.stopped = True
+            self.stopped_at = time.monotonic()
             try:
                 self._pub.push_sample([-1.0, 0.0, 0.0], self.clock())
             except Exception:  # the outlet may already be gone; stopping must not raise

@@ -185,6 +185,11 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> SessionResult:
             on_start=lambda t: stim.send_code(CUE_CHANNEL, t),
             extra_summary={"demo": {"simulator": " ".join(cmd[1:]), "seed": cfg.seed}},
         )
+        if progress and sys.stdin.isatty():
+            from closedloop.estop import KeyboardEStop
+
+            sys.stderr.write("Press Enter for an emergency stop (output off at once).\n")
+            KeyboardEStop(session).start()
         try:
             result = asyncio.run(session.run())
         finally:

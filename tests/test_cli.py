@@ -30,7 +30,7 @@ def test_demo_default_run_writes_recording_summary_and_report(tmp_path):
 
     streams, _ = pyxdf.load_xdf(str(out / "session.xdf"))
     by_name = {s["info"]["name"][0]: s for s in streams}
-    assert set(by_name) == {"EMG", "Pulses", "Estimates", "Force", "GroundTruth"}
+    assert set(by_name) == {"EMG", "Pulses", "Estimates", "Force", "GroundTruth", "Events"}
 
     def labels(name):
         return [c["label"][0] for c in by_name[name]["info"]["desc"][0]["channels"][0]["channel"]]

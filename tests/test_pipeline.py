@@ -70,7 +70,7 @@ def test_assisted_contraction_end_to_end(tmp_path):
     # the recording: pyxdf reads the streams by name, with channel labels
     streams, _ = pyxdf.load_xdf(str(tmp_path / "session.xdf"))
     by_name = {s["info"]["name"][0]: s for s in streams}
-    assert set(by_name) == {"EMG", "Pulses", "Estimates", "Force", "GroundTruth"}
+    assert set(by_name) == {"EMG", "Pulses", "Estimates", "Force", "GroundTruth", "Events"}
     labels = {n: [c["label"][0] for c in s["info"]["desc"][0]["channels"][0]["channel"]] for n, s in by_name.items()}
     assert labels["EMG"] == ["EMG1", "EMG2", "EMG3", "EMG4"]
     assert labels["Pulses"][:3] == ["channel", "amplitude_ma", "pulse_width_us"]
@@ -149,6 +149,10 @@ def test_controller_failure_turns_output_off(tmp_path, value, reason):
     assert reason in off[0]["reason"]
     t_fault = off[0]["t"]
     assert max(p.t for p in sim.applied_pulses) < t_fault
+    # the reason is in the recording too
+    events = {s["info"]["name"][0]: s for s in pyxdf.load_xdf(str(tmp_path / "session.xdf"))[0]}["Events"]
+    texts = [row[0] for row in events["time_series"]]
+    assert any(t.startswith("output_off: ") and reason in t for t in texts)
 
 
 class Injecting:

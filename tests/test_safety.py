@@ -42,21 +42,28 @@ adversarial = st.one_of(
     st.sampled_from([0.0, -0.0, 1e-300, 39.999, 40.0, 40.001, 1e308, -1e308]),
 )
 
-limits_st = st.builds(
-    SafetyLimits,
-    max_amplitude_ma=st.floats(1.0, ABSOLUTE_MAX_AMPLITUDE_MA),
-    max_pulse_width_us=st.floats(50.0, 1000.0),
-    max_charge_uc=st.floats(1.0, 60.0),
-    max_step_ma=st.floats(0.5, 20.0),
-    max_rate_hz=st.floats(10.0, 200.0),
-    allowed_channels=st.just((0, 1)),
-    on_violation=st.sampled_from(["clamp", "refuse"]),
-)
+
+@st.composite
+def limits_st(draw):
+    amp = draw(st.floats(1.0, ABSOLUTE_MAX_AMPLITUDE_MA))
+    pw = draw(st.floats(50.0, 1000.0))
+    per_channel = draw(st.booleans())  # tighter limits on each of the two channels, or none
+    return SafetyLimits(
+        max_amplitude_ma=amp,
+        max_pulse_width_us=pw,
+        max_charge_uc=draw(st.floats(1.0, 60.0)),
+        max_step_ma=draw(st.floats(0.5, 20.0)),
+        max_rate_hz=draw(st.floats(10.0, 200.0)),
+        allowed_channels=(0, 1),
+        on_violation=draw(st.sampled_from(["clamp", "refuse"])),
+        channel_max_amplitude_ma=tuple(draw(st.floats(0.5, amp)) for _ in range(2)) if per_channel else (),
+        channel_max_pulse_width_us=tuple(draw(st.floats(10.0, pw)) for _ in range(2)) if per_channel else (),
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    limits=limits_st,
+    limits=limits_st(),
     commands=st.lists(
         st.tuples(adversarial, st.one_of(st.floats(0, 2000), adversarial), st.integers(-2, 3), st.floats(0.0, 0.05)),
         min_size=1,
@@ -82,6 +89,9 @@ def test_no_delivered_pulse_ever_exceeds_any_limit(limits, commands):
             assert out is not None and out.amplitude_ma == a
             assert 0 < a <= limits.max_amplitude_ma
             assert 0 < w <= limits.max_pulse_width_us
+            i = limits.allowed_channels.index(c)
+            if limits.channel_max_amplitude_ma:
+                assert a <= limits.channel_max_amplitude_ma[i] and w <= limits.channel_max_pulse_width_us[i]
             assert a * w * 1e-3 <= limits.max_charge_uc * (1 + 1e-12)
             assert c in limits.allowed_channels
             assert a <= last_amp.get(c, 0.0) + limits.max_step_ma + 1e-9
@@ -181,6 +191,10 @@ def test_stopped_stimulator_refuses_and_the_layer_stays_off():
         ({"max_rate_hz": 1000.0}, "max_rate_hz"),
         ({"on_violation": "ignore"}, "on_violation"),
         ({"allowed_channels": ()}, "allowed_channels"),
+        ({"channel_max_amplitude_ma": (10.0,)}, "channel_max_amplitude_ma"),  # 8 allowed channels, 1 value
+        ({"allowed_channels": (0,), "channel_max_amplitude_ma": (50.0,)}, "channel_max_amplitude_ma"),
+        ({"allowed_channels": (0,), "channel_max_pulse_width_us": (0.0,)}, "channel_max_pulse_width_us"),
+        ({"ramp_reset_s": -1.0}, "ramp_reset_s"),
     ],
 )
 def test_limits_above_the_ceilings_are_refused(kwargs, key):

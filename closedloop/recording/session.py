@@ -93,6 +93,14 @@ class SessionRecorder:
             raise RecordingError("add_stream() after start()")
         self._streams[key] = (info, channel_format, desc)
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def set_estimate_channels(self, channel_names: tuple[str, ...]) -> None:
         """Enable estimates.csv with one row per channel per interval."""
         self._csv_channels = tuple(channel_names)
