@@ -218,3 +218,72 @@ def test_ramp_restarts_after_a_pause_or_a_deliberate_stop_but_not_after_one_skip
     assert pulse(0.74) == 10.0
     safety.no_pulse(0)  # the controller asked for 0 mA
     assert pulse(0.78) == 5.0
+
+
+# -- whole sessions with adversarial controllers ------------------------------------------------------------
+
+class Adversary:
+    """Replays a drawn list of outputs, then maybe fails the way a buggy controller does."""
+
+    def __init__(self, outputs, failure):
+        self.outputs, self.failure, self.n = outputs, failure, 0
+
+    def step(self, est):
+        self.n += 1
+        if self.n > len(self.outputs):
+            if self.failure == "raise":
+                raise RuntimeError("adversary")
+            if self.failure is not None:
+                return self.failure
+            return self.outputs[self.n % len(self.outputs)]
+        return self.outputs[self.n - 1]
+
+    def reset(self):
+        pass
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    outputs=st.lists(
+        st.one_of(st.floats(-1e9, 1e9), st.sampled_from([0.0, 1e-9, 39.9, 40.0, 1e300, -1e300]), st.floats(0, 60)),
+        min_size=50, max_size=400,
+    ),
+    failure=st.sampled_from([None, None, "raise", math.nan, math.inf, -math.inf]),
+    limits=limits_st(),
+)
+def test_adversarial_controllers_never_get_an_unsafe_pulse_through_a_session(outputs, failure, limits):
+    """Thousands of pulses through the real orchestrator: what reaches the participant respects every limit,
+    the ramp holds, and nothing follows a controller failure."""
+    import asyncio
+    import tempfile
+
+    from acquisition.simulator.muscle import MuscleParams
+    from acquisition.simulator.profiles import named_profile
+    from acquisition.simulator.source import SimulatedParticipant
+    from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
+    from closedloop.pipeline import Phase, Session, SessionConfig
+
+    stim_hz = min(50.0, limits.max_rate_hz)
+    sim = SimulatedParticipant(MuscleParams(seed=0, n_channels=1), named_profile("constant:0.3"), duration_s=13.0)
+    safety = SafetyLayer(limits, sim.stimulator)
+    ctrl = Adversary(outputs, failure)
+    with tempfile.TemporaryDirectory() as tmp:
+        session = Session(sim, lambda info: IntervalEstimator(info, EstimatorConfig(mvc_uv=400.0, method="post")),
+                          ctrl, safety, SessionConfig(stim_hz=stim_hz, pulse_width_us=limits.max_pulse_width_us,
+                                                      phases=(Phase("go", 12.0, "control"),), nan_tolerance_s=None),
+                          tmp)
+        res = asyncio.run(session.run())
+    applied = sim.applied_pulses
+    max_amp, max_pw = limits.for_channel(0)
+    prev_t, prev_a = -1.0, 0.0
+    for p in applied:
+        assert 0 < p.amplitude_ma <= max_amp and 0 < p.pulse_width_us <= max_pw
+        assert p.charge_uc <= limits.max_charge_uc * (1 + 1e-12)
+        base = prev_a if p.t - prev_t <= limits.ramp_reset_s else 0.0
+        assert p.amplitude_ma <= base + limits.max_step_ma + 1e-9
+        if prev_t >= 0:
+            assert (p.t - prev_t) * limits.max_rate_hz >= 1.0 - 1e-9
+        prev_t, prev_a = p.t, p.amplitude_ma
+    if failure is not None and ctrl.n > len(outputs):
+        assert res.status == "faulted" and sim.stimulator.stopped
+        assert len(applied) <= len(outputs)  # nothing after the failure
