@@ -36,7 +36,35 @@ class PulseSink(Protocol):
     def schedule_pulse(self, t: float, channel: int, amplitude_ma: float, pulse_width_us: float) -> None: ...
 
 
-class SimulatedStimulator:
+class _OnOff:
+    """The output state every driver keeps: ``stopped`` and when (``stopped_at``, time.monotonic(), which is
+    the LSL clock on Linux); ``deliver`` refuses while stopped."""
+
+    name = "stimulator"
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.stopped_at: float | None = None
+
+    def open(self) -> None:
+        self.stopped = False
+
+    def _check(self, pulse: SafePulse) -> SafePulse:
+        pulse = require_safe(pulse)
+        if self.stopped:
+            raise StimulatorError(f"{self.name} is stopped; reset the safety layer to restart")
+        return pulse
+
+    def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.stopped_at = time.monotonic()
+
+    def close(self) -> None:
+        self.stop()
+
+
+class SimulatedStimulator(_OnOff):
     """Delivers pulses to an in-process simulated participant (a :class:`PulseSink`).
 
     Parameters
@@ -47,36 +75,23 @@ class SimulatedStimulator:
         The time base of the participant (for virtual-time simulations its own clock).
     """
 
+    name = "simulated stimulator"
+
     def __init__(self, sink: PulseSink, clock: Callable[[], float]) -> None:
+        super().__init__()
         self.sink = sink
         self.clock = clock
-        self.stopped = False
-        #: time.monotonic() (the LSL clock on Linux) when output was last turned off.
-        self.stopped_at: float | None = None
         self.n_delivered = 0
 
-    def open(self) -> None:
-        self.stopped = False
-
     def deliver(self, pulse: SafePulse) -> float:
-        pulse = require_safe(pulse)
-        if self.stopped:
-            raise StimulatorError("simulated stimulator is stopped; reset the safety layer to restart")
+        pulse = self._check(pulse)
         t = self.clock()
         self.sink.schedule_pulse(t, pulse.channel, pulse.amplitude_ma, pulse.pulse_width_us)
         self.n_delivered += 1
         return t
 
-    def stop(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            self.stopped_at = time.monotonic()
 
-    def close(self) -> None:
-        self.stop()
-
-
-class ShadowStimulator:
+class ShadowStimulator(_OnOff):
     """Delivers nothing: records what a controller would have commanded (replays in shadow mode).
 
     Parameters
@@ -85,31 +100,19 @@ class ShadowStimulator:
         The replay's clock (the recording's timestamps).
     """
 
+    name = "shadow stimulator"
+
     def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__()
         self.clock = clock
-        self.stopped = False
-        self.stopped_at: float | None = None
         #: (time, channel, amplitude_ma, pulse_width_us) of every pulse that would have been delivered.
         self.commands: list[tuple[float, int, float, float]] = []
 
-    def open(self) -> None:
-        self.stopped = False
-
     def deliver(self, pulse: SafePulse) -> float:
-        pulse = require_safe(pulse)
-        if self.stopped:
-            raise StimulatorError("shadow stimulator is stopped")
+        pulse = self._check(pulse)
         t = pulse.t  # the time the pulse was due in the recording, not when a fast replay got there
         self.commands.append((t, pulse.channel, pulse.amplitude_ma, pulse.pulse_width_us))
         return t
-
-    def stop(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            self.stopped_at = time.monotonic()
-
-    def close(self) -> None:
-        self.stop()
 
 
 class LSLStimulator:

@@ -251,20 +251,25 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayResult:
+def _file_source(path: Path, options: ReplayOptions, speed: float | None):
     from acquisition.files import FileSource
 
-    result = ReplayResult(str(path), out_dir=str(out_dir))
-    source = FileSource(
+    return FileSource(
         path,
         channels=options.channels,
         stream=options.stream,
         rate_hz=options.rate_hz,
         units=options.units,
         chunk_size=options.chunk_size,
-        speed=options.speed,
+        speed=speed,
         detect_pulses=options.detect_pulses,
     )
+
+
+async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayResult:
+
+    result = ReplayResult(str(path), out_dir=str(out_dir))
+    source = _file_source(path, options, options.speed)
     t0 = time.perf_counter()
     async with source:  # opens the file: format errors surface here, before any output is written
         session = _build(path, options, source, out_dir)
@@ -423,23 +428,13 @@ def replay_batch(
 
 
 async def _publish(path: Path, options: ReplayOptions, name: str | None) -> int:
-    from acquisition.files import FileSource
     from acquisition.lsl import LSLPublisher
     from closedloop.lslconfig import import_pylsl
     from closedloop.types import StreamInfo
 
     pylsl = import_pylsl()
     speed = options.speed or 1.0
-    source = FileSource(
-        path,
-        channels=options.channels,
-        stream=options.stream,
-        rate_hz=options.rate_hz,
-        units=options.units,
-        chunk_size=options.chunk_size,
-        speed=speed,
-        detect_pulses=options.detect_pulses,
-    )
+    source = _file_source(path, options, speed)
     n = 0
     async with source:
         info = source.info

@@ -222,6 +222,7 @@ def test_ramp_restarts_after_a_pause_or_a_deliberate_stop_but_not_after_one_skip
 
 # -- whole sessions with adversarial controllers ------------------------------------------------------------
 
+
 class Adversary:
     """Replays a drawn list of outputs, then maybe fails the way a buggy controller does."""
 
@@ -246,7 +247,8 @@ class Adversary:
 @given(
     outputs=st.lists(
         st.one_of(st.floats(-1e9, 1e9), st.sampled_from([0.0, 1e-9, 39.9, 40.0, 1e300, -1e300]), st.floats(0, 60)),
-        min_size=50, max_size=400,
+        min_size=50,
+        max_size=400,
     ),
     failure=st.sampled_from([None, None, "raise", math.nan, math.inf, -math.inf]),
     limits=limits_st(),
@@ -268,10 +270,19 @@ def test_adversarial_controllers_never_get_an_unsafe_pulse_through_a_session(out
     safety = SafetyLayer(limits, sim.stimulator)
     ctrl = Adversary(outputs, failure)
     with tempfile.TemporaryDirectory() as tmp:
-        session = Session(sim, lambda info: IntervalEstimator(info, EstimatorConfig(mvc_uv=400.0, method="post")),
-                          ctrl, safety, SessionConfig(stim_hz=stim_hz, pulse_width_us=limits.max_pulse_width_us,
-                                                      phases=(Phase("go", 12.0, "control"),), nan_tolerance_s=None),
-                          tmp)
+        session = Session(
+            sim,
+            lambda info: IntervalEstimator(info, EstimatorConfig(mvc_uv=400.0, method="post")),
+            ctrl,
+            safety,
+            SessionConfig(
+                stim_hz=stim_hz,
+                pulse_width_us=limits.max_pulse_width_us,
+                phases=(Phase("go", 12.0, "control"),),
+                nan_tolerance_s=None,
+            ),
+            tmp,
+        )
         res = asyncio.run(session.run())
     applied = sim.applied_pulses
     max_amp, max_pw = limits.for_channel(0)

@@ -13,7 +13,6 @@ robust form of an IIR filter; frequencies are in Hz.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -21,6 +20,7 @@ import numpy as np
 from scipy import signal
 
 from closedloop.errors import ConfigError
+from closedloop.estimation._checks import check_freq, check_int, check_rate
 
 try:  # the compiled kernel behind scipy.signal.sosfilt (present in every scipy >= 1.0)
     from scipy.signal._sosfilt import _sosfilt as _sosfilt_kernel
@@ -55,41 +55,6 @@ class StreamingFilter(Protocol):
 # validation helpers
 
 
-def _check_rate(rate_hz: float, name: str = "rate_hz") -> float:
-    try:
-        rate = float(rate_hz)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} = {rate_hz!r}: must be a finite number of Hz > 0") from None
-    if not (math.isfinite(rate) and rate > 0):
-        raise ConfigError(f"{name} = {rate_hz!r}: must be a finite number of Hz > 0")
-    return rate
-
-
-def _check_int(value: int, name: str, lo: int, hi: int | None = None) -> int:
-    allowed = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
-    if isinstance(value, bool):
-        raise ConfigError(f"{name} = {value!r}: must be {allowed}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ConfigError(f"{name} = {value!r}: must be {allowed}") from None
-    if v < lo or (hi is not None and v > hi):
-        raise ConfigError(f"{name} = {value!r}: must be {allowed}")
-    return v
-
-
-def _check_freq(value: float, name: str, rate: float) -> float:
-    """A frequency strictly between 0 and the Nyquist frequency."""
-    nyq = rate / 2.0
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} = {value!r}: must be a number of Hz with 0 < {name} < {nyq:g} (rate/2)") from None
-    if not (math.isfinite(f) and 0.0 < f < nyq):
-        raise ConfigError(f"{name} = {value!r}: must be a number of Hz with 0 < {name} < {nyq:g} (rate/2)")
-    return f
-
-
 def _as_chunk(x: np.ndarray, n_channels: int, who: str) -> np.ndarray:
     """``x`` as a float64 ``(n, n_channels)`` array; ValueError naming the shapes otherwise."""
     a = np.asarray(x, dtype=np.float64)
@@ -121,59 +86,36 @@ def bandpass_sos(low_hz: float, high_hz: float, rate_hz: float, order: int = 4) 
     numpy.ndarray
         ``(order, 6)`` second-order sections.
     """
-    rate = _check_rate(rate_hz)
-    lo = _check_freq(low_hz, "low_hz", rate)
-    hi = _check_freq(high_hz, "high_hz", rate)
+    rate = check_rate(rate_hz)
+    lo = check_freq(low_hz, "low_hz", rate)
+    hi = check_freq(high_hz, "high_hz", rate)
     if not lo < hi:
         raise ConfigError(f"low_hz = {low_hz!r}, high_hz = {high_hz!r}: need low_hz < high_hz")
-    n = _check_int(order, "order", 1, _MAX_ORDER)
+    n = check_int(order, "order", 1, _MAX_ORDER)
     return signal.butter(n, [lo, hi], btype="bandpass", output="sos", fs=rate)
 
 
+def _butter_sos(btype: str, cutoff_hz: float, rate_hz: float, order: int) -> np.ndarray:
+    rate = check_rate(rate_hz)
+    fc = check_freq(cutoff_hz, "cutoff_hz", rate)
+    n = check_int(order, "order", 1, _MAX_ORDER)
+    return signal.butter(n, fc, btype=btype, output="sos", fs=rate)
+
+
 def highpass_sos(cutoff_hz: float, rate_hz: float, order: int = 4) -> np.ndarray:
-    """Butterworth high-pass filter as second-order sections.
+    """Butterworth high-pass filter as ``(ceil(order / 2), 6)`` second-order sections.
 
-    Parameters
-    ----------
-    cutoff_hz:
-        -3 dB frequency (Hz), ``0 < cutoff_hz < rate_hz / 2``.
-    rate_hz:
-        Sampling rate (Hz).
-    order:
-        Filter order, 1..10.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(ceil(order / 2), 6)`` second-order sections.
+    ``cutoff_hz`` is the -3 dB frequency (``0 < cutoff_hz < rate_hz / 2``), ``order`` 1..10.
     """
-    rate = _check_rate(rate_hz)
-    fc = _check_freq(cutoff_hz, "cutoff_hz", rate)
-    n = _check_int(order, "order", 1, _MAX_ORDER)
-    return signal.butter(n, fc, btype="highpass", output="sos", fs=rate)
+    return _butter_sos("highpass", cutoff_hz, rate_hz, order)
 
 
 def lowpass_sos(cutoff_hz: float, rate_hz: float, order: int = 4) -> np.ndarray:
-    """Butterworth low-pass filter as second-order sections.
+    """Butterworth low-pass filter as ``(ceil(order / 2), 6)`` second-order sections.
 
-    Parameters
-    ----------
-    cutoff_hz:
-        -3 dB frequency (Hz), ``0 < cutoff_hz < rate_hz / 2``.
-    rate_hz:
-        Sampling rate (Hz).
-    order:
-        Filter order, 1..10.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(ceil(order / 2), 6)`` second-order sections.
+    ``cutoff_hz`` is the -3 dB frequency (``0 < cutoff_hz < rate_hz / 2``), ``order`` 1..10.
     """
-    rate = _check_rate(rate_hz)
-    fc = _check_freq(cutoff_hz, "cutoff_hz", rate)
-    n = _check_int(order, "order", 1, _MAX_ORDER)
-    return signal.butter(n, fc, btype="lowpass", output="sos", fs=rate)
+    return _butter_sos("lowpass", cutoff_hz, rate_hz, order)
 
 
 def notch_sos(freq_hz: float, rate_hz: float, quality: float = 30.0, up_to_hz: float | None = None) -> np.ndarray:
@@ -199,7 +141,7 @@ def notch_sos(freq_hz: float, rate_hz: float, quality: float = 30.0, up_to_hz: f
     numpy.ndarray
         ``(n_harmonics, 6)`` second-order sections.
     """
-    rate = _check_rate(rate_hz)
+    rate = check_rate(rate_hz)
     try:
         f0 = float(freq_hz)
     except (TypeError, ValueError):
@@ -277,7 +219,7 @@ class SOSFilter:
         self._sos = s  # writable: scipy's sosfilt needs a writable buffer
         self.sos = s.copy()
         self.sos.setflags(write=False)
-        self.n_channels = _check_int(n_channels, "n_channels", 1)
+        self.n_channels = check_int(n_channels, "n_channels", 1)
         self.initial = initial
         self._zi_unit = signal.sosfilt_zi(s)  # (n_sections, 2): steady state for a unit constant input
         self.zi: np.ndarray | None = None
@@ -345,8 +287,8 @@ class Envelope:
     """
 
     def __init__(self, rate_hz: float, n_channels: int, cutoff_hz: float = 6.0, order: int = 2) -> None:
-        self.rate_hz = _check_rate(rate_hz)
-        self.n_channels = _check_int(n_channels, "n_channels", 1)
+        self.rate_hz = check_rate(rate_hz)
+        self.n_channels = check_int(n_channels, "n_channels", 1)
         sos = lowpass_sos(cutoff_hz, self.rate_hz, order)  # validates cutoff_hz and order
         self.cutoff_hz = float(cutoff_hz)
         self.order = int(order)
@@ -394,8 +336,8 @@ class MovingRMS:
     """
 
     def __init__(self, rate_hz: float, n_channels: int, window_s: float) -> None:
-        self.rate_hz = _check_rate(rate_hz)
-        self.n_channels = _check_int(n_channels, "n_channels", 1)
+        self.rate_hz = check_rate(rate_hz)
+        self.n_channels = check_int(n_channels, "n_channels", 1)
         try:
             w = float(window_s)
         except (TypeError, ValueError):

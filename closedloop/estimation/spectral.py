@@ -10,7 +10,6 @@ blanked M-waves) are zeros in time.
 from __future__ import annotations
 
 import math
-import operator
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -18,6 +17,7 @@ from scipy import fft as sp_fft
 from scipy import signal
 
 from closedloop.errors import ConfigError
+from closedloop.estimation._checks import check_int, check_positive, check_rate
 
 __all__ = ["StreamingWelch", "spectral_indices"]
 
@@ -196,26 +196,16 @@ class StreamingWelch:
         band_hz: tuple[float, float] = (20.0, 450.0),
         min_segments: int | None = None,
     ) -> None:
-        try:
-            rate = float(rate_hz)
-        except (TypeError, ValueError):
-            raise ConfigError(f"rate_hz = {rate_hz!r}: must be a finite number of Hz > 0") from None
-        if not (math.isfinite(rate) and rate > 0):
-            raise ConfigError(f"rate_hz = {rate_hz!r}: must be a finite number of Hz > 0")
+        rate = check_rate(rate_hz)
         self.rate_hz = rate
-        self.n_channels = self._int(n_channels, "n_channels", 1)
+        self.n_channels = check_int(n_channels, "n_channels", 1)
         if nperseg is None:
             nps = max(4, 2 ** round(math.log2(0.125 * rate)))
         else:
-            nps = self._int(nperseg, "nperseg", 4)
+            nps = check_int(nperseg, "nperseg", 4)
             if nps % 2:
                 raise ConfigError(f"nperseg = {nperseg!r}: must be even (50 % overlap needs a whole hop)")
-        try:
-            w_s = float(window_s)
-        except (TypeError, ValueError):
-            raise ConfigError(f"window_s = {window_s!r}: must be a finite number of seconds > 0") from None
-        if not (math.isfinite(w_s) and w_s > 0):
-            raise ConfigError(f"window_s = {window_s!r}: must be a finite number of seconds > 0")
+        w_s = check_positive(window_s, "window_s")
         self.band_hz = _check_band(band_hz, rate / 2.0)
         self.nperseg = nps
         self.hop = nps // 2
@@ -224,7 +214,7 @@ class StreamingWelch:
         if min_segments is None:
             self.min_segments = max(1, self.ring_size // 2)
         else:
-            self.min_segments = self._int(min_segments, "min_segments", 1, self.ring_size)
+            self.min_segments = check_int(min_segments, "min_segments", 1, self.ring_size)
         self.freqs = sp_fft.rfftfreq(nps, 1.0 / rate)
         self.window = signal.get_window("hann", nps)  # periodic Hann, as scipy.signal.welch uses
         scale = np.full(self.freqs.shape[0], 2.0 / (rate * float(np.sum(self.window**2))))
@@ -232,17 +222,6 @@ class StreamingWelch:
         scale[-1] /= 2.0  # nperseg is even: the last bin is the Nyquist frequency
         self._scale = scale
         self.reset()
-
-    @staticmethod
-    def _int(value: int, name: str, lo: int, hi: int | None = None) -> int:
-        allowed = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
-        try:
-            v = operator.index(value)
-        except TypeError:
-            raise ConfigError(f"{name} = {value!r}: must be {allowed}") from None
-        if isinstance(value, bool) or v < lo or (hi is not None and v > hi):
-            raise ConfigError(f"{name} = {value!r}: must be {allowed}")
-        return v
 
     @property
     def n_segments(self) -> int:
