@@ -593,8 +593,10 @@ class Session:
             finally:
                 self._busy_since = None
         if chunk is not None and cfg.segmentation == "pulses":  # the end of a recording
-            for interval, times in self.segmenter.flush():
-                self._on_interval(interval, chunk, True, times)
+            rest = self.segmenter.flush()
+            if rest:
+                for (interval, _), est in zip(rest, self._estimate_all(rest), strict=True):
+                    self._on_interval(interval, chunk, True, est)
 
     def _start_watchdog(self) -> None:
         cfg = self.config
@@ -627,8 +629,10 @@ class Session:
             intervals = self.segmenter.push(chunk.samples, chunk.timestamps, idx)
         else:
             intervals = [(iv, None) for iv in self.segmenter.push(chunk.samples, chunk.timestamps)]
-        for j, (interval, times) in enumerate(intervals):
-            self._on_interval(interval, chunk, j == len(intervals) - 1, times)
+        if intervals:
+            estimates = self._estimate_all(intervals)
+            for j, ((interval, _), est) in enumerate(zip(intervals, estimates, strict=True)):
+                self._on_interval(interval, chunk, j == len(intervals) - 1, est)
         return self._t_last + 1.0 / self._fs - self._t_start >= cfg.total_duration_s
 
     def _source_pulses(self, chunk: Chunk) -> list[float]:
@@ -657,21 +661,47 @@ class Session:
             times.append(t)
         return times, amp
 
-    def _on_interval(
-        self, interval: Interval, chunk: Chunk, last_in_chunk: bool, pulse_times: list[float] | None = None
-    ) -> None:
-        cfg = self.config
-        res = self.result
-        est_ = self.estimator
-        times, amp = self._take_pulses(interval)  # the pulses that fall in this interval (and their amplitude)
-        if pulse_times is None:
-            pulse_times = times
+    def _estimate_all(self, intervals: list[tuple[Interval, list[float] | None]]) -> list[Estimate]:
+        """Estimates of the intervals a chunk completed, several per estimator call where that changes
+        nothing: a batch ends with the interval that ends a calibration (the MVC it yields applies from the
+        next interval on, as when intervals arrive one by one)."""
+        args = []
+        for interval, given in intervals:
+            times, amp = self._take_pulses(interval)  # the pulses that fall in this interval (and their amplitude)
+            args.append((interval, times if given is None else given, amp))
         try:
-            est = est_.step(interval, pulse_times, amp)
+            if len(args) == 1:
+                return [self.estimator.step(*args[0])]
+            out: list[Estimate] = []
+            calibrating = self._in_calibration
+            start = 0
+            for j, (interval, _, _) in enumerate(args):
+                mode = self._mode_at(float(interval.timestamps[-1]) + 1.0 / self._fs - self._t_start)
+                if mode == "calibrate":
+                    calibrating = True
+                elif calibrating:
+                    out += self._step_many(args[start : j + 1])
+                    start, calibrating = j + 1, False
+            return out + self._step_many(args[start:])
         except Exception as exc:
             reason = f"estimator raised {type(exc).__name__}: {exc}"
             self.safety.output_off(self._now(), reason)
             raise SafetyError(reason) from exc
+
+    def _step_many(self, args: list) -> list[Estimate]:
+        if not args:
+            return []
+        ivs, times, amps = zip(*args, strict=True)
+        return self.estimator.step_many(list(ivs), list(times), list(amps))
+
+    def _mode_at(self, t_rel: float) -> str:
+        phase = self._phase_at(t_rel)
+        return phase.mode if phase is not None else "rest"
+
+    def _on_interval(self, interval: Interval, chunk: Chunk, last_in_chunk: bool, est: Estimate) -> None:
+        cfg = self.config
+        res = self.result
+        est_ = self.estimator
         res.n_intervals += 1
         for w in est.warnings:
             self.warning_counts[w.split(":")[0]] += 1

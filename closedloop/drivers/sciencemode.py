@@ -11,54 +11,55 @@ Sources
 
 Protocol summary
 ----------------
-======================  =========================================================================  ======================
-What                    ScienceMode 2 / RehaStim 2                                                 Learnt from
-======================  =========================================================================  ======================
-serial line             460800 baud, 8 data bits, even parity, 1 stop bit, no flow control         [S] 2.1 table 4 p.9;
-                                                                                                   [P] sciencemode.py:93-100
-frame                   ``F0 | 81 chk^55 | 81 len^55 | stuffed(packet number, command, data) | 0F``  [S] 2.2 tables 5-6
-                                                                                                   p.9-10; [P]
-                                                                                                   utils.py:181-206
-byte stuffing           F0, 0F and 81 inside the payload are sent as ``81, value ^ 0x55``           [S] 2.2 p.9;
-                        (start byte F0, stop byte 0F, stuffing byte 81, stuffing key 55)            [P] utils.py:209-256
-checksum                CRC-8, polynomial 0x07, init 0x00, not reflected, xorout 0x00              [S] 2.2 p.9 (poly
-                        (CRC-8/SMBUS), over the *stuffed* payload (packet number .. data); the     only); [P] utils.py:
-                        length byte is the stuffed payload's length; both are *always* sent        193-195; [C]
-                        stuffed (81, value ^ 55)
-packet number           0..255; the PC adds one per command, the device echoes it in the ack;     [S] 2.2 p.10;
-                        device-initiated packets (Init, StimulationError) use its own counter      [P] sciencemode.py:565
-command ids             Init 1, InitAck 2, UnknownCommand 3, Watchdog 4, GetStimulationMode 10     [S] 3.1-3.3 p.11;
-                        (ack 11), InitChannelListMode 30 (31), StartChannelListMode 32 (33),       [P] enums.py:4-19
-                        StopChannelListMode 34 (35), SinglePulse 36 (37), StimulationError 38
-connection              the *device* sends Init [version] every 500 ms until the PC answers        [S] 2.3 table 7,
-                        InitAck [0] echoing Init's packet number (-5 would refuse the version)     4.1 p.15; [P]
-                                                                                                   rehastim2_interface
-                                                                                                   .py:69-76
-watchdog                the PC must send a valid packet at least every 1200 ms (Watchdog [4] has   [S] 2.3 table 7,
-                        no ack); otherwise the device stops stimulation, resets all modes and      5.2 p.30-31; [P]
-                        sends Init again                                                            sciencemode.py:522-529
-modes                   start --InitChannelListMode--> initialised --StartChannelListMode-->       [S] fig. 4 p.14
-                        started; StopChannelListMode --> start; SinglePulse only in start mode
-GetStimulationMode      ack [result, mode]; mode 0 start, 1 initialised, 2 started; the mode       [S] 4.2 p.16;
-                        byte is absent when result != 0                                            [P] acks.py:328-347
-InitChannelListMode     [low-frequency factor 0..7, active channels (bit 0 = channel 1),           [S] 4.3 p.17-18;
-                        low-frequency channels, inter-pulse interval (n * 0.5 + 1.5 ms, >= 8 ms),   [P] rehastim2_
-                        main interval MSB, LSB (n * 0.5 + 1 ms; n = 0: one-shot channel list        interface.py:161-243,
-                        mode), channel execution 0]                                                utils.py:124-157
-StartChannelListMode    per active channel, increasing: [mode 0 single/1 doublet/2 triplet,        [S] 4.3 p.18; [P]
-                        pulse width MSB, LSB (0..500 us; 1..19 become 20), current (0..130 mA)]    rehastim2_interface
-                                                                                                   .py:183-197, 245-269
-acks, error codes       [result]: 0 ok, -1 transfer error (checksum/length), -2 parameter error,   [S] 5.1 p.29, 5.2
-                        -3 wrong mode, -5 incompatible version, -8 busy; a corrupt command is      p.30; [P] acks.py:
-                        answered by its ack with -1; an unknown one by UnknownCommand [command]    35-74, 350-398
-StimulationError        device -> PC [code]: -1 emergency switch activated / not connected,        [S] 1.3 p.6, 4.3
-                        -2 electrode error, -3 stimulation module error; stimulation stops, the     p.20; [P] acks.py:
-                        device returns to start mode                                                35-53
-timing                  answer within 100 ms (average < 20 ms); command-to-pulse latency 10-24 ms  [S] 2.3 table 7;
-                                                                                                   README.md:15
-output resolution       current in 2 mA steps (0-126 mA at 1 kOhm), pulse width in 1 us steps      README.md:8-9; user
-                                                                                                   manual (same repo)
-======================  =========================================================================  ======================
+=====================  ==============================================================================================
+What                   ScienceMode 2 on the RehaStim 2 (where it was learnt)
+=====================  ==============================================================================================
+serial line            460800 baud, 8 data bits, even parity, 1 stop bit, no flow control.
+                       ([S] 2.1 table 4 p.9; [P] sciencemode.py:93-100)
+frame                  ``F0 | 81, checksum ^ 55 | 81, length ^ 55 | stuffed(packet number, command, data) | 0F``.
+                       ([S] 2.2 tables 5-6 p.9-10; [P] utils.py:181-206)
+byte stuffing          F0 (start), 0F (stop) and 81 (stuffing byte) inside the payload are sent as
+                       ``81, value ^ 55`` (55 is the stuffing key). ([S] 2.2 p.9; [P] utils.py:209-256)
+checksum, length       CRC-8 with polynomial 0x07, init 0x00, not reflected, no final XOR (CRC-8/SMBUS), over the
+                       *stuffed* payload (packet number to last data byte); the length is that payload's byte
+                       count; both are *always* sent stuffed. ([S] 2.2 p.9 names only the polynomial;
+                       [P] utils.py:193-195; [C])
+packet number          0..255; the PC adds one per command and the device echoes it in the ack; packets the
+                       device starts (Init, StimulationError) carry its own counter. ([S] 2.2 p.10;
+                       [P] sciencemode.py:134, 565)
+command ids            Init 1, InitAck 2, UnknownCommand 3, Watchdog 4, GetStimulationMode 10 (ack 11),
+                       InitChannelListMode 30 (31), StartChannelListMode 32 (33), StopChannelListMode 34 (35),
+                       SinglePulse 36 (37), StimulationError 38. ([S] 3.1-3.3 p.11; [P] enums.py:4-19)
+connection             The *device* sends Init [protocol version] every 500 ms until the PC answers InitAck [0]
+                       echoing Init's packet number (-5 would refuse the version). ([S] 2.3 table 7, 4.1 p.15;
+                       [P] rehastim2_interface.py:69-76, sciencemode.py:570-586)
+device watchdog        The PC must send a valid packet at least every 1200 ms (Watchdog [4] is one; it has no
+                       ack); otherwise the device stops stimulation, resets all modes and sends Init again.
+                       ([S] 2.3 table 7 p.10, 5.2 p.30-31; [P] sciencemode.py:522-529, 557-558)
+stimulation modes      start --InitChannelListMode--> initialised --StartChannelListMode--> started
+                       (StartChannelListMode again updates); StopChannelListMode --> start; SinglePulse only in
+                       start mode. ([S] fig. 4 p.14)
+GetStimulationMode     ack [result, mode]: mode 0 start, 1 initialised, 2 started; no mode byte when
+                       result != 0. ([S] 4.2 p.16; [P] acks.py:328-347)
+InitChannelListMode    [low-frequency factor 0..7, active channels (bit 0 = channel 1), low-frequency channels,
+                       inter-pulse interval code (n * 0.5 ms + 1.5 ms, >= 8 ms), main interval code MSB, LSB
+                       (n * 0.5 ms + 1 ms; n = 0: one-shot channel list mode), channel execution 0].
+                       ([S] 4.3 p.17-18; [P] rehastim2_interface.py:161-243, utils.py:124-157)
+StartChannelListMode   For each active channel in increasing order: [mode 0 single / 1 doublet / 2 triplet,
+                       pulse width MSB, LSB (0..500 us; 1..19 us become 20 us), current (0..130 mA)].
+                       ([S] 4.3 p.18; [P] rehastim2_interface.py:183-197, 245-269)
+acks and error codes   [result]: 0 ok, -1 transfer error (checksum or length), -2 parameter error, -3 wrong mode,
+                       -5 incompatible version, -8 busy. A corrupt command is answered by its ack with -1, an
+                       unknown one by UnknownCommand [command]. ([S] 5.1 p.29, 5.2 p.30;
+                       [P] acks.py:35-74, 350-398)
+StimulationError       Device to PC [code]: -1 emergency switch activated / not connected, -2 electrode error,
+                       -3 stimulation module error; the device stops and returns to start mode.
+                       ([S] 1.3 p.6, 4.3 p.20; [P] acks.py:35-53)
+timing                 Answer within 100 ms (average < 20 ms); command-to-pulse latency 10-24 ms.
+                       ([S] 2.3 table 7; README.md:15)
+output resolution      Current in 2 mA steps (0-126 mA at 1 kOhm), pulse width in 1 us steps.
+                       (README.md:8-9; user manual, "0-130 mA in 65 steps")
+=====================  ==============================================================================================
 
 How pulses are made: the one-shot channel list mode
 ---------------------------------------------------
@@ -291,9 +292,11 @@ def encode_frame(packet_number: int, command: int, data: bytes | Iterable[int] =
     payload = stuff([packet_number, command, *bytes(data)])
     if len(payload) > MAX_STUFFED_PAYLOAD:
         raise ValueError(f"ScienceMode 2 payload too long: {len(payload)} stuffed bytes")
-    return bytes(
-        (START_BYTE, STUFFING_BYTE, crc8(payload) ^ STUFFING_KEY, STUFFING_BYTE, len(payload) ^ STUFFING_KEY)
-    ) + payload + bytes((STOP_BYTE,))
+    return (
+        bytes((START_BYTE, STUFFING_BYTE, crc8(payload) ^ STUFFING_KEY, STUFFING_BYTE, len(payload) ^ STUFFING_KEY))
+        + payload
+        + bytes((STOP_BYTE,))
+    )
 
 
 @dataclass(frozen=True)
@@ -390,7 +393,7 @@ class _Pending:
     """A command sent and waiting for its ack."""
 
     packet_number: int
-    command: int
+    command: Command
     t_sent: float
     waited_for: bool  # a caller (open()) waits for it and handles the timeout itself
     done: threading.Event = field(default_factory=threading.Event)
@@ -589,7 +592,7 @@ class ScienceModeStimulator:
                 f"{_DEVICE} cannot take pulses {1e3 * (now - self._last_pulse_t):.1f} ms apart: the one-shot channel "
                 f"list mode needs >= {1e3 * MIN_PULSE_INTERVAL_S:g} ms between pulses"
             )
-        t = self._send(Command.START_CHANNEL_LIST_MODE, data)
+        t, _ = self._send(Command.START_CHANNEL_LIST_MODE, data, armed_only=True)
         self._last_pulse_t = t
         self.n_delivered += 1
         return t
@@ -602,6 +605,7 @@ class ScienceModeStimulator:
                 if self._stopped:
                     return
                 self._stopped = True
+            with self._tx_lock:  # no pulse or keep-alive after this point
                 self._armed = False
             self._keepalive_stop.set()
             if self._serial is not None and self._link in ("init_acked", "up"):
@@ -635,7 +639,8 @@ class ScienceModeStimulator:
         """StartChannelListMode data for ``pulse``: the pulsed channel's parameters, 0 mA on the other channels."""
         if pulse.channel not in self.channels:
             raise StimulatorError(
-                f"{_DEVICE} on {self.port}: channel {pulse.channel} was not initialised (channels {list(self.channels)})"
+                f"{_DEVICE} on {self.port}: channel {pulse.channel} was not initialised "
+                f"(channels {list(self.channels)})"
             )
         amp, pw = pulse.amplitude_ma, pulse.pulse_width_us
         current = round(amp) if math.isfinite(amp) else -1
@@ -661,13 +666,29 @@ class ScienceModeStimulator:
     # ------------------------------------------------------------------ wire
 
     def _send(
-        self, command: Command, data: bytes = b"", *, expect_ack: bool = True, wait: bool = False, echo: int | None = None
-    ) -> float:
-        """Write one frame; register the ack it expects; return the time the write completed."""
+        self,
+        command: Command,
+        data: bytes = b"",
+        *,
+        expect_ack: bool = True,
+        wait: bool = False,
+        echo: int | None = None,
+        armed_only: bool = False,
+    ) -> tuple[float, _Pending | None]:
+        """Write one frame and register the ack it expects; return (time the write completed, pending ack).
+
+        ``armed_only``: send only while armed, checked under the write lock, so that nothing (a pulse, a keep-alive)
+        follows the StopChannelListMode of a concurrent :meth:`stop`.
+        """
+        error: Exception | None = None
         with self._tx_lock:
             ser = self._serial
             if ser is None:
                 raise StimulatorError(f"{_DEVICE} on {self.port} is not open")
+            if armed_only and not self._armed:
+                raise StimulatorError(
+                    self.failure or f"{_DEVICE} on {self.port} is stopped; open() it again to restart"
+                )
             if echo is None:
                 number = self._packet_number
                 self._packet_number = (number + 1) % 256
@@ -682,25 +703,24 @@ class ScienceModeStimulator:
             try:
                 ser.write(frame)
             except Exception as exc:
+                error = exc
                 with self._lock:
                     self._pending.pop(number, None)
-                message = f"{_DEVICE} on {self.port}: writing {command.label} failed: {exc}"
-                failing = threading.Thread(target=self._fail, args=(message,), daemon=True)
-                failing.start()  # not under the write lock: _fail() -> stop() writes too
-                raise StimulatorError(message) from exc
             t = time.monotonic()
-            self._last_tx = t
-            if pending is not None:
-                pending.t_sent = t
-        return t
+            if error is None:
+                self._last_tx = t
+                if pending is not None:
+                    pending.t_sent = t
+        if error is not None:  # outside the write lock: _fail() -> stop() writes too
+            message = f"{_DEVICE} on {self.port}: writing {command.label} failed: {error}"
+            self._fail(message)
+            raise StimulatorError(message) from error
+        return t, pending
 
     def _request(self, command: Command, data: bytes = b"") -> Frame:
         """Send ``command`` and wait for its ack (open() only); raise StimulatorError on silence or an error code."""
-        self._send(command, data, wait=True)
-        with self._lock:
-            pending = self._pending.get((self._packet_number - 1) % 256)
-        if pending is None or pending.command != command:  # pragma: no cover - only if another thread sent
-            raise StimulatorError(f"{_DEVICE} on {self.port}: lost track of {command.label}")
+        _, pending = self._send(command, data, wait=True)
+        assert pending is not None
         pending.done.wait(self.ack_timeout_s)
         with self._lock:
             self._pending.pop(pending.packet_number, None)
@@ -777,9 +797,9 @@ class ScienceModeStimulator:
                 return
             if time.monotonic() - self._last_tx >= self.keepalive_s - 1e-3:
                 try:
-                    self._send(Command.GET_STIMULATION_MODE)
+                    self._send(Command.GET_STIMULATION_MODE, armed_only=True)
                 except StimulatorError:
-                    return  # _send() recorded the failure
+                    return  # stopped, or _send() recorded the failure
 
     def _halt_threads(self) -> None:
         """End the keep-alive and reader threads without sending anything (also simulates a crashed host)."""
@@ -852,8 +872,7 @@ class ScienceModeStimulator:
             return
         if frame.command != pending.command + 1:
             self._fail(
-                f"{_DEVICE} on {self.port} answered {pending.command.label} (packet {frame.packet_number}) "
-                f"with {name}"
+                f"{_DEVICE} on {self.port} answered {pending.command.label} (packet {frame.packet_number}) with {name}"
             )
             pending.done.set()
             return
@@ -883,9 +902,7 @@ class ScienceModeStimulator:
     def _check_overdue(self) -> None:
         now = time.monotonic()
         with self._lock:
-            overdue = [
-                p for p in self._pending.values() if not p.waited_for and now - p.t_sent > self.ack_timeout_s
-            ]
+            overdue = [p for p in self._pending.values() if not p.waited_for and now - p.t_sent > self.ack_timeout_s]
             for p in overdue:
                 del self._pending[p.packet_number]
         for p in overdue:

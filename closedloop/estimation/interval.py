@@ -44,6 +44,16 @@ from closedloop.types import Estimate, StreamInfo
 __all__ = ["EstimatorConfig", "IntervalEstimator", "mvc_from_efforts"]
 
 
+class _NoResponse:
+    """Stands for the residual of a pulse-free window (no prediction filter) in _track_response."""
+
+    lags = None
+    weights = None
+
+
+_NO_RESPONSE = _NoResponse()
+
+
 @dataclass(frozen=True)
 class EstimatorConfig:
     """Estimator settings. Times in seconds (after the pulse for windows), frequencies in Hz.
@@ -266,6 +276,7 @@ class IntervalEstimator:
         self._resp_cos = np.cos(2 * np.pi * np.outer(self.welch.freqs, lag) / fs) * acf  # (F, nperseg)
         self._resp_lag = np.zeros((nps, n_ch))
         self._resp_n = 0.0
+        self._resp_any = False
 
     def set_mvc(self, mvc_uv: float | np.ndarray) -> None:
         """Set the MVC reference (uV): one value for all channels or one per channel."""
@@ -331,18 +342,7 @@ class IntervalEstimator:
             valid[:] = False
         self.welch.step(resid, valid)
         self._track_response(res, int(valid.sum()), n)
-        w = self.welch
-        due = w.n_samples // self._spectral_every
-        if w.segments_pushed != self._welch_seen and w.n_segments >= w.min_segments and due != self._spectral_due:
-            # new segments since the last update, and a new update period of the stream (sample-counted, so
-            # the same whatever the interval lengths and chunking)
-            self._welch_seen = w.segments_pushed
-            self._spectral_due = due
-            freqs, psd = w.psd()
-            weight = self._response_psd_weight()
-            self._spectral = tuple(
-                np.asarray(v, dtype=float) for v in spectral_indices(freqs, psd * weight, self.band_hz)
-            )
+        self._update_spectral()
         effort = res.effort
         if np.isnan(effort).all() and not bad:
             warnings.append(f"volitional window shorter than {cfg.min_volitional_s * 1e3:.1f} ms ({res.method})")
@@ -362,6 +362,91 @@ class IntervalEstimator:
             p is not None,
         )
 
+    def step_many(
+        self,
+        intervals: Sequence[Interval],
+        pulse_times: Sequence[Sequence[float]] | None = None,
+        amplitudes_ma: Sequence[float] | None = None,
+    ) -> list[Estimate]:
+        """Estimate consecutive intervals; the same results as calling :meth:`step` on each in turn.
+
+        Runs of intervals without pulses (monitoring, replays of unstimulated EMG, pauses) are processed
+        together: one filter call and one vectorised RMS for the run. Intervals with pulses go one by one
+        (their windows, blanking and prediction filters depend on the interval before).
+        """
+        k = len(intervals)
+        times = list(pulse_times) if pulse_times is not None else [()] * k
+        amps = list(amplitudes_ma) if amplitudes_ma is not None else [math.nan] * k
+        out: list[Estimate] = []
+        i = 0
+        while i < k:
+            if len(times[i]) > 0:
+                out.append(self.step(intervals[i], times[i], amps[i]))
+                i += 1
+                continue
+            j = i
+            while j < k and len(times[j]) == 0:
+                j += 1
+            out.extend(self._windows(intervals[i:j]) if j - i > 1 else [self.step(intervals[i])])
+            i = j
+        return out
+
+    def _windows(self, ivs: Sequence[Interval]) -> list[Estimate]:
+        """Consecutive intervals without pulses, filtered in one call (see :meth:`step` for the semantics)."""
+        cfg = self.config
+        lens = np.array([len(iv.timestamps) for iv in ivs])
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        x = np.concatenate([iv.samples for iv in ivs]).astype(np.float64)
+        finite = np.isfinite(x)
+        bad_rows = ~finite.all(axis=1)
+        any_bad = bool(bad_rows.any())
+        if any_bad:
+            x[~finite] = 0.0
+            bad = np.add.reduceat(bad_rows, starts) > 0
+        else:
+            bad = np.zeros(len(ivs), bool)
+        last = ivs[-1].samples.shape[0]
+        self._tail = x[-min(self._pre, last) :].copy()
+        y = self.filter.step(x) * self._scale
+        ms = np.add.reduceat(y * y, starts, axis=0) / lens[:, None]
+        effort = np.sqrt(ms)
+        effort[lens < self.volitional.min_n] = np.nan
+        if ivs[-1].timestamps[-1] - self._last_pulse_t > cfg.history_reset_s:
+            self.volitional.reset()  # as step() would for the first of them: nothing before a pause is kept
+        nan = np.full(y.shape[1], np.nan)
+        out = []
+        for k, iv in enumerate(ivs):
+            a, n = starts[k], lens[k]
+            valid = np.full(n, not bad[k])
+            self.welch.step(y[a : a + n], valid)
+            self._track_response(_NO_RESPONSE, int(valid.sum()) if not bad[k] else 0, n)
+            self._update_spectral()
+            warnings: tuple[str, ...] = ()
+            e = effort[k]
+            if bad[k]:
+                warnings = ("non-finite samples in interval",)
+                e = nan
+            elif np.isnan(e).all():
+                warnings = (f"volitional window shorter than {cfg.min_volitional_s * 1e3:.1f} ms (window)",)
+            out.append(
+                self._estimate(iv, float(iv.timestamps[0]), math.nan, e, nan, nan, nan, n / self._fs, warnings, False)
+            )
+        return out
+
+    def _update_spectral(self) -> None:
+        w = self.welch
+        due = w.n_samples // self._spectral_every
+        if w.segments_pushed != self._welch_seen and w.n_segments >= w.min_segments and due != self._spectral_due:
+            # new segments since the last update, and a new update period of the stream (sample-counted, so
+            # the same whatever the interval lengths and chunking)
+            self._welch_seen = w.segments_pushed
+            self._spectral_due = due
+            freqs, psd = w.psd()
+            weight = self._response_psd_weight()
+            self._spectral = tuple(
+                np.asarray(v, dtype=float) for v in spectral_indices(freqs, psd * weight, self.band_hz)
+            )
+
     # -- parts ----------------------------------------------------------------------------------------
     def _track_response(self, res, n_valid: int, n: int) -> None:
         """Running average, over the spectral window and weighted by each interval's valid samples, of the
@@ -377,6 +462,7 @@ class IntervalEstimator:
         self._resp_n += n_valid
         if res.lags is None:
             return
+        self._resp_any = True
         lags = np.rint(res.lags).astype(np.int64)
         w = res.weights  # (C, M)
         norm = n_valid / (1.0 + np.sum(w * w, axis=1))  # (C,)
@@ -396,6 +482,8 @@ class IntervalEstimator:
         window's normalised autocorrelation at ``l`` (comb filter notches narrower than the resolution are
         smeared exactly as the periodogram smears them). Bins where less than 20 % would be left are
         dropped (a comb filter's notches)."""
+        if not self._resp_any:  # only unfiltered residuals so far (windows, post): nothing to divide out
+            return self._psd_weight
         n = max(self._resp_n, 1e-12)
         h2 = 1.0 + self._resp_cos @ self._resp_lag / n  # (F, C)
         return np.where(h2 > 0.2, self._psd_weight / np.maximum(h2, 1e-12), 0.0)
