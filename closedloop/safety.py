@@ -222,6 +222,11 @@ class SafetyLayer:
         self.max_events = max_events
         self.tripped: str | None = None
         self._lock = threading.Lock()
+        # what the stimulator can do: its resolution and fastest pulse rate, if it says
+        self._amp_step = float(getattr(stimulator, "amplitude_step_ma", 0.0) or 0.0)
+        self._pw_step = float(getattr(stimulator, "pulse_width_step_us", 0.0) or 0.0)
+        min_interval = float(getattr(stimulator, "min_interval_s", 0.0) or 0.0)
+        self._max_rate_hz = min(limits.max_rate_hz, 1.0 / min_interval) if min_interval > 0 else limits.max_rate_hz
         #: Called with every event kept (e.g. to record it); must not raise.
         self.on_event = on_event
         self._last_amplitude: dict[int, float] = {}
@@ -278,11 +283,19 @@ class SafetyLayer:
         if amp > ramp_cap:
             reasons.append(f"step to {amp:g} mA > {lim.max_step_ma:g} mA above the previous pulse")
             amp = ramp_cap
-        if last_t is not None and (t - last_t) * lim.max_rate_hz < 1.0 - 1e-9:
+        # the device's resolution: round down, so that what was checked is what comes out
+        if self._amp_step:
+            amp = math.floor(amp / self._amp_step + 1e-9) * self._amp_step
+        if self._pw_step:
+            pw = math.floor(pw / self._pw_step + 1e-9) * self._pw_step
+        if amp <= 0.0 or pw <= 0.0:
+            self._event(t, "refuse", f"below the stimulator's resolution ({cmd.amplitude_ma:g} mA)")
+            return None
+        if last_t is not None and (t - last_t) * self._max_rate_hz < 1.0 - 1e-9:
             self._event(
                 t,
                 "refuse",
-                f"pulse {1e3 * (t - last_t):.2f} ms after the previous one exceeds max_rate_hz {lim.max_rate_hz:g}",
+                f"pulse {1e3 * (t - last_t):.2f} ms after the previous one exceeds max_rate_hz {self._max_rate_hz:g}",
             )
             return None
         if reasons:

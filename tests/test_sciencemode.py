@@ -20,7 +20,7 @@ from fake_rehastim import FakeRehaStim
 
 from closedloop.drivers.sciencemode import Frame, FrameDecoder, FrameError, ScienceModeStimulator
 from closedloop.errors import SafetyError, StimulatorError
-from closedloop.safety import SafetyLayer, SafetyLimits
+from closedloop.safety import SafetyLayer, SafetyLimits, Stimulator
 from closedloop.types import PulseCommand
 
 KEEPALIVE_S = 0.2
@@ -156,6 +156,7 @@ def test_open_handshake_sequence_and_bytes():
             assert fake.connected and fake.state == "initialised"
             assert fake.active_channels == [1, 3] and fake.main_interval_code == 0
             assert driver.device_version == 1 and driver.failure is None
+            assert isinstance(driver, Stimulator)
             assert took < 0.5 + 0.3  # at most one Init period plus the exchange
             print(f"open() took {took * 1e3:.0f} ms (Init every 500 ms)")
         finally:
@@ -244,11 +245,27 @@ def test_deliver_through_the_safety_layer(fake, stim):
     assert fake.output_on
 
 
+class _GridFree:
+    """A stimulator without a resolution: lets the test mint SafePulses the RehaStim 2 cannot output."""
+
+    def open(self):
+        pass
+
+    def deliver(self, pulse):
+        return pulse.t
+
+    def stop(self):
+        pass
+
+    def close(self):
+        pass
+
+
 def test_deliver_refuses_what_the_device_cannot_do(fake, stim):
-    layer = SafetyLayer(LIMITS, stim)
     with pytest.raises(SafetyError, match="not checked by the safety layer"):
         stim.deliver(_pulse())  # a raw PulseCommand
-    # SafePulses the layer allows but the RehaStim 2 cannot output exactly: refused, not rounded
+    # SafePulses off the device's grid (checked by a layer over a stimulator without one): refused, not rounded
+    minting = SafetyLayer(LIMITS, _GridFree())
     for command, message in [
         (_pulse(0, 7.0, 200.0), r"cannot output 7 mA: it takes even whole mA"),
         (_pulse(0, 8.5, 200.0), r"cannot output 8\.5 mA"),
@@ -256,26 +273,34 @@ def test_deliver_refuses_what_the_device_cannot_do(fake, stim):
         (_pulse(0, 6.0, 200.5), r"cannot output a 200\.5 us pulse"),
         (_pulse(1, 6.0, 200.0), r"channel 1 was not initialised \(channels \[0, 2\]\)"),
     ]:
-        pulse = layer.check(command)
+        pulse = minting.check(command)
         assert pulse is not None
         with pytest.raises(StimulatorError, match=message):
             stim.deliver(pulse)
     time.sleep(0.05)
     assert fake.commands_named("StartChannelListMode") == []  # nothing reached the device
     # two pulses closer than the 8 ms inter-pulse interval would overwrite each other
-    stim.deliver(layer.check(_pulse(0, 6.0, 200.0)))
+    layer = SafetyLayer(LIMITS, stim)
+    stim.deliver(minting.check(_pulse(0, 6.0, 200.0)))
     with pytest.raises(StimulatorError, match=r"ms apart: the one-shot channel list mode needs >= 8 ms"):
-        stim.deliver(layer.check(_pulse(2, 6.0, 200.0)))
+        stim.deliver(minting.check(_pulse(2, 6.0, 200.0)))
     assert stim.failure is None  # a refused pulse is not a device failure
     time.sleep(0.01)
     assert layer.deliver(_pulse(2, 6.0, 200.0)) is not None
     assert fake.wait_for(lambda: len(fake.pulses) == 2)
-    # through the layer, a refusal turns output off like any driver failure
-    with pytest.raises(SafetyError, match="even whole mA"):
-        layer.deliver(_pulse(0, 9.0, 200.0))
-    assert layer.tripped is not None
-    assert fake.wait_for(lambda: fake.state == "stopped")
-    assert len(fake.pulses) == 2
+    # through its safety layer, pulses are rounded DOWN to the device's grid: what was checked comes out
+    time.sleep(0.01)
+    p = layer.deliver(_pulse(0, 9.0, 200.7))
+    assert (p.amplitude_ma, p.pulse_width_us) == (8.0, 200.0)
+    assert fake.wait_for(lambda: len(fake.pulses) == 3)
+    assert (fake.pulses[-1].current_ma, fake.pulses[-1].pulse_width_us) == (8, 200)
+    time.sleep(0.01)
+    assert layer.deliver(_pulse(0, 1.5, 200.0)) is None  # below 2 mA: no pulse, no fault
+    assert layer.tripped is None and layer.counts["refuse"] == 1
+    # and the layer keeps the device's 8-ms minimum between pulses on its own
+    assert layer.deliver(_pulse(2, 6.0, 200.0)) is not None
+    assert layer.deliver(_pulse(2, 6.0, 200.0)) is None  # immediately after: refused by the rate limit
+    assert layer.tripped is None and stim.failure is None
 
 
 # ---------------------------------------------------------------------- keep-alive, watchdog, stop
@@ -310,6 +335,17 @@ def test_keepalive_holds_the_device_and_its_watchdog_stops_a_dead_host(fake, sti
     )
 
 
+def test_a_dead_keepalive_is_caught_by_the_device_watchdog_and_reported(fake, stim):
+    stim._keepalive_stop.set()  # only the keep-alive thread dies
+    stim._keepalive.join()
+    t_detect = _wait(lambda: stim.failed, DEVICE_WATCHDOG_S + 1.0)
+    assert t_detect is not None and fake.watchdog_stops  # the device stopped the initialised channel list
+    assert t_detect - fake.watchdog_resets[0] < 0.05  # its new Init tells the driver at once
+    assert f"RehaStim 2 on {fake.port} restarted the connection (sent Init)" in stim.failure
+    with pytest.raises(StimulatorError, match="restarted the connection"):
+        stim.deliver(SafetyLayer(LIMITS, stim).check(_pulse()))
+
+
 def test_stop_turns_output_off_and_is_idempotent(fake, stim):
     layer = SafetyLayer(LIMITS, stim)
     layer.deliver(_pulse())
@@ -323,6 +359,7 @@ def test_stop_turns_output_off_and_is_idempotent(fake, stim):
     latency = stops[0].t - t0
     assert latency < 0.05 and returned_after < 0.05
     assert not fake.output_on
+    assert stim.stopped and t0 <= stim.stopped_at <= stops[0].t
     assert stim.stop_confirmed.wait(1.0)
     stim.stop()  # twice: nothing more happens
     time.sleep(0.05)

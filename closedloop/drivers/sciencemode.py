@@ -83,9 +83,10 @@ Where the references are ambiguous, and what this driver assumes
 ----------------------------------------------------------------
 1. Which bytes are stuffed. [S] 2.2: every constant of table 6 "except the stuffing key", i.e. F0, 0F, 81;
    [P] utils.py:224 also stuffs 55 and 0A. Sent: the three of [S]. Received: any ``81, x`` is read as ``x ^ 55``.
-2. Packet number and command. [P] utils.py:187-188, 236-239 XOR them *without* the 81 escape (harmless only
-   because its numbers rarely hit F0/0F/81/55/0A); [S] 2.2 says the checksum is computed "from the stuffed packet
-   number": here they are stuffed like the data.
+2. Packet number and command. [P] utils.py:187-188, 236-239 XOR them *without* the 81 escape (so packet numbers
+   10, 15, 85, 129 and 240 go out altered; harmless there only because the device merely echoes the number and
+   [P] never checks the echo); [S] 2.2 says the checksum is computed "from the stuffed packet number": here they
+   are stuffed like the data, and echoes are checked.
 3. The always-stuffed checksum can itself be F0 or 0F (checksum A5 or 5A); [P] sciencemode.py:618-623 skips stop
    bytes before index 8 for that reason. Frames are parsed by position: bytes 1-4 are header, never delimiters.
 4. Byte order. [S] 2.2 p.10 says "little endian", but the field tables (4.3) and [P] rehastim2_interface.py:
@@ -99,7 +100,8 @@ Where the references are ambiguous, and what this driver assumes
 8. Current resolution. The protocol byte is whole mA, 0..130 ([S] 4.3; [P] truncates with ``int()``,
    rehastim2_interface.py:193), but the output stage works in 2 mA steps (README.md:8; user manual "0-130 mA in
    65 steps"), rounding in an undocumented direction. Only even whole mA values are sent; anything else is
-   refused, never rounded. (Configure ``SafetyLimits.max_step_ma`` as a multiple of 2 mA.)
+   refused, never rounded. (So configure ``SafetyLimits.max_step_ma`` and ``max_amplitude_ma`` as multiples of
+   2 mA; an amplitude clamped for charge is generally off the grid and is refused.)
 9. Pulse widths 1..19 us are silently made 20 us by the device ([S] 4.3): refused here.
 10. One-shot mode is initialised with main interval code 0 ([S] 4.3 p.17; [S] 1.3 p.6 "main stimulation
     interval = 1"); the note "minimum main stimulation interval is 8 ms" is taken to concern the continuous mode.
@@ -411,6 +413,10 @@ def _default_serial_factory(port: str, **settings: Any) -> Any:
 class ScienceModeStimulator:
     """Hasomed RehaStim 2 on a serial port, one pulse per :meth:`deliver` (see the module docstring).
 
+    The device's resolution is advertised (``amplitude_step_ma``, ``pulse_width_step_us``,
+    ``min_interval_s``): the safety layer rounds every pulse *down* to it, so what it checked is what the
+    device outputs; this driver still refuses anything off the grid.
+
     Parameters
     ----------
     port:
@@ -443,9 +449,17 @@ class ScienceModeStimulator:
         The protocol version byte of the device's Init.
     n_delivered, n_dropped:
         Pulse commands sent; pulses the device answered "busy" to (not output).
+    stopped_at:
+        ``time.monotonic()`` (the LSL clock on Linux) when :meth:`stop` turned output off, or None.
     stop_confirmed:
         Set when the device acknowledged StopChannelListMode.
     """
+
+    #: Output resolution of the device (the safety layer rounds down to it).
+    amplitude_step_ma = 2.0
+    pulse_width_step_us = 1.0
+    #: Shortest time between two pulses this driver sends (s).
+    min_interval_s = MIN_PULSE_INTERVAL_S
 
     def __init__(
         self,
@@ -486,6 +500,7 @@ class ScienceModeStimulator:
         self.n_delivered = 0
         self.n_dropped = 0
         self.stop_confirmed = threading.Event()
+        self.stopped_at: float | None = None
         self._serial: Any = None
         self._lock = threading.Lock()  # state, pending acks
         self._tx_lock = threading.Lock()  # one frame at a time on the wire, packet numbers in order
@@ -511,6 +526,11 @@ class ScienceModeStimulator:
         """True once the device stopped answering, reported an error or the port failed."""
         return self.failure is not None
 
+    @property
+    def stopped(self) -> bool:
+        """True once :meth:`stop` ran (until the next :meth:`open`)."""
+        return self._stopped
+
     def open(self) -> None:
         """Open the port, connect (Init/InitAck), initialise the one-shot channel list mode, start the keep-alive.
 
@@ -531,6 +551,7 @@ class ScienceModeStimulator:
         self._halt.clear()
         self._keepalive_stop.clear()
         self._armed = self._stopped = False
+        self.stopped_at = None
         self._last_pulse_t = None
         settings = {
             "baudrate": self.baudrate,
@@ -547,7 +568,8 @@ class ScienceModeStimulator:
         except Exception as exc:
             raise StimulatorError(f"cannot open the {_DEVICE} serial port {self.port}: {exc}") from exc
         try:
-            ser.timeout = _READ_POLL_S  # the reader must wake up to check for overdue acks
+            if getattr(ser, "timeout", None) != _READ_POLL_S:
+                ser.timeout = _READ_POLL_S  # the reader must wake up to check for overdue acks
         except Exception:
             pass
         try:
@@ -572,7 +594,8 @@ class ScienceModeStimulator:
         self._keepalive.start()
 
     def deliver(self, pulse: SafePulse) -> float:
-        """Send one pulse now; return the time (``time.monotonic()``, s) its frame was written.
+        """Send one pulse now; return the time (``time.monotonic()``, s; on Linux the clock of pylsl's
+        ``local_clock()``) at which its frame had been written to the port. The device outputs it 10-24 ms later.
 
         Does not wait for the ack (the reader thread checks it); raises :class:`StimulatorError` if the driver has
         failed, is stopped, or if the pulse cannot be represented exactly by the device (current: even whole mA,
@@ -605,6 +628,7 @@ class ScienceModeStimulator:
                 if self._stopped:
                     return
                 self._stopped = True
+                self.stopped_at = time.monotonic()
             with self._tx_lock:  # no pulse or keep-alive after this point
                 self._armed = False
             self._keepalive_stop.set()
@@ -824,6 +848,9 @@ class ScienceModeStimulator:
 
     def _handle(self, event: Frame | FrameError) -> None:
         if isinstance(event, FrameError):
+            if self._link == "waiting_init":  # the tail of a frame cut by the input flush in open()
+                self._problem(f"{_DEVICE} on {self.port}: ignored a broken frame before Init ({event.reason})")
+                return
             self._fail(
                 f"{_DEVICE} on {self.port} sent a corrupt frame ({event.reason}: {event.raw.hex(' ')}); "
                 f"not accepted, the link cannot be trusted"
