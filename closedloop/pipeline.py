@@ -39,7 +39,7 @@ from closedloop.estimation.interval import IntervalEstimator, mvc_from_efforts
 from closedloop.estimation.segmenter import Interval, IntervalSegmenter, PulseSegmenter
 from closedloop.recording.session import SessionRecorder
 from closedloop.safety import SafetyLayer
-from closedloop.types import Chunk, Estimate, PulseCommand, StreamInfo
+from closedloop.types import Burst, Chunk, ControlContext, Estimate, PulseCommand, StreamInfo
 
 __all__ = [
     "ESTIMATE_HEAD",
@@ -75,11 +75,16 @@ ESTIMATE_PER_CHANNEL_UNITS = ("uV", "uV", "Hz")
 
 @dataclass(frozen=True)
 class Phase:
-    """A stretch of a session: ``rest`` (no pulses), ``calibrate`` (MVC, no pulses) or ``control``."""
+    """A stretch of a session: ``rest`` (no pulses), ``calibrate`` (MVC, no pulses) or ``control``.
+
+    ``controller`` names the controller of a control phase among the session's ``phase_controllers``
+    (None: the session's main controller). A controller is reset when a phase that uses it begins.
+    """
 
     name: str
     duration_s: float
     mode: PhaseMode = "control"
+    controller: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("rest", "calibrate", "control"):
@@ -275,7 +280,8 @@ class Session:
     estimator:
         Per-interval estimator for that stream.
     controller:
-        Per-pulse controller (``step(estimate) -> amplitude_ma``).
+        The main per-pulse controller (``step(estimate, ctx) -> amplitude_ma | Burst``,
+        :class:`controllers.base.Controller`).
     safety:
         The safety layer wrapping the stimulator.
     config:
@@ -294,6 +300,10 @@ class Session:
         Called once with the session's time zero (LSL time) just before the loop starts.
     csv_relative_time:
         ``t_s`` in estimates.csv in seconds from the first sample (replays) instead of the LSL clock.
+    phase_controllers:
+        Further controllers by name, for phases that name one (:attr:`Phase.controller`).
+    force_source:
+        Key of the aux source whose newest value is the controllers' ``ctx.force_n`` (N), if present.
     """
 
     def __init__(
@@ -310,11 +320,23 @@ class Session:
         extra_summary: dict | None = None,
         on_start: Callable[[float], None] | None = None,
         csv_relative_time: bool = False,
+        phase_controllers: dict[str, object] | None = None,
+        force_source: str = "Force",
     ) -> None:
         self.source = source
         self.estimator_factory = estimator_factory
         self.estimator: IntervalEstimator | None = None
         self.controller = controller
+        self.phase_controllers = dict(phase_controllers or {})
+        for ph in config.phases:
+            if ph.controller is not None and ph.controller not in self.phase_controllers:
+                raise ConfigError(
+                    f"phase {ph.name!r} names controller {ph.controller!r}, which the session does not have "
+                    f"(it has: {', '.join(self.phase_controllers) or 'none'})"
+                )
+        self.force_source = force_source
+        self._force_n = math.nan
+        self._ctrl_phase: int | None = None
         self.safety = safety
         self.config = config
         self.out_dir = Path(out_dir)
@@ -543,10 +565,14 @@ class Session:
 
     # -- the loop ---------------------------------------------------------------------------------------
     def _phase_at(self, t_rel: float) -> Phase | None:
+        i = self._phase_index(t_rel)
+        return None if i is None else self.config.phases[i]
+
+    def _phase_index(self, t_rel: float) -> int | None:
         if t_rel < 0:
             return None
         i = int(np.searchsorted(self._phase_ends, t_rel, side="right"))
-        return self.config.phases[i] if i < len(self.config.phases) else None
+        return i if i < len(self.config.phases) else None
 
     def _check_chunk(self, chunk: Chunk) -> None:
         x = chunk.samples
@@ -719,18 +745,12 @@ class Session:
         latency = math.nan
         if mode == "control":
             self._check_estimate(est, interval)
-            try:
-                next_amp = float(self.controller.step(est))
-            except Exception as exc:
-                self.safety.output_off(self._now(), f"controller raised {type(exc).__name__}: {exc}")
-                raise SafetyError(f"controller raised {type(exc).__name__}: {exc}") from exc
-            if not math.isfinite(next_amp):
-                self.safety.output_off(self._now(), f"controller returned {next_amp!r}")
-                raise SafetyError(f"controller returned a non-finite amplitude ({next_amp!r})")
+            amps, burst_s = self._decide(est, t_rel)
+            next_amp = amps[0]
             if "non-finite samples in interval" in est.warnings:
                 next_amp = 0.0  # nonfinite_policy == "skip": no pulse on unusable data
             if next_amp > 0.0:
-                latency = self._deliver(next_amp, chunk, last_in_chunk, t_next)
+                latency = self._deliver(next_amp, chunk, last_in_chunk, t_next, amps[1:], burst_s)
         if next_amp <= 0.0:
             self.safety.no_pulse(cfg.stim_channel)  # a deliberate stop: the ramp restarts from 0 mA
         rec = self.recorder
@@ -757,6 +777,37 @@ class Session:
         rec.push_estimate(est)
         if self.progress is not None:
             self.progress(t_rel, phase.name if phase else "waiting", est, next_amp)
+
+    def _decide(self, est: Estimate, t_rel: float) -> tuple[tuple[float, ...], float]:
+        """Ask the phase's controller for the next pulse(s): amplitudes (mA) and the spacing within a burst (s).
+
+        Anything but finite amplitudes (a raise, NaN, inf, a wrong type) turns output off and ends the session."""
+        i = self._phase_index(t_rel)
+        phase = self.config.phases[i]
+        ctrl = self.controller if phase.controller is None else self.phase_controllers[phase.controller]
+        start = float(self._phase_ends[i - 1]) if i > 0 else 0.0
+        try:
+            if i != self._ctrl_phase:
+                self._ctrl_phase = i
+                ctrl.reset()  # a phase starts its controller afresh (its time is the phase's time)
+            ctx = ControlContext(t_rel - start, 1.0 / self.config.stim_hz, phase.name, self._force_n)
+            out = ctrl.step(est, ctx)
+            if isinstance(out, Burst):
+                amps, spacing = out.amplitudes_ma, out.interval_s
+                if (len(amps) - 1) * spacing >= ctx.period_s:
+                    raise ValueError(
+                        f"a burst of {len(amps)} pulses {spacing * 1e3:g} ms apart does not fit in one pulse period "
+                        f"({ctx.period_s * 1e3:g} ms)"
+                    )
+            else:
+                amps, spacing = (float(out),), 0.0
+        except Exception as exc:
+            self.safety.output_off(self._now(), f"controller raised {type(exc).__name__}: {exc}")
+            raise SafetyError(f"controller raised {type(exc).__name__}: {exc}") from exc
+        if not all(math.isfinite(a) for a in amps):
+            self.safety.output_off(self._now(), f"controller returned {out!r}")
+            raise SafetyError(f"controller returned a non-finite amplitude ({out!r})")
+        return amps, spacing
 
     def _check_estimate(self, est: Estimate, interval: Interval) -> None:
         """Watchdog on the estimator: inf anywhere stops at once; no finite effort for longer than
@@ -786,11 +837,21 @@ class Session:
         self.result.mvc_uv = [float(v) for v in mvc]
         self._event("calibrated", "MVC reference (uV) per channel: " + ", ".join(f"{v:.1f}" for v in mvc))
 
-    def _deliver(self, amplitude_ma: float, chunk: Chunk, last_in_chunk: bool, t_due: float) -> float:
+    def _deliver(
+        self,
+        amplitude_ma: float,
+        chunk: Chunk,
+        last_in_chunk: bool,
+        t_due: float,
+        more_ma: tuple[float, ...] = (),
+        spacing_s: float = 0.0,
+    ) -> float:
         """Deliver the next pulse now, unless late; return the decision latency (s), NaN if none was delivered.
 
         ``t_due`` is when the pulse belongs (the sample after the interval): a replay's shadow pulses are
-        stamped with it; live pulses with the clock at delivery."""
+        stamped with it; live pulses with the clock at delivery. ``more_ma``: the rest of a burst, each
+        ``spacing_s`` after the previous, handed to the stimulator now with their due times (each checked by
+        the safety layer on its own)."""
         cfg = self.config
         res = self.result
         if not last_in_chunk and chunk.t_arrival is not None:  # live: its time has passed (virtual time: no)
@@ -805,6 +866,11 @@ class Session:
                 raise SafetyError(f"decision missed its deadline ({late_ms:.2f} ms > {cfg.deadline_s * 1e3:g} ms)")
             res.skipped_pulses += 1
             return math.nan
+        if more_ma and not getattr(self.safety.stimulator, "can_schedule", False):
+            raise SafetyError(
+                f"{getattr(self.safety.stimulator, 'name', 'the stimulator')} cannot time the pulses of a burst "
+                f"({len(more_ma) + 1} pulses {spacing_s * 1e3:g} ms apart); use a stimulator that schedules pulses"
+            )
         cmd = PulseCommand(t_due if self._replay else self.clock(), cfg.stim_channel, amplitude_ma, cfg.pulse_width_us)
         pulse = self.safety.deliver(cmd)
         if self.safety.tripped is not None:
@@ -816,9 +882,25 @@ class Session:
         if chunk.t_arrival is not None:
             res.decision_latency_s.append(latency)
             res.e2e_latency_s.append(pulse.t - float(chunk.timestamps[-1]))
-        res.n_pulses += 1
+        self._record_pulse(pulse)
+        t_next = pulse.t
+        for amp in more_ma:
+            t_next += spacing_s
+            if amp <= 0.0:
+                continue
+            cmd = PulseCommand(t_next, cfg.stim_channel, amp, cfg.pulse_width_us)
+            more = self.safety.deliver(cmd)
+            if self.safety.tripped is not None:
+                raise SafetyError(f"output off: {self.safety.tripped}")
+            if more is not None:
+                self._record_pulse(more)
+        return latency
+
+    def _record_pulse(self, pulse) -> None:
+        """Count a delivered pulse, queue it for the estimator (live) and record it."""
+        self.result.n_pulses += 1
         if not self._replay:
-            self._pending.append((pulse.t + cfg.stimulator_latency_s, pulse.amplitude_ma))
+            self._pending.append((pulse.t + self.config.stimulator_latency_s, pulse.amplitude_ma))
         self.recorder.push(
             "ShadowPulses" if self._replay else "Pulses",
             np.array(
@@ -834,12 +916,14 @@ class Session:
             ),
             np.array([pulse.t]),
         )
-        return latency
 
     async def _record_aux(self, key: str, src) -> None:
+        force = key == self.force_source
         try:
             async for chunk in src:
                 self.recorder.push(key, chunk.samples, chunk.timestamps)
+                if force and len(chunk):
+                    self._force_n = float(np.mean(chunk.samples[:, 0]))
         except asyncio.CancelledError:
             raise
         except ClosedLoopError as exc:  # recording-only streams never stop the session
@@ -898,6 +982,9 @@ class Session:
             "config": self.config.as_dict(),
             "estimator": None if self.estimator is None else asdict(self.estimator.config),
             "controller": {"type": type(self.controller).__name__, **_params(self.controller)},
+            "phase_controllers": {
+                name: {"type": type(c).__name__, **_params(c)} for name, c in self.phase_controllers.items()
+            },
             "files": {"xdf": "session.xdf", "estimates": "estimates.csv", "summary": "summary.json"},
         }
         s.update(self.extra_summary)

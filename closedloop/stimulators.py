@@ -10,7 +10,11 @@ LSL command stream format (one sample per pulse, irregular rate, double64, 3 cha
     amplitude_ma   current amplitude (mA)
     pulse_width_us pulse width (us)
 
-The sample's LSL timestamp is the delivery time.
+The sample's LSL timestamp is the delivery time: now, or a moment shortly ahead for the later pulses of a
+burst (a doublet); the receiver applies each pulse at its timestamp.
+
+Drivers that can deliver a pulse at a given near-future time (``pulse.t``; the later pulses of a burst) say
+so with ``can_schedule = True``; the others receive only pulses due now.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class SimulatedStimulator(_OnOff):
     """
 
     name = "simulated stimulator"
+    can_schedule = True
 
     def __init__(self, sink: PulseSink, clock: Callable[[], float]) -> None:
         super().__init__()
@@ -85,10 +90,16 @@ class SimulatedStimulator(_OnOff):
 
     def deliver(self, pulse: SafePulse) -> float:
         pulse = self._check(pulse)
-        t = self.clock()
+        t = max(pulse.t, self.clock())  # now, or when a burst's later pulse is due
         self.sink.schedule_pulse(t, pulse.channel, pulse.amplitude_ma, pulse.pulse_width_us)
         self.n_delivered += 1
         return t
+
+    def stop(self) -> None:
+        super().stop()
+        cancel = getattr(self.sink, "cancel_pending", None)
+        if cancel is not None:
+            cancel()  # a burst's pulses still ahead never reach the muscle
 
 
 class ShadowStimulator(_OnOff):
@@ -101,6 +112,7 @@ class ShadowStimulator(_OnOff):
     """
 
     name = "shadow stimulator"
+    can_schedule = True
 
     def __init__(self, clock: Callable[[], float]) -> None:
         super().__init__()
@@ -135,6 +147,7 @@ class LSLStimulator:
         from acquisition.lsl import LSLPublisher  # LSL lives at the edge; import only when used
 
         self.name = name
+        self.can_schedule = True
         self.source_id = source_id or f"closedloop-stim-{uuid.uuid4().hex[:12]}"
         self.wait_for_consumer_s = wait_for_consumer_s
         info = StreamInfo(name, "StimCommands", 0.0, COMMAND_CHANNELS, ("index", "mA", "us"), self.source_id)
@@ -155,7 +168,7 @@ class LSLStimulator:
         pulse = require_safe(pulse)
         if self.stopped:
             raise StimulatorError("LSL stimulator is stopped; reset the safety layer to restart")
-        t = self.clock()
+        t = max(pulse.t, self.clock())  # now, or when a burst's later pulse is due
         self._pub.push_sample([float(pulse.channel), pulse.amplitude_ma, pulse.pulse_width_us], t)
         return t
 

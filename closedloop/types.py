@@ -14,7 +14,9 @@ import numpy as np
 from closedloop.errors import ConfigError
 
 __all__ = [
+    "Burst",
     "Chunk",
+    "ControlContext",
     "Estimate",
     "PulseCommand",
     "StreamInfo",
@@ -219,3 +221,45 @@ class Estimate:
     channel_fi_nsm5: np.ndarray
     warnings: tuple[str, ...] = field(default=())
     has_pulse: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ControlContext:
+    """What a controller may know besides the :class:`Estimate`, given by the orchestrator per decision.
+
+    Attributes
+    ----------
+    t_s:
+        Time of the pulse being decided, in seconds from the start of the current phase (s).
+    period_s:
+        The session's pulse period, ``1 / stim_hz`` (s): one decision per period.
+    phase:
+        Name of the current phase.
+    force_n:
+        Latest measured force (N), mean of the newest chunk of the session's force stream; NaN when the
+        session has no force stream.
+    """
+
+    t_s: float
+    period_s: float
+    phase: str = ""
+    force_n: float = math.nan
+
+
+@dataclass(frozen=True)
+class Burst:
+    """Several pulses from one decision, e.g. a doublet for twitch interpolation.
+
+    ``amplitudes_ma[i]`` (mA) is delivered ``i * interval_s`` after the first pulse. Every pulse passes the
+    safety layer on its own (rate, ramp and charge limits apply to each).
+    """
+
+    amplitudes_ma: tuple[float, ...]
+    interval_s: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "amplitudes_ma", tuple(float(a) for a in self.amplitudes_ma))
+        if not self.amplitudes_ma:
+            raise ConfigError("a Burst needs at least one amplitude")
+        if not (math.isfinite(self.interval_s) and self.interval_s > 0):
+            raise ConfigError(f"Burst interval_s = {self.interval_s!r}: must be a positive number of seconds")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from closedloop.errors import ConfigError
-from closedloop.types import Estimate
+from closedloop.types import ControlContext, Estimate
+from controllers._checks import check_real
 
 __all__ = ["ProportionalAssist"]
 
@@ -27,7 +27,7 @@ class ProportionalAssist:
         Saturation of the controller's own output (mA); the safety layer's limits apply on top.
 
     The input is ``estimate.effort_pct_mvc`` (smoothed volitional effort in % MVC); with no calibrated
-    effort (NaN) the output is 0 mA: no information, no stimulation.
+    effort (NaN) or a non-finite one the output is 0 mA: no information, no stimulation.
     """
 
     gain_ma_per_pct: float = 0.5
@@ -36,14 +36,14 @@ class ProportionalAssist:
     max_ma: float = 30.0
 
     def __post_init__(self) -> None:
-        for key in ("gain_ma_per_pct", "deadband_pct", "offset_ma", "max_ma"):
-            value = getattr(self, key)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"ProportionalAssist {key} = {value!r}: must be a finite number >= 0")
+        check_real(self, "gain_ma_per_pct", lo=0, unit="mA per % MVC")
+        check_real(self, "deadband_pct", lo=0, unit="% MVC")
+        check_real(self, "offset_ma", lo=0, unit="mA")
+        check_real(self, "max_ma", lo=0, unit="mA")
 
-    def step(self, estimate: Estimate) -> float:
+    def step(self, estimate: Estimate, ctx: ControlContext) -> float:
         effort = estimate.effort_pct_mvc
-        if math.isnan(effort) or effort <= self.deadband_pct:
+        if not math.isfinite(effort) or effort <= self.deadband_pct:
             return 0.0
         return min(self.max_ma, self.offset_ma + self.gain_ma_per_pct * (effort - self.deadband_pct))
 

@@ -18,11 +18,11 @@ class Announce:
     def __init__(self, ctrl):
         self.ctrl, self.n = ctrl, 0
 
-    def step(self, est):
+    def step(self, est, ctx=None):
         self.n += 1
         if self.n == 20:
             print("ready", flush=True)
-        return self.ctrl.step(est)
+        return self.ctrl.step(est, ctx)
 
     def reset(self):
         pass

@@ -25,7 +25,7 @@ class RaisesAfter:
     def __init__(self, n):
         self.n, self.calls = n, 0
 
-    def step(self, est):
+    def step(self, est, ctx=None):
         self.calls += 1
         if self.calls > self.n:
             raise ZeroDivisionError("boom")

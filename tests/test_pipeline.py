@@ -118,7 +118,7 @@ class Raises:
     def __init__(self, after, value=None):
         self.after, self.value, self.n = after, value, 0
 
-    def step(self, est):
+    def step(self, est, ctx=None):
         self.n += 1
         if self.n > self.after:
             if self.value is None:

@@ -229,7 +229,7 @@ class Adversary:
     def __init__(self, outputs, failure):
         self.outputs, self.failure, self.n = outputs, failure, 0
 
-    def step(self, est):
+    def step(self, est, ctx=None):
         self.n += 1
         if self.n > len(self.outputs):
             if self.failure == "raise":

@@ -66,7 +66,7 @@ class Scripted:
     def __init__(self, at, action):
         self.at, self.action, self.n, self.t_fault = at, action, 0, None
 
-    def step(self, est):
+    def step(self, est, ctx=None):
         self.n += 1
         if self.n == self.at:
             self.t_fault = time.monotonic()
@@ -103,7 +103,7 @@ def test_a_slow_decision_skips_its_pulse_under_the_skip_policy(tmp_path):
     class Slow:
         n = 0
 
-        def step(self, est):
+        def step(self, est, ctx=None):
             self.n += 1
             if self.n % 10 == 0:
                 time.sleep(0.012)  # > 5-ms deadline, < one pulse period

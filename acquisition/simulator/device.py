@@ -126,6 +126,8 @@ class SimulatedDevice:
         for (channel, amplitude_ma, pulse_width_us), t in zip(data, ts + self._offset, strict=True):
             if channel == CUE_CHANNEL:
                 self.profile_start = float(t)
+            elif channel == -1:
+                muscle.cancel_pending()  # output off: a burst's pulses still ahead never come
             elif channel >= 0 and amplitude_ma > 0:
                 muscle.schedule_pulse(float(t), int(channel), float(amplitude_ma), float(pulse_width_us))
                 self.n_pulses += 1

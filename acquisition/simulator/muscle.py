@@ -695,6 +695,12 @@ class VirtualMuscle:
         self._seq += 1
         bisect.insort(self._pending, item)
 
+    def cancel_pending(self) -> int:
+        """Drop the queued pulses not yet applied (a stimulator turned off); returns how many."""
+        n = len(self._pending)
+        self._pending.clear()
+        return n
+
     # ------------------------------------------------------------------ generation
 
     def generate(self, n: int, drive: float | np.ndarray = 0.0) -> SimBlock:
