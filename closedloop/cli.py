@@ -125,6 +125,54 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--loopback", action="store_true", help="with --publish-lsl: visible on this machine only")
 
+    run = sub.add_parser(
+        "run",
+        help="run a protocol file (live over LSL, or on the simulated participant)",
+        description="Run a protocol (experiments/*.toml): live, the EMG comes from the LSL stream of [source] and "
+        "pulses go to the stimulator of [stimulation]; with --simulate the simulated participant takes the place of "
+        "both. Records session.xdf, estimates.csv and summary.json and writes report.html.",
+    )
+    run.add_argument("protocol", type=Path, metavar="PROTOCOL.toml")
+    run.add_argument("--simulate", action="store_true", help="run on the simulated participant (in this process)")
+    run.add_argument("--fast", action="store_true", help="with --simulate: virtual time, as fast as possible")
+    run.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="output directory (default ./<name>-YYYYmmdd-HHMMSS)"
+    )
+    run.add_argument("--no-report", action="store_true", help="skip report.html")
+    run.add_argument("--quiet", action="store_true", help="no progress line")
+
+    rep = sub.add_parser(
+        "report",
+        help="rebuild the report of a recorded session",
+        description="Rebuild report.html, its plots and the results in summary.json from a session directory.",
+    )
+    rep.add_argument("session", type=Path, metavar="DIR")
+
+    an = sub.add_parser("analyze", help="offline analyses of recorded evoked responses (recruitment curve)")
+    an_sub = an.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    rc = an_sub.add_parser(
+        "recruitment",
+        help="M-wave/H-reflex recruitment curve: Boltzmann fit with confidence intervals",
+        description="Measure the M-wave (and H-reflex) peak-to-peak of every sweep, fit the Boltzmann recruitment "
+        "curve, summarise the H-reflex; write recruitment.json, recruitment.csv and recruitment.png. FILE: a waveform "
+        "table (.csv: row 1 the intensities in mA, column 1 the time in ms, one column per sweep) or a recording "
+        "whose pulses carry their amplitudes (closedloop's session.xdf).",
+    )
+    rc.add_argument("file", type=Path, metavar="FILE")
+    rc.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="output directory (default ./recruitment-YYYYmmdd-HHMMSS)"
+    )
+    rc.add_argument("--channel", default=None, metavar="NAME", help="recordings: the EMG channel (needed if several)")
+    for which, name in (("m", "M-wave"), ("h", "H-reflex")):
+        rc.add_argument(
+            f"--{which}-window",
+            type=float,
+            nargs=2,
+            default=None,
+            metavar=("START_MS", "END_MS"),
+            help=f"{name} window (ms after the stimulus; default: found automatically)",
+        )
+
     ls = sub.add_parser("streams", help="list visible LSL streams")
     ls.add_argument("--wait", type=_positive_float, default=1.0, metavar="S", help="look for S seconds (default 1)")
     ls.add_argument("--loopback", action="store_true", help="only this machine (loopback-only LSL)")
@@ -283,6 +331,84 @@ def _print_table(results) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from experiments.protocol import load_protocol
+
+    proto = load_protocol(args.protocol)  # a bad protocol stops here: nothing starts
+    if args.fast and not args.simulate:
+        from closedloop.errors import ConfigError
+
+        raise ConfigError("--fast needs --simulate (a live session runs in real time)")
+    if args.simulate:
+        from closedloop.lslconfig import use_loopback
+
+        use_loopback()
+    from experiments.run import run_protocol
+
+    out = args.out or Path(f"{proto.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    res = run_protocol(
+        proto, out, simulate=args.simulate, fast=args.fast, progress=not args.quiet, report=not args.no_report or None
+    )
+    s = res.summary
+    where = "simulated participant" + (", virtual time" if args.fast else "") if args.simulate else "live"
+    print(f"closedloop run {proto.name} ({where}): {res.status}" + (f" ({res.error})" if res.error else ""))
+    print(
+        f"  {s['duration_s']:.1f} s, {s['pulses']} pulses, largest {s['max_amplitude_ma']:.1f} mA "
+        f"(limit {s['limits']['max_amplitude_ma']:g} mA), {s['deadline_misses']} deadline misses"
+    )
+    _print_results(s)
+    _print_files(out)
+    return 0 if res.ok else 1
+
+
+def _print_results(s: dict) -> None:
+    results, truth = s.get("results") or {}, s.get("truth") or {}
+    for key, value in results.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            t = truth.get(key)
+            extra = f"   (truth {t:.4g})" if isinstance(t, (int, float)) else ""
+            print(f"  {key:<28} {value:.4g}{extra}")
+        elif key == "error":
+            print(f"  analysis failed: {value}")
+
+
+def _print_files(out: Path) -> None:
+    for label, name in (
+        ("recording", "session.xdf"),
+        ("estimates", "estimates.csv"),
+        ("summary", "summary.json"),
+        ("report", "report.html"),
+    ):
+        if (out / name).exists():
+            print(f"  {label + ':':<10} {out / name}")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from closedloop.report import build_report
+
+    d = args.session
+    if not d.is_dir():
+        raise ClosedLoopError(f"{d}: not a session directory")
+    build_report(d)
+    s = json.loads((d / "summary.json").read_text())
+    print(f"closedloop report: {d / 'report.html'}")
+    _print_results(s)
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from experiments.analyze import analyze_recruitment, summary_lines
+
+    out = args.out or Path(f"recruitment-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    res = analyze_recruitment(
+        args.file, out, channel=args.channel, m_window_ms=args.m_window, h_window_ms=args.h_window
+    )
+    print("\n".join(summary_lines(res)))
+    return 0
+
+
 def _cmd_streams(args: argparse.Namespace) -> int:
     if args.loopback:
         from closedloop.lslconfig import use_loopback
@@ -301,9 +427,15 @@ def _cmd_streams(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``closedloop`` console script."""
     args = _parser().parse_args(argv)
-    handler = {"demo": _cmd_demo, "simulate": _cmd_simulate, "streams": _cmd_streams, "replay": _cmd_replay}[
-        args.command
-    ]
+    handler = {
+        "demo": _cmd_demo,
+        "simulate": _cmd_simulate,
+        "streams": _cmd_streams,
+        "replay": _cmd_replay,
+        "run": _cmd_run,
+        "report": _cmd_report,
+        "analyze": _cmd_analyze,
+    }[args.command]
     try:
         return handler(args)
     except ClosedLoopError as exc:

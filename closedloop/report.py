@@ -324,18 +324,35 @@ def build_report(session_dir: str | Path, extra: dict | None = None) -> dict:
         plt.close(fig)
         images.append(("latency.png", "Decision latency per pulse"))
 
+    # 6. what the protocol asked for (recruitment fit, fatigue decline, voluntary activation, ...)
+    analysis = _protocol_analysis(data, d)
+    images = analysis.get("images", []) + images
     fat_rows = {f"fatigue: {k}": _trend_text(v) for k, v in fatigue.items() if v.get("n")}
-    _write_html(d, s, metrics, images, {**fat_rows, **(extra or {})})
+    _write_html(d, s, metrics, images, {**analysis.get("rows", {}), **fat_rows, **(extra or {})})
     # the numbers go into summary.json too
     s = dict(s)
     if metrics:
         s["truth_comparison"] = metrics
+    if analysis:
+        s["results"] = analysis.get("results", {})
+        if analysis.get("truth"):
+            s["truth"] = analysis["truth"]
     s["fatigue"] = fatigue
     s.setdefault("files", {})["report"] = "report.html"
     from closedloop.pipeline import write_summary
 
     write_summary(d / "summary.json", s)
     return metrics
+
+
+def _protocol_analysis(data: SessionData, d: Path) -> dict:
+    """The protocol's own analysis; a failure is reported in the report and summary, never raised."""
+    from closedloop.analysis.session import analyze_session
+
+    try:
+        return analyze_session(data, d)
+    except ClosedLoopError as exc:
+        return {"results": {"error": str(exc)}, "rows": {"analysis": f"failed: {exc}"}}
 
 
 def _trend_text(t: dict) -> str:

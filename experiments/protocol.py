@@ -1,19 +1,26 @@
 """Protocol files: a TOML file a person can read and edit describes a whole session.
 
-Sections (all optional except ``[controller]`` and ``[[phases]]`` for live sessions; see
+Sections (all optional except ``[[phases]]`` and a controller for every control phase; see
 ``experiments/*.toml`` for documented examples)::
 
-    [protocol]     name, description
-    [source]       the EMG stream: name, type, source_id, channels, rate_hz, units, stall_timeout_s,
-                   resolve_timeout_s, loopback
-    [stimulation]  channel, rate_hz, pulse_width_us, stimulator ("lsl" or "simulated"), command_stream
-    [safety]       the limits of closedloop.safety.SafetyLimits, plus deadline_ms, deadline_policy,
-                   nonfinite_policy
-    [estimator]    the settings of closedloop.estimation.interval.EstimatorConfig
-    [controller]   type (see CONTROLLERS) and that controller's parameters
-    [[phases]]     name, duration_s, mode ("rest", "calibrate", "control")
-    [output]       directory, report
-    [simulation]   the simulated participant for ``--simulate``: profile, seed, channels, rate_hz, chunk
+    [protocol]          name, description
+    [source]            the EMG stream: name, type, source_id, channels, rate_hz, units, stall_timeout_s,
+                        resolve_timeout_s, loopback, force_stream
+    [stimulation]       channel, rate_hz, pulse_width_us, stimulator ("lsl", "simulated", "sciencemode"),
+                        command_stream, port
+    [safety]            the limits of closedloop.safety.SafetyLimits, plus deadline_ms, deadline_policy,
+                        nonfinite_policy
+    [estimator]         the settings of closedloop.estimation.interval.EstimatorConfig
+    [controller]        the main controller: type (see controllers.CONTROLLERS) and its parameters; a
+                        wrapper (fatigue_compensation) takes the controller it wraps as an ``inner`` table
+    [controllers.NAME]  further controllers, used by the phases that name them
+    [[phases]]          name, duration_s, mode ("rest", "calibrate", "control"), controller (a NAME),
+                        instruction (what the participant is asked to do), simulate_drive
+    [analysis]          what the report computes: kind ("assist", "recruitment", "fatigue", "twitch", "none")
+                        and its settings
+    [output]            directory, report
+    [simulation]        the simulated participant for ``--simulate``: seed, channels, rate_hz, chunk,
+                        voluntary_activation, profile; [simulation.muscle] overrides the muscle model
 
 Every key is checked: an unknown key, a wrong type or a value out of range is refused with a message that
 names the file, the key, the value and what is allowed; nothing starts.
@@ -34,18 +41,17 @@ from closedloop.errors import ConfigError
 from closedloop.estimation.interval import EstimatorConfig
 from closedloop.pipeline import Phase
 from closedloop.safety import SafetyLimits
-from controllers.open_loop import Constant
-from controllers.proportional import ProportionalAssist
+from controllers import CONTROLLERS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["CONTROLLERS", "Protocol", "ProtocolError", "load_protocol", "parse_protocol"]
+__all__ = ["ANALYSES", "CONTROLLERS", "Protocol", "ProtocolError", "ProtocolPhase", "load_protocol", "parse_protocol"]
 
-#: Controller types a protocol can name, and the class each makes.
-CONTROLLERS: dict[str, type] = {"proportional": ProportionalAssist, "constant": Constant}
+#: What a protocol's report can compute (``[analysis] kind``).
+ANALYSES = ("assist", "recruitment", "fatigue", "twitch", "none")
 
 
 class ProtocolError(ConfigError):
@@ -65,6 +71,7 @@ class SourceSection:
     stall_timeout_s: float = 1.0
     resolve_timeout_s: float = 10.0
     loopback: bool = False
+    force_stream: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,7 @@ class StimulationSection:
     pulse_width_us: float = 300.0
     stimulator: str = "lsl"
     command_stream: str = "closedloop-stim"
+    port: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,11 +103,105 @@ class OutputSection:
 
 @dataclass(frozen=True)
 class SimulationSection:
-    profile: str = "demo"
+    """The simulated participant of ``closedloop run --simulate``.
+
+    ``profile``: ``"phases"`` (each phase's ``simulate_drive``) or a named drive profile (``demo``,
+    ``trapezoids``, ``rest``, ``constant:LEVEL``). ``voluntary_activation``: the drive (0..1) of the
+    participant's maximal contractions (``simulate_drive = "mvc"``), i.e. the true voluntary activation.
+    ``muscle``: overrides of :class:`acquisition.simulator.muscle.MuscleParams` (validated on use).
+    """
+
+    profile: str = "phases"
     seed: int = 0
     channels: int = 4
     rate_hz: float = 2048.0
     chunk: int = 8
+    voluntary_activation: float = 0.95
+    muscle: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.voluntary_activation <= 1.0:
+            raise ConfigError(f"voluntary_activation = {self.voluntary_activation!r}: allowed 0 < value <= 1")
+        if not 1 <= self.channels <= 512 or not 1 <= self.chunk <= 4096:
+            raise ConfigError(f"channels = {self.channels}, chunk = {self.chunk}: allowed 1..512 and 1..4096")
+
+
+@dataclass(frozen=True)
+class AnalysisSection:
+    """What the report computes from the session (``kind``) and how.
+
+    Parameters
+    ----------
+    kind:
+        ``"assist"`` (effort, intensity and force), ``"recruitment"`` (M-wave vs intensity, Boltzmann fit),
+        ``"fatigue"`` (M-wave and spectral decline), ``"twitch"`` (voluntary activation by twitch
+        interpolation) or ``"none"``.
+    threshold_fraction:
+        Recruitment: the motor threshold is the intensity at which the fitted curve reaches this fraction of
+        M-max.
+    decline_fraction:
+        Fatigue: report the time until the M-wave (and the median frequency) has declined by this fraction.
+    smoothing_s:
+        Fatigue: moving-average window of the trends (s).
+    twitch_window_ms:
+        Twitch interpolation: the twitch peak is searched this long after the first pulse of a doublet (ms).
+    twitch_baseline_ms:
+        Twitch interpolation: force just before the doublet is averaged over this window (ms).
+    """
+
+    kind: str = "assist"
+    threshold_fraction: float = 0.1
+    decline_fraction: float = 0.1
+    smoothing_s: float = 5.0
+    twitch_window_ms: float = 150.0
+    twitch_baseline_ms: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ANALYSES:
+            raise ConfigError(f"kind = {self.kind!r}: allowed {', '.join(ANALYSES)}")
+        for key, lo, hi in (
+            ("threshold_fraction", 0.0, 0.5),
+            ("decline_fraction", 0.0, 0.9),
+        ):
+            v = getattr(self, key)
+            if not lo < v <= hi:
+                raise ConfigError(f"{key} = {v!r}: allowed {lo:g} < value <= {hi:g}")
+        for key in ("smoothing_s", "twitch_window_ms", "twitch_baseline_ms"):
+            v = getattr(self, key)
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{key} = {v!r}: must be a positive number")
+
+
+@dataclass(frozen=True)
+class ProtocolPhase:
+    """A phase as a protocol file gives it (:class:`closedloop.pipeline.Phase` plus what people read).
+
+    ``instruction`` is what the participant is asked to do (shown and recorded); ``simulate_drive`` is what
+    the simulated participant does (``--simulate`` only): a drive level 0..1, ``"mvc"`` (maximal
+    contraction at the simulation's ``voluntary_activation``), ``"rest"``, or a named profile started at
+    the phase's beginning (``"trapezoids"``, ``"constant:LEVEL"``); default: ``"mvc"`` in calibrate
+    phases, rest otherwise.
+    """
+
+    name: str
+    duration_s: float
+    mode: str = "control"
+    controller: str | None = None
+    instruction: str = ""
+    simulate_drive: float | str | None = None
+
+    def __post_init__(self) -> None:
+        Phase(self.name, self.duration_s, self.mode, self.controller)  # the session's own checks
+        d = self.simulate_drive
+        if isinstance(d, float) and not 0.0 <= d <= 1.0:
+            raise ConfigError(f"simulate_drive = {d!r}: a drive level must lie in 0..1")
+        if isinstance(d, str) and d not in ("mvc", "rest", "trapezoids") and not d.startswith("constant:"):
+            raise ConfigError(
+                f"simulate_drive = {d!r}: allowed a number 0..1, 'mvc', 'rest', 'trapezoids' or 'constant:LEVEL'"
+            )
+
+    def to_phase(self) -> Phase:
+        return Phase(self.name, self.duration_s, self.mode, self.controller)
 
 
 @dataclass(frozen=True)
@@ -113,20 +215,36 @@ class Protocol:
     stimulation: StimulationSection
     safety: SafetySection
     estimator: EstimatorConfig
-    controller_type: str
-    controller_params: dict
-    phases: tuple[Phase, ...]
+    controller_spec: dict | None
+    controller_specs: dict[str, dict]
+    protocol_phases: tuple[ProtocolPhase, ...]
+    analysis: AnalysisSection
     output: OutputSection
     simulation: SimulationSection
     raw: dict = field(default_factory=dict, repr=False)
 
     @property
+    def phases(self) -> tuple[Phase, ...]:
+        """The phases as the session runs them."""
+        return tuple(p.to_phase() for p in self.protocol_phases)
+
+    @property
     def duration_s(self) -> float:
-        return sum(p.duration_s for p in self.phases)
+        return sum(p.duration_s for p in self.protocol_phases)
+
+    @property
+    def controller_type(self) -> str:
+        return "" if self.controller_spec is None else self.controller_spec["type"]
 
     def make_controller(self):
-        """A fresh controller of the protocol's type and parameters."""
-        return CONTROLLERS[self.controller_type](**self.controller_params)
+        """A fresh main controller (None if the protocol has none)."""
+        if self.controller_spec is None:
+            return None
+        return _build_controller(self.path, "controller", self.controller_spec)
+
+    def make_phase_controllers(self) -> dict:
+        """Fresh named controllers (``[controllers.NAME]``), by name."""
+        return {n: _build_controller(self.path, f"controllers.{n}", s) for n, s in self.controller_specs.items()}
 
     def safety_limits(self) -> SafetyLimits:
         """The :class:`SafetyLimits` part of ``[safety]``."""
@@ -206,10 +324,40 @@ def _section(path: Path | None, name: str, data: Any, cls: type, skip: tuple[str
         raise ProtocolError(f"{where}: [{name}] {exc}") from None
 
 
+def _build_controller(path: Path | None, name: str, table: Any):
+    """A controller from its TOML table (``type`` plus parameters; a wrapper's ``inner`` is a table too)."""
+    where = _where(path)
+    if not isinstance(table, dict) or "type" not in table:
+        raise ProtocolError(f"{where}: [{name}] needs type = one of {', '.join(CONTROLLERS)}")
+    ctype = table["type"]
+    if ctype not in CONTROLLERS:
+        raise ProtocolError(f"{where}: [{name}] type = {ctype!r}: allowed {', '.join(CONTROLLERS)}")
+    cls = CONTROLLERS[ctype]
+    params = {k: v for k, v in table.items() if k != "type"}
+    takes_inner = "inner" in {f.name for f in dataclasses.fields(cls)}
+    if "inner" in params and takes_inner:
+        params["inner"] = _build_controller(path, f"{name}.inner", params["inner"])
+    elif takes_inner:
+        raise ProtocolError(f"{where}: [{name}] ({ctype}) needs an inner controller table: [{name}.inner]")
+    return _section(path, name, params, cls)
+
+
 def parse_protocol(data: dict, path: Path | None = None, need_controller: bool = True) -> Protocol:
     """Validate a protocol given as a dict (what ``tomllib`` returns)."""
     where = _where(path)
-    known = {"protocol", "source", "stimulation", "safety", "estimator", "controller", "phases", "output", "simulation"}
+    known = {
+        "protocol",
+        "source",
+        "stimulation",
+        "safety",
+        "estimator",
+        "controller",
+        "controllers",
+        "phases",
+        "analysis",
+        "output",
+        "simulation",
+    }
     for key in data:
         if key not in known:
             raise ProtocolError(f"{where}: unknown section [{key}]; allowed: {', '.join(sorted(known))}")
@@ -219,8 +367,12 @@ def parse_protocol(data: dict, path: Path | None = None, need_controller: bool =
         raise ProtocolError(f"{where}: [protocol] allows name and description only, not {extra}")
     source = _section(path, "source", data.get("source"), SourceSection)
     stim = _section(path, "stimulation", data.get("stimulation"), StimulationSection)
-    if stim.stimulator not in ("lsl", "simulated"):
-        raise ProtocolError(f"{where}: [stimulation] stimulator = {stim.stimulator!r}: allowed 'lsl' or 'simulated'")
+    if stim.stimulator not in ("lsl", "simulated", "sciencemode"):
+        raise ProtocolError(
+            f"{where}: [stimulation] stimulator = {stim.stimulator!r}: allowed 'lsl', 'simulated' or 'sciencemode'"
+        )
+    if stim.stimulator == "sciencemode" and not stim.port:
+        raise ProtocolError(f"{where}: [stimulation] stimulator = 'sciencemode' needs port = the serial device")
     if not (math.isfinite(stim.rate_hz) and 0 < stim.rate_hz <= 200):
         raise ProtocolError(f"{where}: [stimulation] rate_hz = {stim.rate_hz}: allowed 0 < rate_hz <= 200")
     if not (math.isfinite(stim.pulse_width_us) and stim.pulse_width_us > 0):
@@ -242,27 +394,38 @@ def parse_protocol(data: dict, path: Path | None = None, need_controller: bool =
         )
     estimator = _section(path, "estimator", data.get("estimator"), EstimatorConfig)
     ctrl = data.get("controller")
-    if ctrl is None:
-        if need_controller:
-            raise ProtocolError(f"{where}: [controller] is missing; give type = one of {', '.join(CONTROLLERS)}")
-        ctype, cparams = "", {}
-    else:
-        if not isinstance(ctrl, dict) or "type" not in ctrl:
-            raise ProtocolError(f"{where}: [controller] needs type = one of {', '.join(CONTROLLERS)}")
-        ctype = ctrl["type"]
-        if ctype not in CONTROLLERS:
-            raise ProtocolError(f"{where}: [controller] type = {ctype!r}: allowed {', '.join(CONTROLLERS)}")
-        cparams = {k: v for k, v in ctrl.items() if k != "type"}
-        obj = _section(path, "controller", cparams, CONTROLLERS[ctype])  # validates now: nothing starts if wrong
-        cparams = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name in cparams}
+    if ctrl is not None:
+        _build_controller(path, "controller", ctrl)  # validates now: nothing starts if wrong
+    named = data.get("controllers", {})
+    if not isinstance(named, dict):
+        raise ProtocolError(f"{where}: controllers must be tables [controllers.NAME]")
+    for n, spec in named.items():
+        _build_controller(path, f"controllers.{n}", spec)
     phases_raw = data.get("phases", [])
     if not isinstance(phases_raw, list):
         raise ProtocolError(f"{where}: phases must be given as [[phases]] tables")
-    phases = tuple(_section(path, f"phases.{i + 1}", p, Phase) for i, p in enumerate(phases_raw))
+    phases = tuple(_section(path, f"phases.{i + 1}", p, ProtocolPhase) for i, p in enumerate(phases_raw))
     if need_controller and not phases:
         raise ProtocolError(f"{where}: no [[phases]]: give at least one (name, duration_s, mode)")
+    for i, ph in enumerate(phases):
+        if ph.controller is not None and ph.controller not in named:
+            have = ", ".join(named) or "none"
+            raise ProtocolError(
+                f"{where}: [[phases]] {i + 1} ({ph.name!r}) controller = {ph.controller!r}: no [controllers."
+                f"{ph.controller}] table (defined: {have})"
+            )
+        if need_controller and ph.mode == "control" and ph.controller is None and ctrl is None:
+            raise ProtocolError(
+                f"{where}: [[phases]] {i + 1} ({ph.name!r}) is a control phase without a controller: give "
+                f"[controller] or controller = NAME with a [controllers.NAME] table"
+            )
+    analysis = _section(path, "analysis", data.get("analysis"), AnalysisSection)
     output = _section(path, "output", data.get("output"), OutputSection)
     sim = _section(path, "simulation", data.get("simulation"), SimulationSection)
+    if sim.muscle:
+        from acquisition.simulator.muscle import MuscleParams
+
+        _section(path, "simulation.muscle", sim.muscle, MuscleParams, skip=("n_channels", "rate_hz", "seed"))
     return Protocol(
         path,
         head.get("name", path.stem if path else "protocol"),
@@ -271,9 +434,10 @@ def parse_protocol(data: dict, path: Path | None = None, need_controller: bool =
         stim,
         safety,
         estimator,
-        ctype,
-        cparams,
+        ctrl,
+        dict(named),
         phases,
+        analysis,
         output,
         sim,
         data,

@@ -150,6 +150,7 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
     duration = rec.n_samples / rec.rate_hz
     live = _session_config_of(path) if rec.format.lower() == "xdf" else None
     controller = None
+    phase_controllers: dict = {}
     limits = SafetyLimits()
     est_cfg = EstimatorConfig()
     phases: tuple[Phase, ...] = (Phase("replay", duration + 1.0, "rest"),)
@@ -164,9 +165,16 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
     if live is not None:
         c = live["config"]
         est_cfg = _estimator_config(live.get("estimator") or {})
-        controller = _controller_from_summary(live.get("controller") or {})
+        raw = (live.get("protocol") or {}).get("raw")
+        if raw:  # a `closedloop run` session: its protocol makes the same controllers
+            from experiments.protocol import parse_protocol
+
+            made = parse_protocol(raw, path)
+            controller, phase_controllers = made.make_controller(), made.make_phase_controllers()
+        else:
+            controller = _controller_from_summary(live.get("controller") or {})
         limits = SafetyLimits(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in live["limits"].items()})
-        phases = tuple(Phase(p["name"], p["duration_s"], p["mode"]) for p in c["phases"])
+        phases = tuple(Phase(p["name"], p["duration_s"], p["mode"], p.get("controller")) for p in c["phases"])
         cfg_kw.update(
             segmentation="grid",
             stim_hz=c["stim_hz"],
@@ -181,6 +189,7 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
         proto = load_protocol(options.protocol)
         est_cfg = proto.estimator
         controller = proto.make_controller()
+        phase_controllers = proto.make_phase_controllers()
         limits = proto.safety_limits()
         phases = proto.phases
         cfg_kw.update(
@@ -188,9 +197,11 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
             pulse_width_us=proto.stimulation.pulse_width_us,
             stim_channel=proto.stimulation.channel,
         )
-    if controller is None:
+    if controller is None and not phase_controllers:
         controller = _NoController()
         phases = tuple(Phase(p.name, p.duration_s, "rest" if p.mode == "control" else p.mode) for p in phases)
+    elif controller is None:
+        controller = _NoController()
     total = sum(p.duration_s for p in phases)
     if total < duration:  # the recording outlasts the phases: keep measuring to its end
         phases = (*phases, Phase("after protocol", duration - total + 1.0, "rest"))
@@ -208,6 +219,8 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
             "protocol": options.protocol,
         }
     }
+    if live is not None and live.get("protocol"):
+        extra["protocol"] = live["protocol"]  # the report analyses the replay as the protocol says
     return Session(
         source,
         lambda info: IntervalEstimator(info, est_cfg),
@@ -217,13 +230,14 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
         out_dir,
         extra_summary=extra,
         csv_relative_time=True,
+        phase_controllers=phase_controllers,
     )
 
 
 class _NoController:
     """Monitoring only: never asks for a pulse."""
 
-    def step(self, estimate) -> float:
+    def step(self, estimate, ctx=None) -> float:
         return 0.0
 
     def reset(self) -> None:

@@ -15,7 +15,7 @@ from closedloop.safety import (
     require_safe,
 )
 from closedloop.stimulators import SimulatedStimulator
-from closedloop.types import PulseCommand
+from closedloop.types import Burst, PulseCommand
 
 
 class RecordingSink:
@@ -298,3 +298,73 @@ def test_adversarial_controllers_never_get_an_unsafe_pulse_through_a_session(out
     if failure is not None and ctrl.n > len(outputs):
         assert res.status == "faulted" and sim.stimulator.stopped
         assert len(applied) <= len(outputs)  # nothing after the failure
+
+
+burst_st = st.builds(
+    lambda amps, ms: Burst(tuple(amps), ms / 1e3),
+    st.lists(
+        st.one_of(st.floats(-1e3, 1e3), st.sampled_from([0.0, 45.0, 1e300, math.nan, math.inf])), min_size=1, max_size=6
+    ),
+    st.floats(0.5, 60.0),
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    outputs=st.lists(st.one_of(burst_st, st.floats(0, 60)), min_size=20, max_size=200),
+    limits=limits_st(),
+)
+def test_adversarial_bursts_never_get_an_unsafe_pulse_through_a_session(outputs, limits):
+    """Controllers returning bursts (doublets and worse: NaN, inf, negative, huge, too long, too fast): every
+    pulse of a burst is checked on its own; nothing unsafe reaches the participant; a burst that is not finite
+    or does not fit in a pulse period turns output off."""
+    import asyncio
+    import tempfile
+
+    from acquisition.simulator.muscle import MuscleParams
+    from acquisition.simulator.profiles import named_profile
+    from acquisition.simulator.source import SimulatedParticipant
+    from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
+    from closedloop.pipeline import Phase, Session, SessionConfig
+
+    stim_hz = min(25.0, limits.max_rate_hz)
+    sim = SimulatedParticipant(MuscleParams(seed=1, n_channels=1), named_profile("constant:0.3"), duration_s=9.0)
+    safety = SafetyLayer(limits, sim.stimulator)
+    ctrl = Adversary(outputs, None)
+    with tempfile.TemporaryDirectory() as tmp:
+        session = Session(
+            sim,
+            lambda info: IntervalEstimator(info, EstimatorConfig(mvc_uv=400.0, method="post")),
+            ctrl,
+            safety,
+            SessionConfig(
+                stim_hz=stim_hz,
+                pulse_width_us=limits.max_pulse_width_us,
+                phases=(Phase("go", 8.0, "control"),),
+                nan_tolerance_s=None,
+            ),
+            tmp,
+        )
+        res = asyncio.run(session.run())
+    max_amp, max_pw = limits.for_channel(0)
+    prev_t, prev_a = -1.0, 0.0
+    for p in sim.applied_pulses:
+        assert 0 < p.amplitude_ma <= max_amp and 0 < p.pulse_width_us <= max_pw
+        assert p.charge_uc <= limits.max_charge_uc * (1 + 1e-12)
+        base = prev_a if p.t - prev_t <= limits.ramp_reset_s else 0.0
+        assert p.amplitude_ma <= base + limits.max_step_ma + 1e-9
+        if prev_t >= 0:
+            assert (p.t - prev_t) * limits.max_rate_hz >= 1.0 - 1e-9
+        prev_t, prev_a = p.t, p.amplitude_ma
+    bad = [
+        o
+        for o in outputs
+        if isinstance(o, Burst)
+        and (
+            not all(math.isfinite(a) for a in o.amplitudes_ma)
+            or (len(o.amplitudes_ma) - 1) * o.interval_s >= 1 / stim_hz
+        )
+    ]
+    if bad and ctrl.n > outputs.index(bad[0]):
+        assert res.status == "faulted" and sim.stimulator.stopped
+        assert "controller" in res.error

@@ -15,7 +15,8 @@ EMG (microvolts, ``(n, n_channels)``)
     *M-wave*: after every pulse, on channel ``c``, a smooth biphasic wave ``sin(pi u)^2 sin(2 pi u)``,
     ``u = (t - t_pulse - latency_c) / mwave_duration_s`` on ``0 < u < 1`` and zero elsewhere, with
     ``latency_c = mwave_latency_s + (c mod 4) * mwave_channel_delay_s``. Its *sampled* peak-to-peak is
-    ``m_max_uv * gain[c] * R(Q) * (1 - mwave_fatigue_coupling * fatigue)`` exactly (the template is
+    ``m_max_uv * gain[c] * R(Q) * (1 - mwave_fatigue_coupling * fatigue)`` (times a log-normal factor of
+    mean 1 and coefficient of variation ``mwave_cv`` per pulse) exactly (the template is
     normalised on the sample grid, whose phase relative to the pulse is fixed), which is the value
     recorded in :attr:`AppliedPulse.mwave_ptp_uv`.
 
@@ -175,6 +176,12 @@ class MuscleParams:
     mwave_fatigue_coupling, mdf_fatigue_coupling:
         ``m = 1 - mwave_fatigue_coupling * fatigue`` scales the M-wave; ``v = 1 -
         mdf_fatigue_coupling * fatigue`` scales the EMG band; both in ``[0, 1)``.
+    mwave_cv:
+        Pulse-to-pulse variability of the M-wave: each pulse's M-wave is multiplied by a log-normal factor
+        of mean 1 and this coefficient of variation (0..1; real M-waves vary by a few percent).
+    force_noise_n:
+        RMS (N) of white noise added to the *measured* force (a transducer's noise); the force that drives
+        fatigue and the ground truth are noise-free.
     """
 
     n_channels: int = 4
@@ -216,6 +223,9 @@ class MuscleParams:
     # fatigue couplings
     mwave_fatigue_coupling: float = 0.5
     mdf_fatigue_coupling: float = 0.4
+    # trial-to-trial variability and sensor noise (0: none)
+    mwave_cv: float = 0.0
+    force_noise_n: float = 0.0
 
     def __post_init__(self) -> None:
         n_ch = _integer("MuscleParams.n_channels", self.n_channels, 1)
@@ -295,6 +305,9 @@ class MuscleParams:
                 f"MuscleParams.fatigue_update_s = {self.fatigue_update_s!r}: must be <= 200 * tau1_rest_s "
                 f"= {200 * self.tau1_rest_s:g} s (the force recurrence is re-anchored on this grid)"
             )
+        if not 0 <= _finite("MuscleParams.mwave_cv", self.mwave_cv) <= 1:
+            raise ConfigError(f"MuscleParams.mwave_cv = {self.mwave_cv!r}: must be in [0, 1]")
+        _nonneg("MuscleParams.force_noise_n", self.force_noise_n)
         for name in ("mwave_fatigue_coupling", "mdf_fatigue_coupling"):
             c = _finite(f"MuscleParams.{name}", getattr(self, name))
             if not 0 <= c < 1:
@@ -539,8 +552,13 @@ class VirtualMuscle:
 
         # random streams: the main one (2 * n_channels normals per sample: filter input, amplifier noise)
         # and one to bring the shaping filter into its stationary state before t0
-        main_ss, warm_ss = np.random.SeedSequence(p.seed).spawn(2)
+        # (children 0 and 1); M-wave variability (one normal per pulse) and force-sensor noise (one per
+        # sample) have streams of their own, so that neither changes the EMG of the same seed
+        main_ss, warm_ss, mwave_ss, force_ss = np.random.SeedSequence(p.seed).spawn(4)
         self._rng = np.random.default_rng(main_ss)
+        self._mwave_rng = np.random.default_rng(mwave_ss)
+        self._force_rng = np.random.default_rng(force_ss)
+        self._mwave_sigma = math.sqrt(math.log1p(p.mwave_cv**2))
 
         # fatigue / force state
         self._A = p.a_rest_n_per_s
@@ -764,6 +782,9 @@ class VirtualMuscle:
             self._recent_idx = np.append(self._recent_idx, j)
             self._recent_w = np.append(self._recent_w, r * big_r)
             ptp = p.m_max_uv * self._gains * (r * self._mscale)
+            if self._mwave_sigma > 0:  # log-normal, mean 1
+                z = float(self._mwave_rng.standard_normal())
+                ptp = ptp * math.exp(self._mwave_sigma * z - 0.5 * self._mwave_sigma**2)
             wave = self._mw_template * ptp[None, :] + self._art_kernel * (amp * self._art_gain)[None, :]
             o = j - start
             work[o : o + self._n_over] += wave
@@ -836,6 +857,8 @@ class VirtualMuscle:
         f_stim = (1.0 - dlp) * f_ding[:m]
         force = f_vol + f_stim
         out["force_n"][sl] = force
+        if p.force_noise_n > 0:
+            out["force_n"][sl] += p.force_noise_n * self._force_rng.standard_normal(m)
         out["f_stim_n"][sl] = f_stim
         out["f_vol_n"][sl] = f_vol
         out["fatigue"][sl] = self._fatigue
