@@ -14,12 +14,10 @@ sample. Everything is recorded; the report compares the estimates with the parti
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
 from closedloop.pipeline import Phase, Session, SessionConfig, SessionResult
 from closedloop.safety import SafetyLayer, SafetyLimits
 from controllers.proportional import ProportionalAssist
+from experiments._console import Progress, run_interactive
 
 __all__ = ["DemoConfig", "demo_phases", "run_demo"]
 
@@ -79,36 +78,6 @@ def demo_phases(duration_s: float) -> tuple[Phase, ...]:
         Phase("rest", 1.0, "rest"),
         Phase("assist", duration_s - 5.0, "control"),
     )
-
-
-class _Progress:
-    """One status line, refreshed at most every 0.25 s, on a terminal only."""
-
-    def __init__(self, duration_s: float, enabled: bool) -> None:
-        self.duration_s = duration_s
-        self.enabled = enabled and sys.stderr.isatty()
-        self.last = 0.0
-        self.pulses = 0
-
-    def __call__(self, t_rel: float, phase: str, est, amp: float) -> None:
-        self.pulses += amp > 0
-        now = time.monotonic()
-        if not self.enabled or now - self.last < 0.25:
-            return
-        self.last = now
-        frac = min(max(t_rel / self.duration_s, 0.0), 1.0)
-        bar = "#" * int(frac * 30)
-        pct = est.effort_pct_mvc
-        effort = f"{pct:5.1f} % MVC" if pct == pct else f"{est.effort_smooth_uv:6.1f} uV  "
-        sys.stderr.write(
-            f"\r[{bar:<30}] {t_rel:5.1f}/{self.duration_s:g} s {phase:<9} effort {effort} "
-            f"stim {amp:5.1f} mA  pulses {self.pulses}  "
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> SessionResult:
@@ -172,7 +141,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> SessionResult:
         scfg = SessionConfig(
             stim_hz=cfg.stim_hz, pulse_width_us=cfg.pulse_width_us, stim_channel=0, phases=demo_phases(cfg.duration_s)
         )
-        bar = _Progress(cfg.duration_s, progress)
+        bar = Progress(cfg.duration_s, progress)
         session = Session(
             source,
             lambda info: IntervalEstimator(info, EstimatorConfig()),
@@ -185,15 +154,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> SessionResult:
             on_start=lambda t: stim.send_code(CUE_CHANNEL, t),
             extra_summary={"demo": {"simulator": " ".join(cmd[1:]), "seed": cfg.seed}},
         )
-        if progress and sys.stdin.isatty():
-            from closedloop.estop import KeyboardEStop
-
-            sys.stderr.write("Press Enter for an emergency stop (output off at once).\n")
-            KeyboardEStop(session).start()
-        try:
-            result = asyncio.run(session.run())
-        finally:
-            bar.close()
+        result = run_interactive(session, bar, estop=progress)
     finally:
         proc.terminate()
         try:

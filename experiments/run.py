@@ -10,10 +10,8 @@ report can put the simulator's truth beside every result (``results`` and ``trut
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from closedloop.errors import ConfigError
 from closedloop.estimation.interval import IntervalEstimator
 from closedloop.pipeline import Session, SessionConfig, SessionResult
 from closedloop.safety import SafetyLayer
+from experiments._console import Progress, run_interactive
 from experiments.protocol import Protocol, ProtocolPhase
 
 __all__ = ["phase_drive_profile", "run_protocol", "simulated_muscle_params"]
@@ -168,8 +167,6 @@ def run_protocol(
     report: bool | None = None,
 ) -> SessionResult:
     """Run ``proto`` and record it in ``out_dir``; write the report unless ``[output] report = false``."""
-    from experiments.demo import _Progress
-
     out = Path(out_dir)
     if (out / "session.xdf").exists():
         raise ConfigError(f"{out} already holds a session; choose another --out")
@@ -206,7 +203,7 @@ def run_protocol(
     if sim_info is not None:
         extra["simulation"] = sim_info
     out.mkdir(parents=True, exist_ok=True)
-    bar = _Progress(proto.duration_s, progress)
+    bar = Progress(proto.duration_s, progress)
     session = Session(
         source,
         lambda info: IntervalEstimator(info, proto.estimator),
@@ -220,15 +217,7 @@ def run_protocol(
         extra_summary=extra,
         phase_controllers=named,
     )
-    if progress and sys.stdin.isatty() and not (simulate and fast):
-        from closedloop.estop import KeyboardEStop
-
-        sys.stderr.write("Press Enter for an emergency stop (output off at once).\n")
-        KeyboardEStop(session).start()
-    try:
-        result = asyncio.run(session.run())
-    finally:
-        bar.close()
+    result = run_interactive(session, bar, estop=progress and not (simulate and fast))
     if (proto.output.report if report is None else report) and (out / "session.xdf").exists():
         from closedloop.report import build_report
 

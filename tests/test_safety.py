@@ -223,6 +223,53 @@ def test_ramp_restarts_after_a_pause_or_a_deliberate_stop_but_not_after_one_skip
 # -- whole sessions with adversarial controllers ------------------------------------------------------------
 
 
+def _adversarial_session(ctrl, limits, stim_hz: float, seconds: float, seed: int):
+    """``ctrl`` through a whole session on the simulated participant; returns it and the result."""
+    import asyncio
+    import tempfile
+
+    from acquisition.simulator.muscle import MuscleParams
+    from acquisition.simulator.profiles import named_profile
+    from acquisition.simulator.source import SimulatedParticipant
+    from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
+    from closedloop.pipeline import Phase, Session, SessionConfig
+
+    sim = SimulatedParticipant(
+        MuscleParams(seed=seed, n_channels=1), named_profile("constant:0.3"), duration_s=seconds + 1.0
+    )
+    safety = SafetyLayer(limits, sim.stimulator)
+    with tempfile.TemporaryDirectory() as tmp:
+        session = Session(
+            sim,
+            lambda info: IntervalEstimator(info, EstimatorConfig(mvc_uv=400.0, method="post")),
+            ctrl,
+            safety,
+            SessionConfig(
+                stim_hz=stim_hz,
+                pulse_width_us=limits.max_pulse_width_us,
+                phases=(Phase("go", seconds, "control"),),
+                nan_tolerance_s=None,
+            ),
+            tmp,
+        )
+        res = asyncio.run(session.run())
+    return sim, res
+
+
+def _assert_applied_within_limits(applied, limits) -> None:
+    """What reached the muscle: amplitude, pulse width, charge, ramp and rate limits all hold."""
+    max_amp, max_pw = limits.for_channel(0)
+    prev_t, prev_a = -1.0, 0.0
+    for p in applied:
+        assert 0 < p.amplitude_ma <= max_amp and 0 < p.pulse_width_us <= max_pw
+        assert p.charge_uc <= limits.max_charge_uc * (1 + 1e-12)
+        base = prev_a if p.t - prev_t <= limits.ramp_reset_s else 0.0
+        assert p.amplitude_ma <= base + limits.max_step_ma + 1e-9
+        if prev_t >= 0:
+            assert (p.t - prev_t) * limits.max_rate_hz >= 1.0 - 1e-9
+        prev_t, prev_a = p.t, p.amplitude_ma
+
+
 class Adversary:
     """Replays a drawn list of outputs, then maybe fails the way a buggy controller does."""
 
@@ -256,45 +303,10 @@ class Adversary:
 def test_adversarial_controllers_never_get_an_unsafe_pulse_through_a_session(outputs, failure, limits):
     """Thousands of pulses through the real orchestrator: what reaches the participant respects every limit,
     the ramp holds, and nothing follows a controller failure."""
-    import asyncio
-    import tempfile
-
-    from acquisition.simulator.muscle import MuscleParams
-    from acquisition.simulator.profiles import named_profile
-    from acquisition.simulator.source import SimulatedParticipant
-    from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
-    from closedloop.pipeline import Phase, Session, SessionConfig
-
-    stim_hz = min(50.0, limits.max_rate_hz)
-    sim = SimulatedParticipant(MuscleParams(seed=0, n_channels=1), named_profile("constant:0.3"), duration_s=13.0)
-    safety = SafetyLayer(limits, sim.stimulator)
     ctrl = Adversary(outputs, failure)
-    with tempfile.TemporaryDirectory() as tmp:
-        session = Session(
-            sim,
-            lambda info: IntervalEstimator(info, EstimatorConfig(mvc_uv=400.0, method="post")),
-            ctrl,
-            safety,
-            SessionConfig(
-                stim_hz=stim_hz,
-                pulse_width_us=limits.max_pulse_width_us,
-                phases=(Phase("go", 12.0, "control"),),
-                nan_tolerance_s=None,
-            ),
-            tmp,
-        )
-        res = asyncio.run(session.run())
+    sim, res = _adversarial_session(ctrl, limits, min(50.0, limits.max_rate_hz), 12.0, seed=0)
     applied = sim.applied_pulses
-    max_amp, max_pw = limits.for_channel(0)
-    prev_t, prev_a = -1.0, 0.0
-    for p in applied:
-        assert 0 < p.amplitude_ma <= max_amp and 0 < p.pulse_width_us <= max_pw
-        assert p.charge_uc <= limits.max_charge_uc * (1 + 1e-12)
-        base = prev_a if p.t - prev_t <= limits.ramp_reset_s else 0.0
-        assert p.amplitude_ma <= base + limits.max_step_ma + 1e-9
-        if prev_t >= 0:
-            assert (p.t - prev_t) * limits.max_rate_hz >= 1.0 - 1e-9
-        prev_t, prev_a = p.t, p.amplitude_ma
+    _assert_applied_within_limits(applied, limits)
     if failure is not None and ctrl.n > len(outputs):
         assert res.status == "faulted" and sim.stimulator.stopped
         assert len(applied) <= len(outputs)  # nothing after the failure
@@ -318,44 +330,10 @@ def test_adversarial_bursts_never_get_an_unsafe_pulse_through_a_session(outputs,
     """Controllers returning bursts (doublets and worse: NaN, inf, negative, huge, too long, too fast): every
     pulse of a burst is checked on its own; nothing unsafe reaches the participant; a burst that is not finite
     or does not fit in a pulse period turns output off."""
-    import asyncio
-    import tempfile
-
-    from acquisition.simulator.muscle import MuscleParams
-    from acquisition.simulator.profiles import named_profile
-    from acquisition.simulator.source import SimulatedParticipant
-    from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
-    from closedloop.pipeline import Phase, Session, SessionConfig
-
     stim_hz = min(25.0, limits.max_rate_hz)
-    sim = SimulatedParticipant(MuscleParams(seed=1, n_channels=1), named_profile("constant:0.3"), duration_s=9.0)
-    safety = SafetyLayer(limits, sim.stimulator)
     ctrl = Adversary(outputs, None)
-    with tempfile.TemporaryDirectory() as tmp:
-        session = Session(
-            sim,
-            lambda info: IntervalEstimator(info, EstimatorConfig(mvc_uv=400.0, method="post")),
-            ctrl,
-            safety,
-            SessionConfig(
-                stim_hz=stim_hz,
-                pulse_width_us=limits.max_pulse_width_us,
-                phases=(Phase("go", 8.0, "control"),),
-                nan_tolerance_s=None,
-            ),
-            tmp,
-        )
-        res = asyncio.run(session.run())
-    max_amp, max_pw = limits.for_channel(0)
-    prev_t, prev_a = -1.0, 0.0
-    for p in sim.applied_pulses:
-        assert 0 < p.amplitude_ma <= max_amp and 0 < p.pulse_width_us <= max_pw
-        assert p.charge_uc <= limits.max_charge_uc * (1 + 1e-12)
-        base = prev_a if p.t - prev_t <= limits.ramp_reset_s else 0.0
-        assert p.amplitude_ma <= base + limits.max_step_ma + 1e-9
-        if prev_t >= 0:
-            assert (p.t - prev_t) * limits.max_rate_hz >= 1.0 - 1e-9
-        prev_t, prev_a = p.t, p.amplitude_ma
+    sim, res = _adversarial_session(ctrl, limits, stim_hz, 8.0, seed=1)
+    _assert_applied_within_limits(sim.applied_pulses, limits)
     bad = [
         o
         for o in outputs

@@ -93,7 +93,9 @@ def test_a_hung_controller_is_cut_off_by_the_watchdog(tmp_path, policy):
     assert res.status == "faulted" and "watchdog: decision hung" in res.error
     limit = 0.005 if policy == "stop" else PERIOD  # stop: the deadline; skip: a decision may take a period
     latency = sim.stimulator.stopped_at - (ctrl.t_fault + limit)
-    assert 0.0 <= latency <= PERIOD, latency  # off within one pulse period of the limit, while still hung
+    # off within one pulse period of the limit, while still hung; the watchdog counts the hang from when the
+    # chunk's handling began (estimation first, then the controller), so it may act up to that much earlier
+    assert -0.002 <= latency <= PERIOD, latency
     assert sim.stimulator.stopped_at < ctrl.t_fault + 0.5  # i.e. before the controller came back
     assert sim.stimulator.n_delivered == ctrl.at - 1
     _check_reason(tmp_path, "decision hung")
