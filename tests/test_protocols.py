@@ -322,3 +322,38 @@ def test_replaying_a_run_session_reproduces_its_estimates_and_its_pulses(tmp_pat
     assert shadow.values.shape[0] == live.values.shape[0] == 12
     np.testing.assert_allclose(shadow.timestamps - live.timestamps[0], live.timestamps - live.timestamps[0], atol=1e-3)
     np.testing.assert_array_equal(shadow.channel("amplitude_ma"), live.channel("amplitude_ma"))
+
+
+def test_run_live_over_lsl_against_the_simulated_device(tmp_path):
+    """The live path of `closedloop run`: EMG and force from LSL outlets (`closedloop simulate` in its own
+    process), pulses out on the LSL command stream, the recruitment fit from what came back."""
+    import uuid
+
+    from experiments.run import run_protocol
+
+    tag = uuid.uuid4().hex[:8]
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "closedloop", "simulate", "--prefix", f"t{tag}", "--source-id", f"s{tag}",
+         "--command-stream", f"cmd{tag}", "--profile", "rest", "--duration", "60", "--seed", "4"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        raw = _raw("recruitment_curve")
+        raw["source"].update(source_id=f"s{tag}-emg", loopback=True, force_stream=f"t{tag}-Force", channels=4)
+        raw["stimulation"]["command_stream"] = f"cmd{tag}"
+        raw["controller"].update(start_ma=8.0, stop_ma=32.0, step_ma=2.0, pulses_per_level=1, every_n_periods=3)
+        raw["phases"][1]["duration_s"] = 8.0
+        res = run_protocol(parse_protocol(raw), tmp_path / "live", progress=False)
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+    assert res.status == "completed", res.error
+    s = json.loads((tmp_path / "live" / "summary.json").read_text())
+    assert s["pulses"] == 25 and "truth" not in s  # a live session knows no truth
+    assert s["results"]["n_pulses"] == 25
+    # the device's default muscle: 10 % of M-max at 4 uC / 300 us = 13.3 mA
+    assert abs(s["results"]["threshold_ma"] / 13.33 - 1) < 0.10
+    from closedloop.report import load_session
+
+    assert load_session(tmp_path / "live")["Force"].values.shape[0] > 2048 * 8
