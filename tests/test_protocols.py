@@ -7,6 +7,7 @@ activation, its true M-wave and median frequency over time), computed by the sim
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import subprocess
 import sys
@@ -357,3 +358,22 @@ def test_run_live_over_lsl_against_the_simulated_device(tmp_path):
     from closedloop.report import load_session
 
     assert load_session(tmp_path / "live")["Force"].values.shape[0] > 2048 * 8
+
+
+def test_emg_triggered_protocol_gives_one_train_per_contraction(tmp_path):
+    """On the simulated participant's repeated contractions: every train starts while the participant is
+    contracting, and between two trains the participant relaxed (the hysteresis re-arms only then)."""
+    from closedloop.report import load_session
+
+    out = tmp_path / "et"
+    _run(_raw("emg_triggered"), out)
+    data = load_session(out)
+    t = data["Pulses"].timestamps
+    starts = t[np.concatenate(([True], np.diff(t) > 0.5))]
+    gt = data["GroundTruth"]
+    drive = gt.channel("drive")
+    assert len(starts) >= 5
+    for a, b in itertools.pairwise(starts):
+        between = (gt.timestamps > a) & (gt.timestamps < b)
+        assert drive[between].min() < 0.05  # relaxed in between
+    assert np.all(np.interp(starts, gt.timestamps, drive) > 0.1)  # triggered by a contraction
