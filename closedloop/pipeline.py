@@ -19,6 +19,7 @@ SIGTERM) or the end of the session turns output off first, then surfaces in the 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as _dt
 import json
@@ -30,7 +31,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -47,6 +48,7 @@ __all__ = [
     "Phase",
     "Session",
     "SessionConfig",
+    "SessionObserver",
     "SessionResult",
     "latency_stats",
 ]
@@ -191,6 +193,26 @@ class SessionConfig:
         return d
 
 
+class SessionObserver(Protocol):
+    """What a :class:`Session` tells its observers (all optional), in the loop's thread: keep them quick and
+    never blocking (hand the data to another thread); one that raises is dropped, the session goes on."""
+
+    def on_waiting(self) -> None:
+        """Connected and recording; the phases wait for :meth:`Session.start_threadsafe`."""
+
+    def on_start(self, t_start: float) -> None:
+        """The phases begin at LSL time ``t_start``."""
+
+    def on_interval(self, t_rel: float, phase: str, estimate: Estimate, next_amplitude_ma: float) -> None:
+        """An interval was estimated (``t_rel``: session time of its end, s) and the next pulse decided (mA)."""
+
+    def on_event(self, event: dict) -> None:
+        """A session or safety event: ``{"t", "kind", "reason"}``."""
+
+    def on_end(self, result: SessionResult) -> None:
+        """The session is over (output off, summary.json written)."""
+
+
 def latency_stats(values_s: Sequence[float]) -> dict:
     """Median, 99th percentile and maximum of latencies given in seconds, in milliseconds."""
     a = np.asarray(values_s, dtype=float) * 1e3
@@ -304,6 +326,10 @@ class Session:
         Further controllers by name, for phases that name one (:attr:`Phase.controller`).
     force_source:
         Key of the aux source whose newest value is the controllers' ``ctx.force_n`` (N), if present.
+    observers:
+        Objects told what happens (:class:`SessionObserver`; e.g. the MQTT bridge), in the loop's thread.
+    wait_for_start:
+        Connect, record and estimate, but begin the phases only when :meth:`start_threadsafe` is called.
     """
 
     def __init__(
@@ -322,6 +348,8 @@ class Session:
         csv_relative_time: bool = False,
         phase_controllers: dict[str, object] | None = None,
         force_source: str = "Force",
+        observers: Sequence[object] = (),
+        wait_for_start: bool = False,
     ) -> None:
         self.source = source
         self.estimator_factory = estimator_factory
@@ -335,6 +363,9 @@ class Session:
                     f"(it has: {', '.join(self.phase_controllers) or 'none'})"
                 )
         self.force_source = force_source
+        self.observers = list(observers)
+        self.wait_for_start = wait_for_start
+        self.started = threading.Event()  # set when the phases begin
         self._force_n = math.nan
         self._ctrl_phase: int | None = None
         self.safety = safety
@@ -387,6 +418,69 @@ class Session:
     def clock(self) -> float:
         return (self._clock or self.source.clock)()
 
+    def start_threadsafe(self) -> bool:
+        """Begin the phases of a session made with ``wait_for_start`` (from any thread); False if it has
+        already begun or cannot (it is not running)."""
+        loop = self._loop
+        if not self.wait_for_start or self.started.is_set() or loop is None or loop.is_closed():
+            return False
+        try:
+            loop.call_soon_threadsafe(self._begin, None)
+        except RuntimeError:
+            return False
+        return True
+
+    def call_threadsafe(self, fn: Callable[[], object]) -> concurrent.futures.Future:
+        """Run ``fn`` in the session's loop thread between two chunks (e.g. to change a controller parameter);
+        the returned future holds its result or exception."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # handed to the caller, never raised in the loop
+                fut.set_exception(exc)
+
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            fut.set_exception(RuntimeError("the session is not running"))
+            return fut
+        try:
+            loop.call_soon_threadsafe(run)
+        except RuntimeError:
+            fut.set_exception(RuntimeError("the session is not running"))
+        return fut
+
+    def controllers(self) -> dict[str, object]:
+        """The session's controllers by name: ``"controller"`` (the main one) and the phase controllers."""
+        out = {} if self.controller is None else {"controller": self.controller}
+        out.update(self.phase_controllers)
+        return out
+
+    def _begin(self, t_start: float | None) -> None:
+        """The phases begin (at ``t_start``, default now)."""
+        if self.started.is_set() or self._stop_reason is not None:  # once, and never after a stop
+            return
+        self._t_start = self.clock() if t_start is None else t_start
+        self.started.set()
+        if self.on_start is not None:
+            self.on_start(self._t_start)
+        if self.wait_for_start:
+            self._event("started", "phases begin")
+        self._notify("on_start", self._t_start)
+
+    def _notify(self, method: str, *args) -> None:
+        """Tell the observers; an observer that fails is dropped with a warning, the session goes on."""
+        for obs in list(self.observers):
+            fn = getattr(obs, method, None)
+            if fn is None:
+                continue
+            try:
+                fn(*args)
+            except Exception as exc:
+                self.observers.remove(obs)
+                self.warning_counts[f"observer {type(obs).__name__} failed and was dropped: {exc!r}"] += 1
+
     async def run(self) -> SessionResult:
         """Run the session to its end; never leaves output on. Returns the result (see ``status``)."""
         loop = self._loop = asyncio.get_running_loop()
@@ -398,10 +492,11 @@ class Session:
                 await self._open_sources(stack)
                 self._prepare()
                 self.safety.stimulator.open()
-                if self._t_start is None:
-                    self._t_start = self.clock()  # phases start now that everything is connected
-                if self.on_start is not None:
-                    self.on_start(self._t_start)
+                if self.wait_for_start:
+                    self._t_start = math.inf  # no phase until start_threadsafe()
+                    self._notify("on_waiting")
+                else:
+                    self._begin(self._t_start)
                 self._main_task = asyncio.current_task()
                 aux_tasks = [
                     asyncio.create_task(self._record_aux(key, src), name=f"record[{key}]")
@@ -551,8 +646,10 @@ class Session:
 
     def _event(self, kind: str, reason: str, t: float | None = None) -> None:
         t = self._now() if t is None else t
-        self.events.append({"t": t, "kind": kind, "reason": reason})
+        ev = {"t": t, "kind": kind, "reason": reason}
+        self.events.append(ev)
         self._record_event(t, kind, reason)
+        self._notify("on_event", ev)
 
     def _record_event(self, t: float, kind: str, reason: str) -> None:
         """Put an event into session.xdf's Events stream (safety events and session events)."""
@@ -562,6 +659,7 @@ class Session:
 
     def _on_safety_event(self, ev) -> None:
         self._record_event(ev.t, ev.kind, ev.reason)
+        self._notify("on_event", ev.as_dict())
 
     # -- the loop ---------------------------------------------------------------------------------------
     def _phase_at(self, t_rel: float) -> Phase | None:
@@ -777,6 +875,8 @@ class Session:
         rec.push_estimate(est)
         if self.progress is not None:
             self.progress(t_rel, phase.name if phase else "waiting", est, next_amp)
+        if self.observers:
+            self._notify("on_interval", t_rel, phase.name if phase else "waiting", est, next_amp)
 
     def _decide(self, est: Estimate, t_rel: float) -> tuple[tuple[float, ...], float]:
         """Ask the phase's controller for the next pulse(s): amplitudes (mA) and the spacing within a burst (s).
@@ -991,6 +1091,7 @@ class Session:
         res.summary = s
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_summary(self.out_dir / "summary.json", s)
+        self._notify("on_end", res)
 
 
 def _first_off(safety: SafetyLayer) -> dict | None:

@@ -275,3 +275,75 @@ def test_stop_request_turns_output_off_and_ends_the_session(tmp_path):
     assert sim.stimulator.stopped and sim.stimulator.n_delivered == n_at_stop == 20
     off = [e for e in session.safety.events if e.kind == "output_off"]
     assert off[0].reason == "e-stop pressed"
+
+
+class _Watcher:
+    """An observer that starts a waiting session after some intervals and changes a controller parameter."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.session = None
+        self.n = 0
+        self.t_start = None
+        self.changed = None
+
+    def on_waiting(self):
+        self.calls.append("waiting")
+
+    def on_start(self, t):
+        self.calls.append("start")
+        self.t_start = t
+
+    def on_interval(self, t_rel, phase, est, amp):
+        self.n += 1
+        if self.n == 50:
+            assert self.session.start_threadsafe()
+        if self.n == 60:
+            assert not self.session.start_threadsafe()  # a second start is refused once begun
+        if self.n == 150:
+            self.changed = self.session.call_threadsafe(lambda: setattr(self.session.controller, "amplitude_ma", 7.0))
+
+    def on_event(self, ev):
+        self.calls.append(f"event:{ev['kind']}")
+
+    def on_end(self, res):
+        self.calls.append(f"end:{res.status}")
+
+
+class _Broken:
+    def on_interval(self, *args):
+        raise RuntimeError("observer bug")
+
+
+def test_wait_for_start_observers_and_changes_between_chunks(tmp_path):
+    """Phases begin only on start_threadsafe(); observers see the session's life; a parameter changed through
+    call_threadsafe applies from the next decision on; a failing observer is dropped, the session goes on."""
+    from controllers import Constant
+
+    sim = SimulatedParticipant(MuscleParams(seed=3, n_channels=1), named_profile("rest"), duration_s=10.0)
+    watcher = _Watcher()
+    session = Session(
+        sim,
+        IntervalEstimator,
+        Constant(12.0),
+        SafetyLayer(SafetyLimits(allowed_channels=(0,)), sim.stimulator),
+        SessionConfig(stim_hz=25.0, phases=(Phase("go", 8.0, "control"),), nan_tolerance_s=None),
+        tmp_path,
+        observers=[watcher, _Broken()],
+        wait_for_start=True,
+    )
+    watcher.session = session
+    res = asyncio.run(session.run())
+    assert res.status == "completed", res.error
+    assert watcher.calls.index("waiting") < watcher.calls.index("start") and watcher.calls[-1] == "end:completed"
+    assert "event:started" in watcher.calls
+    t = np.array([p.t for p in sim.applied_pulses])
+    amps = np.array([p.amplitude_ma for p in sim.applied_pulses])
+    assert t[0] >= watcher.t_start and watcher.t_start == pytest.approx(50 / 25.0, abs=0.05)
+    assert watcher.changed.result() is None
+    k = int((amps == 12.0).sum())
+    m = int((amps == 7.0).sum())
+    assert list(amps) == [5.0, 10.0] + [12.0] * k + [7.0] * m and k > 50 and m > 50  # (ramp limit: 5 mA steps)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["t_start_lsl"] == pytest.approx(watcher.t_start)
+    assert any("observer _Broken failed" in k for k in s["estimator_warnings"])
