@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--stim-hz", type=_positive_float, default=25.0, metavar="F", help="pulse rate (Hz, default 25)")
     d.add_argument("--seed", type=int, default=0, help="simulator random seed (default 0)")
     d.add_argument("--no-report", action="store_true", help="skip report.html")
+    d.add_argument(
+        "--mqtt",
+        default=None,
+        metavar="URL",
+        help="MQTT telemetry and commands: mqtt://user:pass@host:1883 or mqtts://... (password also from "
+        "CLOSEDLOOP_MQTT_PASSWORD)",
+    )
     d.add_argument("--quiet", action="store_true", help="no progress line")
 
     s = sub.add_parser(
@@ -139,6 +146,10 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, metavar="DIR", help="output directory (default ./<name>-YYYYmmdd-HHMMSS)"
     )
     run.add_argument("--no-report", action="store_true", help="skip report.html")
+    run.add_argument(
+        "--mqtt", default=None, metavar="URL", help="MQTT broker (overrides [mqtt] url): mqtt://user:pass@host:1883"
+    )
+    run.add_argument("--wait-start", action="store_true", help="begin the phases on an MQTT start command")
     run.add_argument("--quiet", action="store_true", help="no progress line")
 
     rep = sub.add_parser(
@@ -194,6 +205,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         stim_hz=args.stim_hz,
         seed=args.seed,
         report=not args.no_report,
+        mqtt_url=args.mqtt,
     )
     res = run_demo(cfg, progress=not args.quiet)
     s = res.summary
@@ -346,8 +358,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from experiments.run import run_protocol
 
     out = args.out or Path(f"{proto.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    mqtt = proto.mqtt_config(args.mqtt) if args.mqtt else None
     res = run_protocol(
-        proto, out, simulate=args.simulate, fast=args.fast, progress=not args.quiet, report=not args.no_report or None
+        proto,
+        out,
+        simulate=args.simulate,
+        fast=args.fast,
+        progress=not args.quiet,
+        report=not args.no_report or None,
+        mqtt=mqtt,
+        wait_for_start=True if args.wait_start else None,
     )
     s = res.summary
     where = "simulated participant" + (", virtual time" if args.fast else "") if args.simulate else "live"

@@ -47,6 +47,7 @@ class DemoConfig:
     chunk_size: int = 8
     pulse_width_us: float = 300.0
     report: bool = True
+    mqtt_url: str | None = None
 
     def __post_init__(self) -> None:
         if not 7.0 <= self.duration_s <= 3600.0:
@@ -78,6 +79,23 @@ def demo_phases(duration_s: float) -> tuple[Phase, ...]:
         Phase("rest", 1.0, "rest"),
         Phase("assist", duration_s - 5.0, "control"),
     )
+
+
+#: What an operator may change over MQTT during the demo (proportional assist), and within which bounds.
+DEMO_SETTABLE = {
+    "gain_ma_per_pct": (0.0, 1.0),
+    "deadband_pct": (0.0, 30.0),
+    "offset_ma": (0.0, 20.0),
+    "max_ma": (0.0, 30.0),
+}
+
+
+def _bridge(url: str | None):
+    if not url:
+        return None
+    from closedloop.mqtt import MQTTBridge, MQTTConfig
+
+    return MQTTBridge(MQTTConfig.from_url(url, settable=DEMO_SETTABLE))
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> SessionResult:
@@ -142,6 +160,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> SessionResult:
             stim_hz=cfg.stim_hz, pulse_width_us=cfg.pulse_width_us, stim_channel=0, phases=demo_phases(cfg.duration_s)
         )
         bar = Progress(cfg.duration_s, progress)
+        bridge = _bridge(cfg.mqtt_url)
         session = Session(
             source,
             lambda info: IntervalEstimator(info, EstimatorConfig()),
@@ -153,8 +172,16 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> SessionResult:
             progress=bar,
             on_start=lambda t: stim.send_code(CUE_CHANNEL, t),
             extra_summary={"demo": {"simulator": " ".join(cmd[1:]), "seed": cfg.seed}},
+            observers=[bridge] if bridge is not None else [],
         )
-        result = run_interactive(session, bar, estop=progress)
+        if bridge is not None:
+            bridge.attach(session)
+            bridge.start()
+        try:
+            result = run_interactive(session, bar, estop=progress)
+        finally:
+            if bridge is not None:
+                bridge.close()
     finally:
         proc.terminate()
         try:

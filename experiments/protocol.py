@@ -21,6 +21,8 @@ Sections (all optional except ``[[phases]]`` and a controller for every control 
     [output]            directory, report
     [simulation]        the simulated participant for ``--simulate``: seed, channels, rate_hz, chunk,
                         voluntary_activation, profile; [simulation.muscle] overrides the muscle model
+    [mqtt]              the MQTT bridge (closedloop.mqtt.MQTTConfig): url, prefix, telemetry_hz, TLS files,
+                        ...; wait_for_start; [mqtt.settable] parameter = [low, high] for remote ``set``
 
 Every key is checked: an unknown key, a wrong type or a value out of range is refused with a message that
 names the file, the key, the value and what is allowed; nothing starts.
@@ -222,6 +224,23 @@ class Protocol:
     output: OutputSection
     simulation: SimulationSection
     raw: dict = field(default_factory=dict, repr=False)
+    mqtt: dict | None = None
+
+    def mqtt_config(self, url: str | None = None):
+        """The MQTT bridge's :class:`closedloop.mqtt.MQTTConfig` from ``[mqtt]`` (``url`` overrides its url);
+        None when neither gives a broker."""
+        table = dict(self.mqtt or {})
+        table.pop("wait_for_start", None)
+        if url is not None:
+            table["url"] = url
+        if not table.get("url"):
+            return None
+        return _mqtt_config(self.path, table)
+
+    @property
+    def wait_for_start(self) -> bool:
+        """``[mqtt] wait_for_start``: the phases begin on an MQTT ``start`` command."""
+        return bool((self.mqtt or {}).get("wait_for_start", False))
 
     @property
     def phases(self) -> tuple[Phase, ...]:
@@ -324,6 +343,27 @@ def _section(path: Path | None, name: str, data: Any, cls: type, skip: tuple[str
         raise ProtocolError(f"{where}: [{name}] {exc}") from None
 
 
+def _mqtt_config(path: Path | None, table: dict):
+    """``[mqtt]`` as a :class:`closedloop.mqtt.MQTTConfig`, every key checked like the other sections."""
+    from closedloop.mqtt import MQTTConfig
+
+    where = _where(path)
+    table = dict(table)
+    settable = table.pop("settable", {})
+    if not isinstance(settable, dict):
+        raise ProtocolError(f"{where}: [mqtt.settable] must be a table of parameter = [low, high]")
+    bounds = {}
+    for key, value in settable.items():
+        ok = isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        )
+        if not ok or value[0] > value[1]:
+            raise ProtocolError(f"{where}: [mqtt.settable] {key} = {value!r}: must be [low, high] with low <= high")
+        bounds[key] = (float(value[0]), float(value[1]))
+    cfg = _section(path, "mqtt", table, MQTTConfig, skip=("settable",))
+    return dataclasses.replace(cfg, settable=bounds)
+
+
 def _build_controller(path: Path | None, name: str, table: Any):
     """A controller from its TOML table (``type`` plus parameters; a wrapper's ``inner`` is a table too)."""
     where = _where(path)
@@ -342,6 +382,32 @@ def _build_controller(path: Path | None, name: str, table: Any):
     return _section(path, name, params, cls)
 
 
+def _check_settable(path: Path | None, key: str, main: Any, named: dict) -> None:
+    """A whitelisted parameter must name a numeric field of one of the protocol's controllers:
+    ``param`` (the main controller), ``controller.param``, ``NAME.param``, ``controller.inner.param``."""
+    where = _where(path)
+    parts = key.split(".")
+    tables = {"controller": main, **named}
+    if len(parts) == 1:
+        table, rest = main, parts
+    else:
+        table, rest = tables.get(parts[0]), parts[1:]
+    for part in rest[:-1]:
+        table = table.get(part) if isinstance(table, dict) else None
+    if not isinstance(table, dict):
+        raise ProtocolError(f"{where}: [mqtt.settable] {key}: no such controller (have: {', '.join(tables)})")
+    cls = CONTROLLERS.get(table.get("type", ""))
+    fields = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
+    name = rest[-1]
+    hints = typing.get_type_hints(cls) if cls else {}
+    if name.startswith("_") or name not in fields or hints.get(name) not in (float, int):
+        numeric = sorted(n for n in fields if hints.get(n) in (float, int) and not n.startswith("_"))
+        raise ProtocolError(
+            f"{where}: [mqtt.settable] {key}: not a numeric parameter of {table.get('type')!r} (allowed: "
+            f"{', '.join(numeric)})"
+        )
+
+
 def parse_protocol(data: dict, path: Path | None = None, need_controller: bool = True) -> Protocol:
     """Validate a protocol given as a dict (what ``tomllib`` returns)."""
     where = _where(path)
@@ -357,6 +423,7 @@ def parse_protocol(data: dict, path: Path | None = None, need_controller: bool =
         "analysis",
         "output",
         "simulation",
+        "mqtt",
     }
     for key in data:
         if key not in known:
@@ -420,6 +487,17 @@ def parse_protocol(data: dict, path: Path | None = None, need_controller: bool =
                 f"[controller] or controller = NAME with a [controllers.NAME] table"
             )
     analysis = _section(path, "analysis", data.get("analysis"), AnalysisSection)
+    mqtt = data.get("mqtt")
+    if mqtt is not None:
+        if not isinstance(mqtt, dict):
+            raise ProtocolError(f"{where}: [mqtt] must be a table of keys")
+        wfs = mqtt.get("wait_for_start", False)
+        if not isinstance(wfs, bool):
+            raise ProtocolError(f"{where}: [mqtt] wait_for_start = {wfs!r}: must be true or false")
+        rest = {k: v for k, v in mqtt.items() if k != "wait_for_start"}
+        _mqtt_config(path, {"url": "mqtt://127.0.0.1", **rest})  # checks every key now, with or without a url
+        for key in mqtt.get("settable", {}):
+            _check_settable(path, key, ctrl, named)
     output = _section(path, "output", data.get("output"), OutputSection)
     sim = _section(path, "simulation", data.get("simulation"), SimulationSection)
     if sim.muscle:
@@ -441,6 +519,7 @@ def parse_protocol(data: dict, path: Path | None = None, need_controller: bool =
         output,
         sim,
         data,
+        mqtt,
     )
 
 

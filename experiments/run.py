@@ -165,8 +165,13 @@ def run_protocol(
     fast: bool = False,
     progress: bool = True,
     report: bool | None = None,
+    mqtt=None,
+    wait_for_start: bool | None = None,
 ) -> SessionResult:
-    """Run ``proto`` and record it in ``out_dir``; write the report unless ``[output] report = false``."""
+    """Run ``proto`` and record it in ``out_dir``; write the report unless ``[output] report = false``.
+
+    ``mqtt``: a :class:`closedloop.mqtt.MQTTConfig` (default: the protocol's ``[mqtt]``, if it names a
+    broker); ``wait_for_start``: begin the phases on an MQTT ``start`` command (default: ``[mqtt]``'s)."""
     out = Path(out_dir)
     if (out / "session.xdf").exists():
         raise ConfigError(f"{out} already holds a session; choose another --out")
@@ -202,8 +207,20 @@ def run_protocol(
     }
     if sim_info is not None:
         extra["simulation"] = sim_info
+    mqtt = mqtt if mqtt is not None else proto.mqtt_config()
+    wait = proto.wait_for_start if wait_for_start is None else wait_for_start
+    if wait and mqtt is None:
+        raise ConfigError("wait_for_start needs MQTT (the start command comes over it): give --mqtt URL")
     out.mkdir(parents=True, exist_ok=True)
     bar = Progress(proto.duration_s, progress)
+    observers = []
+    bridge = None
+    if mqtt is not None:
+        from closedloop.mqtt import MQTTBridge
+
+        bridge = MQTTBridge(mqtt)
+        observers.append(bridge)
+        extra["mqtt"] = {"url": _redacted(mqtt.url), "prefix": mqtt.prefix}
     session = Session(
         source,
         lambda info: IntervalEstimator(info, proto.estimator),
@@ -216,11 +233,30 @@ def run_protocol(
         on_start=on_start,
         extra_summary=extra,
         phase_controllers=named,
+        observers=observers,
+        wait_for_start=wait,
     )
-    result = run_interactive(session, bar, estop=progress and not (simulate and fast))
+    if bridge is not None:
+        bridge.attach(session)
+        bridge.start()
+    try:
+        result = run_interactive(session, bar, estop=progress and not (simulate and fast))
+    finally:
+        if bridge is not None:
+            bridge.close()
     if (proto.output.report if report is None else report) and (out / "session.xdf").exists():
         from closedloop.report import build_report
 
         build_report(out)
         result.summary = json.loads((out / "summary.json").read_text())
     return result
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password (summary.json must not hold secrets)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    if u.password is None:
+        return url
+    return u._replace(netloc=u.netloc.replace(f":{u.password}@", ":***@", 1)).geturl()

@@ -351,8 +351,10 @@ def test_run_live_over_lsl_against_the_simulated_device(tmp_path):
         sim.wait(timeout=10)
     assert res.status == "completed", res.error
     s = json.loads((tmp_path / "live" / "summary.json").read_text())
-    assert s["pulses"] == 25 and "truth" not in s  # a live session knows no truth
-    assert s["results"]["n_pulses"] == 25
+    # 25 pulses asked for; live, on a loaded machine, a decision may miss its deadline and skip one
+    assert 23 <= s["pulses"] <= 25 and s["pulses"] + s["skipped_pulses"] == 25
+    assert "truth" not in s  # a live session knows no truth
+    assert s["results"]["n_pulses"] == s["pulses"]
     # the device's default muscle: 10 % of M-max at 4 uC / 300 us = 13.3 mA
     assert abs(s["results"]["threshold_ma"] / 13.33 - 1) < 0.10
     from closedloop.report import load_session
