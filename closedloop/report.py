@@ -378,7 +378,22 @@ def _write_html(d: Path, s: dict, metrics: dict, images: list[tuple[str, str]], 
         return f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
 
     lim = s.get("limits", {})
+    proto = s.get("protocol") or {}
     rows = [
+        row("protocol", f"{proto.get('name')}: {proto.get('description', '')}") if proto else "",
+        row(
+            "phases",
+            "; ".join(
+                f"{p['name']} {p['duration_s']:g} s {p['mode']}"
+                + (f" ({p['instruction']})" if p.get("instruction") else "")
+                for p in proto.get("phases", [])
+            ),
+        )
+        if proto.get("phases")
+        else "",
+        row("simulated participant", "yes (its true values are in summary.json under truth)")
+        if s.get("simulation")
+        else "",
         row("status", s.get("status", "?") + (f" ({s['error']})" if s.get("error") else "")),
         row("started", s.get("started_at", "")),
         row("duration", f"{s.get('duration_s', 0):.1f} s"),

@@ -12,16 +12,24 @@ __all__ = ["Progress", "run_interactive"]
 
 
 class Progress:
-    """One status line, refreshed at most every 0.25 s, on a terminal only."""
+    """One status line, refreshed at most every 0.25 s, on a terminal only; at each new phase its instruction
+    (what to tell the participant) on a line of its own."""
 
-    def __init__(self, duration_s: float, enabled: bool) -> None:
+    def __init__(self, duration_s: float, enabled: bool, instructions: dict[str, str] | None = None) -> None:
         self.duration_s = duration_s
         self.enabled = enabled and sys.stderr.isatty()
         self.last = 0.0
         self.pulses = 0
+        self.instructions = instructions or {}
+        self.phase: str | None = None
 
     def __call__(self, t_rel: float, phase: str, est, amp: float) -> None:
         self.pulses += amp > 0
+        if phase != self.phase:
+            self.phase = phase
+            text = self.instructions.get(phase)
+            if self.enabled and text:
+                sys.stderr.write(f"\r{' ' * 100}\r>> {phase}: {text}\n")
         now = time.monotonic()
         if not self.enabled or now - self.last < 0.25:
             return

@@ -212,7 +212,7 @@ def run_protocol(
     if wait and mqtt is None:
         raise ConfigError("wait_for_start needs MQTT (the start command comes over it): give --mqtt URL")
     out.mkdir(parents=True, exist_ok=True)
-    bar = Progress(proto.duration_s, progress)
+    bar = Progress(proto.duration_s, progress, {p.name: p.instruction for p in proto.protocol_phases})
     observers = []
     bridge = None
     if mqtt is not None:
