@@ -379,6 +379,7 @@ class Session:
         self.csv_relative_time = csv_relative_time
         self.result = SessionResult(out_dir=self.out_dir)
         self._stop_reason: str | None = None
+        self._requested_stop: tuple[str, bool] | None = None  # set first, from any thread
         self._stop_is_fault = False
         self._main_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -392,6 +393,8 @@ class Session:
     # -- public -------------------------------------------------------------------------------------
     def request_stop(self, reason: str, fault: bool = False) -> None:
         """Turn output off now and end the session (signals, e-stops; ``fault``: a watchdog). Loop thread."""
+        if self._requested_stop is None:
+            self._requested_stop = (reason, fault)
         self.safety.output_off(self._now(), reason)
         if self._stop_reason is None:
             self._stop_reason = reason
@@ -407,6 +410,8 @@ class Session:
     def stop_threadsafe(self, reason: str, fault: bool = False) -> None:
         """:meth:`request_stop` from any thread (keyboard, MQTT, watchdog): output goes off in the calling
         thread at once, the session ends in its own."""
+        if self._requested_stop is None:  # before output goes off: a delivery it interrupts is this stop
+            self._requested_stop = (reason, fault)
         self.safety.output_off(self._now(), reason)
         loop = self._loop
         if loop is not None and not loop.is_closed():
@@ -417,6 +422,11 @@ class Session:
 
     def clock(self) -> float:
         return (self._clock or self.source.clock)()
+
+    def record_event(self, kind: str, reason: str) -> None:
+        """Record an event (session.xdf, summary.json, observers); call it in the loop thread (e.g. through
+        :meth:`call_threadsafe`)."""
+        self._event(kind, reason)
 
     def start_threadsafe(self) -> bool:
         """Begin the phases of a session made with ``wait_for_start`` (from any thread); False if it has
@@ -487,6 +497,7 @@ class Session:
         res = self.result
         installed = self._install_signals(loop)
         self._t_wall_start = _dt.datetime.now(_dt.timezone.utc)
+        self._main_task = asyncio.current_task()  # a stop while the sources are opening cancels it too
         try:
             async with contextlib.AsyncExitStack() as stack:
                 await self._open_sources(stack)
@@ -497,7 +508,6 @@ class Session:
                     self._notify("on_waiting")
                 else:
                     self._begin(self._t_start)
-                self._main_task = asyncio.current_task()
                 aux_tasks = [
                     asyncio.create_task(self._record_aux(key, src), name=f"record[{key}]")
                     for key, src in self.aux_sources.items()
@@ -516,9 +526,16 @@ class Session:
             res.status = "faulted" if self._stop_is_fault else "stopped"
             res.error = self._stop_reason
         except ClosedLoopError as exc:
-            self.safety.output_off(self._now(), f"{type(exc).__name__}: {exc}")
-            res.status = "faulted"
-            res.error = self._first_cause(f"{type(exc).__name__}: {exc}")
+            req = self._requested_stop
+            if req is not None and self.safety.tripped == req[0]:
+                # a stop from another thread turned output off while a pulse was being delivered: that
+                # stop, not the refused delivery, is what ended the session
+                res.status = "faulted" if req[1] else "stopped"
+                res.error = req[0]
+            else:
+                self.safety.output_off(self._now(), f"{type(exc).__name__}: {exc}")
+                res.status = "faulted"
+                res.error = self._first_cause(f"{type(exc).__name__}: {exc}")
         except Exception as exc:
             self.safety.output_off(self._now(), f"unexpected {type(exc).__name__}: {exc}")
             res.status = "faulted"

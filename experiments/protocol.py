@@ -354,8 +354,10 @@ def _mqtt_config(path: Path | None, table: dict):
         raise ProtocolError(f"{where}: [mqtt.settable] must be a table of parameter = [low, high]")
     bounds = {}
     for key, value in settable.items():
-        ok = isinstance(value, list) and len(value) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        ok = (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
         )
         if not ok or value[0] > value[1]:
             raise ProtocolError(f"{where}: [mqtt.settable] {key} = {value!r}: must be [low, high] with low <= high")
@@ -495,7 +497,8 @@ def parse_protocol(data: dict, path: Path | None = None, need_controller: bool =
         if not isinstance(wfs, bool):
             raise ProtocolError(f"{where}: [mqtt] wait_for_start = {wfs!r}: must be true or false")
         rest = {k: v for k, v in mqtt.items() if k != "wait_for_start"}
-        _mqtt_config(path, {"url": "mqtt://127.0.0.1", **rest})  # checks every key now, with or without a url
+        # every key checked now, with or without a url (a stand-in that allows the TLS keys)
+        _mqtt_config(path, {"url": "mqtts://127.0.0.1", **rest})
         for key in mqtt.get("settable", {}):
             _check_settable(path, key, ctrl, named)
     output = _section(path, "output", data.get("output"), OutputSection)

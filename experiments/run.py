@@ -220,7 +220,7 @@ def run_protocol(
 
         bridge = MQTTBridge(mqtt)
         observers.append(bridge)
-        extra["mqtt"] = {"url": _redacted(mqtt.url), "prefix": mqtt.prefix}
+        extra["mqtt"] = {"url": mqtt.redacted_url, "prefix": mqtt.prefix}
     session = Session(
         source,
         lambda info: IntervalEstimator(info, proto.estimator),
@@ -250,13 +250,3 @@ def run_protocol(
         build_report(out)
         result.summary = json.loads((out / "summary.json").read_text())
     return result
-
-
-def _redacted(url: str) -> str:
-    """``url`` without its password (summary.json must not hold secrets)."""
-    from urllib.parse import urlsplit
-
-    u = urlsplit(url)
-    if u.password is None:
-        return url
-    return u._replace(netloc=u.netloc.replace(f":{u.password}@", ":***@", 1)).geturl()
