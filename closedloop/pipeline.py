@@ -368,6 +368,7 @@ class Session:
         self.started = threading.Event()  # set when the phases begin
         self._force_n = math.nan
         self._ctrl_phase: int | None = None
+        self._ctrl_t0 = 0.0  # session time (s) of the current control phase's first decision
         self.safety = safety
         self.config = config
         self.out_dir = Path(out_dir)
@@ -902,12 +903,11 @@ class Session:
         i = self._phase_index(t_rel)
         phase = self.config.phases[i]
         ctrl = self.controller if phase.controller is None else self.phase_controllers[phase.controller]
-        start = float(self._phase_ends[i - 1]) if i > 0 else 0.0
         try:
             if i != self._ctrl_phase:
-                self._ctrl_phase = i
-                ctrl.reset()  # a phase starts its controller afresh (its time is the phase's time)
-            ctx = ControlContext(t_rel - start, 1.0 / self.config.stim_hz, phase.name, self._force_n)
+                self._ctrl_phase, self._ctrl_t0 = i, t_rel
+                ctrl.reset()  # a phase starts its controller afresh, its time counted from this first decision
+            ctx = ControlContext(t_rel - self._ctrl_t0, 1.0 / self.config.stim_hz, phase.name, self._force_n)
             out = ctrl.step(est, ctx)
             if isinstance(out, Burst):
                 amps, spacing = out.amplitudes_ma, out.interval_s

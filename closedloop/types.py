@@ -230,7 +230,10 @@ class ControlContext:
     Attributes
     ----------
     t_s:
-        Time of the pulse being decided, in seconds from the start of the current phase (s).
+        Time of the pulse being decided, in seconds from the current phase's first decision (s): 0 at that
+        decision, then steps of ``period_s``. Live, the data's decision grid is offset from the phase's nominal
+        start by up to one period; counting from the first decision keeps a time-scheduled controller's slots
+        on the grid whatever that offset.
     period_s:
         The session's pulse period, ``1 / stim_hz`` (s): one decision per period.
     phase:

@@ -1,7 +1,8 @@
 """Open-loop controllers: the intensity is a function of the time in the phase only.
 
-They ignore the :class:`~closedloop.types.Estimate`; time comes from ``ctx.t_s`` (s since the phase began, at
-the pulse being decided), so the same protocol gives the same pulses live, in a replay and in a simulation.
+They ignore the :class:`~closedloop.types.Estimate`; time comes from ``ctx.t_s`` (s since the phase's first
+decision, at the pulse being decided; "the start of the phase" below), so the same protocol gives the same
+pulses live, in a replay and in a simulation, whatever the offset of the data's decision grid.
 """
 
 from __future__ import annotations

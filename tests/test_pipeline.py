@@ -347,3 +347,29 @@ def test_wait_for_start_observers_and_changes_between_chunks(tmp_path):
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["t_start_lsl"] == pytest.approx(watcher.t_start)
     assert any("observer _Broken failed" in k for k in s["estimator_warnings"])
+
+
+@pytest.mark.parametrize("offset_s", [-0.025, 0.0, 0.015])
+def test_controller_time_counts_from_the_phase_first_decision(tmp_path, offset_s):
+    """Live, the data's decision grid is offset from the session's time zero by up to a period; a sweep
+    scheduled on decision slots must still give every level (the first at the phase's first decision)."""
+    from controllers.open_loop import RecruitmentSweep
+
+    sweep = RecruitmentSweep(start_ma=6.0, stop_ma=10.0, step_ma=1.0, every_n_periods=3, direction="up")
+    session, sim = _session(
+        tmp_path,
+        sweep,
+        phases=(Phase("sweep", 1.0, "control"),),
+        duration=1.0,
+        profile=named_profile("rest"),
+        limits=SafetyLimits(max_amplitude_ma=20.0, max_step_ma=20.0, max_rate_hz=60.0, allowed_channels=(0,)),
+        start_time=offset_s,
+    )
+    session.estimator_factory = lambda info: IntervalEstimator(info, _calibrated())
+    res = asyncio.run(session.run())
+    assert res.status == "completed", res.error
+    assert [p.amplitude_ma for p in sim.applied_pulses] == [6.0, 7.0, 8.0, 9.0, 10.0]
+    t = np.array([p.t for p in sim.applied_pulses])
+    chunk_s = 8 / 2048  # a pulse leaves when the chunk that completed its interval has arrived
+    np.testing.assert_allclose(np.diff(t), 3 / 25.0, atol=chunk_s)  # every third decision of the 25 Hz grid
+    assert t[0] - max(offset_s, 0.0) < 1 / 25.0 + chunk_s  # the first at the phase's first decision
