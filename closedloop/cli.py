@@ -209,8 +209,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     res = run_demo(cfg, progress=not args.quiet)
     s = res.summary
-    dl = s["decision_latency_ms"]
+    dl, el = s["decision_latency_ms"], s["e2e_latency_ms"]
     lat = "n/a" if dl["median"] is None else f"median {dl['median']:.2f} ms, p99 {dl['p99']:.2f} ms"
+    if el["median"] is not None:
+        lat += f"; end-to-end median {el['median']:.2f} ms, p99 {el['p99']:.2f} ms"
     print(f"closedloop demo: {res.status}" + (f" ({res.error})" if res.error else ""))
     print(
         f"  {s['duration_s']:.1f} s, {s['pulses']} pulses, largest {s['max_amplitude_ma']:.1f} mA "

@@ -78,6 +78,7 @@ class SessionRecorder:
         self._streams: dict[str, tuple[StreamInfo, str, dict | None]] = {}
         self._ids: dict[str, int] = {}
         self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._batch: list[tuple] = []  # pushed, not yet handed to the writer thread (see hand_over)
         self._thread: threading.Thread | None = None
         self._csv_channels: tuple[str, ...] = ()
         self._row_formats: list[str] | None = None
@@ -146,13 +147,25 @@ class SessionRecorder:
 
     def _put(self, item: tuple) -> None:
         if self.threaded:
-            self._q.put(item)
+            self._batch.append(item)
+            if len(self._batch) >= 256:
+                self.hand_over()
             return
         try:
             self._write(item)
         except OSError as exc:
             self.error = exc
             raise RecordingError(f"recording to {self.xdf_path} failed: {exc}") from exc
+
+    def hand_over(self) -> None:
+        """Give the items pushed since the last call to the writer thread (threaded mode; else nothing to do).
+
+        The orchestrator calls this after a chunk's decisions: the writer thread then formats and writes
+        while the loop waits for the next chunk, instead of competing for the GIL while a pulse is decided.
+        """
+        if self._batch:
+            batch, self._batch = self._batch, []
+            self._q.put(("batch", batch))
 
     # -- writer thread -------------------------------------------------------------------------------
     def _rows(self, est: Estimate) -> str:
@@ -182,6 +195,10 @@ class SessionRecorder:
         return text.replace(",nan", ",").replace(",inf", ",").replace(",-inf", ",")
 
     def _write(self, item: tuple) -> None:
+        if item[0] == "batch":
+            for it in item[1]:
+                self._write(it)
+            return
         if item[0] == "csv":
             self._csv.write(self._rows(item[1]))
         else:
@@ -218,6 +235,7 @@ class SessionRecorder:
             return
         self._closed = True
         if self._thread is not None:
+            self.hand_over()
             self._q.put(None)
             self._thread.join()
         try:
