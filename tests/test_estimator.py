@@ -13,6 +13,7 @@ from closedloop.estimation.artifacts import blank_linear
 from closedloop.estimation.filters import bandpass_sos
 from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator, mvc_from_efforts
 from closedloop.estimation.segmenter import Interval
+from closedloop.estimation.volitional import SegmentResult
 from closedloop.types import StreamInfo
 
 FS = 2000.0
@@ -231,3 +232,22 @@ def test_control_channel_and_band_are_checked_against_the_stream():
     with pytest.raises(ConfigError, match="band_hz"):
         IntervalEstimator(_info(2), EstimatorConfig(band_hz=(20.0, 1500.0)))
     assert IntervalEstimator(StreamInfo("e", "EMG", 500.0, ("a",), ("uV",))).band_hz == (20.0, 225.0)
+
+
+def test_response_terms_expand_the_prediction_error_filter():
+    """The lag coefficients the spectral correction accumulates are |H|^2 of the prediction, in cosines."""
+    rng = np.random.default_rng(3)
+    est = IntervalEstimator(_info(2), EstimatorConfig(method="nlms", history=3))
+    lags = np.array([[40, 81, 123], [41, 82, 0]])  # the second segment has only two past segments
+    weights = rng.normal(0.0, 0.6, (2, 2, 3))
+    weights[1, :, 2] = 0.0
+    lag, val = est._lag_terms(lags, weights, np.ones(2))
+    lag, val = lag.reshape(2, -1), val.reshape(2, -1, 2)
+    freqs = np.linspace(0.0, FS / 2, 37)
+    for k, m in ((0, 3), (1, 2)):
+        use = lag[k] < est.welch.nperseg  # the spare row takes lags out of range (and absent ones)
+        h2 = 1.0 + np.cos(2 * np.pi * np.outer(freqs, lag[k][use]) / FS) @ val[k][use]
+        res = SegmentResult(
+            np.zeros(2), np.zeros((1, 2)), np.ones(1, bool), "nlms", lags[k, :m] * 1.0, weights[k, :, :m]
+        )
+        np.testing.assert_allclose(h2, res.response(freqs, FS), rtol=1e-12, atol=1e-12)

@@ -222,15 +222,24 @@ class SOSFilter:
         self.n_channels = check_int(n_channels, "n_channels", 1)
         self.initial = initial
         self._zi_unit = signal.sosfilt_zi(s)  # (n_sections, 2): steady state for a unit constant input
-        self.zi: np.ndarray | None = None
+        self._zi: np.ndarray | None = None  # (n_channels, n_sections, 2) C-contiguous: the kernel's layout
         self.reset()
+
+    @property
+    def zi(self) -> np.ndarray | None:
+        """The filter state ``(n_sections, 2, n_channels)`` (a view of the channels-first store)."""
+        return None if self._zi is None else self._zi.transpose(1, 2, 0)
+
+    @zi.setter
+    def zi(self, value: np.ndarray | None) -> None:
+        self._zi = None if value is None else np.ascontiguousarray(np.transpose(value, (2, 0, 1)), dtype=np.float64)
 
     def reset(self) -> None:
         """Return to the initial state (at rest, or waiting for the first sample)."""
         if self.initial == "zeros":
-            self.zi = np.zeros((self.sos.shape[0], 2, self.n_channels))
+            self._zi = np.zeros((self.n_channels, self.sos.shape[0], 2))
         else:
-            self.zi = None
+            self._zi = None
 
     def step(self, x: np.ndarray) -> np.ndarray:
         """Filter the next chunk.
@@ -248,8 +257,8 @@ class SOSFilter:
         a = _as_chunk(x, self.n_channels, "SOSFilter.step")
         if a.shape[0] == 0:
             return np.empty((0, self.n_channels))
-        if self.zi is None:
-            self.zi = self._zi_unit[:, :, None] * a[0][None, None, :]
+        if self._zi is None:
+            self._zi = a[0][:, None, None] * self._zi_unit
         if _sosfilt_kernel is None:  # pragma: no cover - only if scipy moves its compiled kernel
             y, self.zi = signal.sosfilt(self._sos, a, axis=0, zi=self.zi)
             return y
@@ -257,10 +266,43 @@ class SOSFilter:
         # (two thirds of the cost of a short chunk): channels-first C-contiguous copies, filtered in place.
         # Equality with scipy.signal.sosfilt is what tests/test_filters.py checks.
         xt = np.array(a.T, dtype=np.float64, order="C")
-        zi = np.ascontiguousarray(np.moveaxis(self.zi, 2, 0))  # (C, n_sections, 2)
-        _sosfilt_kernel(self._sos, xt, zi)
-        self.zi = np.moveaxis(zi, 0, 2)
+        self._filter_in_place(xt)
         return xt.T
+
+    def step_channels_first(self, xt: np.ndarray) -> np.ndarray:
+        """Filter the next chunk given channels first, in place: the layout the compiled kernel works in.
+
+        Parameters
+        ----------
+        xt:
+            ``(n_channels, n_samples)`` C-contiguous float64 samples (n_samples may be 0); overwritten by the
+            filtered samples.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``xt`` itself. The same numbers as :meth:`step` on ``xt.T``.
+        """
+        if xt.dtype != np.float64 or xt.ndim != 2 or not xt.flags.c_contiguous or not xt.flags.writeable:
+            raise ValueError("SOSFilter.step_channels_first: needs a writable C-contiguous float64 (C, n) array")
+        if xt.shape[0] != self.n_channels:
+            raise ValueError(
+                f"SOSFilter.step_channels_first: configured for {self.n_channels} channels, got {xt.shape[0]}"
+            )
+        if xt.shape[1]:
+            if self._zi is None:
+                self._zi = xt[:, 0][:, None, None] * self._zi_unit
+            self._filter_in_place(xt)
+        return xt
+
+    def _filter_in_place(self, xt: np.ndarray) -> None:
+        """Run ``(C, n)`` C-contiguous samples through the sections, carrying ``zi``."""
+        if _sosfilt_kernel is None:  # pragma: no cover - only if scipy moves its compiled kernel
+            y, zf = signal.sosfilt(self._sos, xt, axis=1, zi=np.moveaxis(self.zi, 2, 1))
+            xt[...] = y
+            self.zi = np.moveaxis(zf, 1, 2)
+            return
+        _sosfilt_kernel(self._sos, xt, self._zi)
 
 
 class Envelope:
@@ -411,3 +453,17 @@ class FilterChain:
         for f in self.filters:
             y = f.step(y)
         return y
+
+    def step_channels_first(self, xt: np.ndarray) -> np.ndarray:
+        """Run a ``(n_channels, n_samples)`` C-contiguous float64 chunk through every filter, in place.
+
+        Filters with a ``step_channels_first`` method (:class:`SOSFilter`) filter ``xt`` in place; any other
+        filter gets ``xt.T`` through its ``step``. Returns ``xt``.
+        """
+        for f in self.filters:
+            cf = getattr(f, "step_channels_first", None)
+            if cf is not None:
+                cf(xt)
+            else:
+                xt[...] = np.asarray(f.step(xt.T)).T
+        return xt

@@ -1,8 +1,9 @@
 """Running the estimators over a whole recording held in memory (analysis scripts, real-data checks).
 
-The same :class:`~closedloop.estimation.interval.IntervalEstimator` as in the live loop, fed interval by
-interval: from each pulse to the next when pulse times are known (or detected from the artifacts), in
-fixed windows otherwise.
+The same :class:`~closedloop.estimation.interval.IntervalEstimator` as in the live loop, fed the intervals
+in batches (:meth:`~closedloop.estimation.interval.IntervalEstimator.step_many`, the same estimates as one
+by one): from each pulse to the next when pulse times are known (or detected from the artifacts), in fixed
+windows otherwise.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def estimate_recording(
     est = IntervalEstimator(info, config)
     seg = PulseSegmenter(info.n_channels, fs, window_s, max_interval_s)
     ts = np.arange(n) / fs
-    out: list[Estimate] = [est.step(iv, times) for iv, times in seg.push(x, ts, pulses) + seg.flush()]
+    items = seg.push(x, ts, pulses) + seg.flush()
+    out: list[Estimate] = est.step_many([iv for iv, _ in items], [times for _, times in items]) if items else []
     c = est.config.control_channel if channel is None else channel
     return EstimateTable.from_estimates(out, c, 0.0, pulses)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 from scipy import fft as sp_fft
 from scipy import signal
 
@@ -88,42 +88,58 @@ def spectral_indices(
         span = f"{f_all.min():g}..{f_all.max():g} Hz" if f_all.size else "no frequencies"
         raise ConfigError(f"band_hz = {band_hz!r}: contains no frequency bin (the spectrum covers {span})")
     f = f_all[mask]
-    p = p2[mask]  # (m, C)
+    mdf, mnf, fi = _band_indices(f, f**-1, f**5, p2[mask])
+    if one_d:
+        return float(mdf[0]), float(mnf[0]), float(fi[0])
+    return mdf, mnf, fi
+
+
+def _band_indices(
+    f: np.ndarray, f_inv: np.ndarray, f5: np.ndarray, p: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MDF, MNF and FInsm5, each ``(C,)``, of the in-band powers ``p`` ``(m, C)`` at the frequencies ``f``
+    ``(m,)`` (``f_inv = f**-1``, ``f5 = f**5``), as :func:`spectral_indices` defines them."""
+    m = f.shape[0]
     n_ch = p.shape[1]
     cols = np.arange(n_ch)
 
     total = p.sum(axis=0)
     ok = np.isfinite(total) & (total > 0)
-    safe_total = np.where(ok, total, 1.0)
+    all_ok = bool(ok.all())
+    safe_total = total if all_ok else np.where(ok, total, 1.0)
 
     mnf = (f @ p) / safe_total
-    num = (f**-1) @ p
-    den = (f**5) @ p
-    fi = np.divide(num, den, out=np.full(n_ch, np.nan), where=ok & (den > 0))
+    num = f_inv @ p
+    den = f5 @ p
+    if all_ok and bool((den > 0).all()):
+        fi = num / den
+    else:
+        fi = np.divide(num, den, out=np.full(n_ch, np.nan), where=ok & (den > 0))
 
-    cum = np.cumsum(p, axis=0) - 0.5 * p  # C_k at the bin centres
+    # the cumulative power, channel by channel (rows: the same running sums, faster to search)
+    pt = np.ascontiguousarray(p.T)  # (C, m)
+    cum = np.cumsum(pt, axis=1) - 0.5 * pt  # C_k at the bin centres
     half = 0.5 * total
     # Lower end: the first centre with C_k >= T/2, interpolated from the previous centre (C_{k-1} < T/2).
-    k = np.argmax(cum >= half, axis=0)
+    k = np.argmax(cum >= half[:, None], axis=1)
     km1 = np.maximum(k - 1, 0)
-    c0, c1 = cum[km1, cols], cum[k, cols]
+    c0, c1 = cum[cols, km1], cum[cols, k]
     d = c1 - c0
     frac = np.divide(half - c0, d, out=np.zeros(n_ch), where=(k > 0) & (d > 0))
     f_low = f[km1] + frac * (f[k] - f[km1])
     # Upper end: the last centre with C_j <= T/2, interpolated towards the next centre (C_{j+1} > T/2).
-    j = (m - 1) - np.argmax((cum <= half)[::-1], axis=0)
+    j = (m - 1) - np.argmax((cum <= half[:, None])[:, ::-1], axis=1)
     jp1 = np.minimum(j + 1, m - 1)
-    c0, c1 = cum[j, cols], cum[jp1, cols]
+    c0, c1 = cum[cols, j], cum[cols, jp1]
     d = c1 - c0
     frac = np.divide(half - c0, d, out=np.zeros(n_ch), where=(j < m - 1) & (d > 0))
     f_high = f[j] + frac * (f[jp1] - f[j])
     mdf = 0.5 * (f_low + f_high)
 
-    mdf = np.where(ok, mdf, np.nan)
-    mnf = np.where(ok, mnf, np.nan)
-    fi = np.where(ok, fi, np.nan)
-    if one_d:
-        return float(mdf[0]), float(mnf[0]), float(fi[0])
+    if not all_ok:
+        mdf = np.where(ok, mdf, np.nan)
+        mnf = np.where(ok, mnf, np.nan)
+        fi = np.where(ok, fi, np.nan)
     return mdf, mnf, fi
 
 
@@ -164,15 +180,19 @@ class StreamingWelch:
     min_segments:
         Fewest periodograms in the ring for which :meth:`indices` returns values, 1..K; None:
         ``max(1, K // 2)``.
+    band_only:
+        Keep only the periodogram bins inside ``band_hz`` (all that :meth:`indices` uses): ``freqs``, the ring
+        and :meth:`psd` then cover those bins (there must be at least one).
 
     Attributes
     ----------
     nperseg, hop, ring_size:
         Segment length, hop (``nperseg // 2``) and ``K``.
     freqs:
-        ``(nperseg // 2 + 1,)`` frequencies of the periodogram bins (Hz).
+        ``(nperseg // 2 + 1,)`` frequencies of the periodogram bins (Hz); with ``band_only``, those in the band.
     buffer:
-        ``(nperseg, n_channels)`` the last ``nperseg`` gated samples (zeros before the start).
+        ``(nperseg, n_channels)`` the last ``nperseg`` gated samples (zeros before the start); a view of
+        the channels-first store.
     buffer_valid:
         ``(nperseg,)`` bool validity of those samples.
     n_samples:
@@ -195,6 +215,7 @@ class StreamingWelch:
         window_s: float = 1.0,
         band_hz: tuple[float, float] = (20.0, 450.0),
         min_segments: int | None = None,
+        band_only: bool = False,
     ) -> None:
         rate = check_rate(rate_hz)
         self.rate_hz = rate
@@ -215,12 +236,21 @@ class StreamingWelch:
             self.min_segments = max(1, self.ring_size // 2)
         else:
             self.min_segments = check_int(min_segments, "min_segments", 1, self.ring_size)
-        self.freqs = sp_fft.rfftfreq(nps, 1.0 / rate)
+        freqs = sp_fft.rfftfreq(nps, 1.0 / rate)
+        self._bins = slice(None)  # the bins kept
+        if band_only:
+            in_band = np.flatnonzero((freqs >= self.band_hz[0]) & (freqs <= self.band_hz[1]))
+            if not in_band.size:
+                raise ConfigError(f"band_hz = {band_hz!r}: contains no frequency bin of nperseg = {nps}")
+            self._bins = slice(int(in_band[0]), int(in_band[-1]) + 1)
+        self.freqs = freqs[self._bins]
         self.window = signal.get_window("hann", nps)  # periodic Hann, as scipy.signal.welch uses
-        scale = np.full(self.freqs.shape[0], 2.0 / (rate * float(np.sum(self.window**2))))
+        scale = np.full(freqs.shape[0], 2.0 / (rate * float(np.sum(self.window**2))))
         scale[0] /= 2.0
         scale[-1] /= 2.0  # nperseg is even: the last bin is the Nyquist frequency
-        self._scale = scale
+        # the density scaling of all but the 0 Hz and Nyquist bins, folded into the window (its square root)
+        self._window_scaled = self.window * math.sqrt(scale[1])
+        self._halved = [i for i, f in enumerate(self.freqs) if f in (0.0, freqs[-1])]  # 0 Hz, Nyquist (kept)
         self.reset()
 
     @property
@@ -230,19 +260,29 @@ class StreamingWelch:
 
     def reset(self) -> None:
         """Forget all samples and periodograms."""
-        self.buffer = np.zeros((self.nperseg, self.n_channels))
+        self._buf = np.zeros((self.n_channels, self.nperseg))  # channels first, as the FFT reads it
         self.buffer_valid = np.zeros(self.nperseg, dtype=bool)
         self.n_samples = 0
-        self.ring = np.zeros((self.ring_size, self.freqs.shape[0], self.n_channels))
+        self._ring = np.zeros((self.ring_size, self.n_channels, self.freqs.shape[0]))  # channels first
         self.ring_valid_fraction = np.full(self.ring_size, np.nan)
         self.ring_pos = 0
         self._n_in_ring = 0
         self.segments_pushed = 0
         self.segments_rejected = 0
-        self._ring_sum = np.zeros((self.freqs.shape[0], self.n_channels))
-        self._pend: list[tuple[np.ndarray, np.ndarray]] = []
+        self._ring_sum = np.zeros((self.n_channels, self.freqs.shape[0]))
+        self._pend: list[tuple[np.ndarray, np.ndarray]] = []  # channels-first gated chunks and their validity
         self._pend_n = 0
         self._next_end = self.nperseg  # stream index (exclusive) where the next segment ends
+
+    @property
+    def buffer(self) -> np.ndarray:
+        """``(nperseg, n_channels)`` the last ``nperseg`` gated samples as of the last completed segment."""
+        return self._buf.T
+
+    @property
+    def ring(self) -> np.ndarray:
+        """``(K, n_freqs, n_channels)`` the ring of periodograms (a view of the channels-first store)."""
+        return self._ring.transpose(0, 2, 1)
 
     def step(self, x: np.ndarray, valid: np.ndarray | None = None) -> None:
         """Append samples; compute and push the periodograms of the segments they complete.
@@ -259,38 +299,55 @@ class StreamingWelch:
             raise ValueError(
                 f"StreamingWelch.step: configured for (n_samples, {self.n_channels}) chunks, got shape {a.shape}"
             )
-        n = a.shape[0]
+        self.step_channels_first(a.T, valid)
+
+    def step_channels_first(self, xt: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """:meth:`step` for samples given channels first, ``(n_channels, n_samples)`` (not modified)."""
+        a = np.asarray(xt, dtype=np.float64)
+        if a.ndim != 2 or a.shape[0] != self.n_channels:
+            raise ValueError(
+                f"StreamingWelch.step: configured for {self.n_channels} channels, got a chunk of shape {a.T.shape}"
+            )
+        n = a.shape[1]
         if valid is None:
             v = np.ones(n, dtype=bool)
         else:
-            v = np.asarray(valid)
+            v = np.asarray(valid, dtype=bool)
             if v.shape != (n,):
                 raise ValueError(f"StreamingWelch.step: valid must have shape ({n},), got {v.shape}")
-            v = v.astype(bool)
         if n == 0:
             return
-        v = v & np.isfinite(a).all(axis=1)
-        gated = np.where(v[:, None], a, 0.0)
+        gated = None  # the gated samples; None: a * v, written where they are needed
+        if not math.isfinite(float(a.sum())):  # a sum of finite samples is finite unless it overflows
+            v = v & np.isfinite(a).all(axis=0)
+            gated = np.where(v, a, 0.0)
 
         nps, hop = self.nperseg, self.hop
         n1 = self.n_samples + n
         # fast path: no segment completes yet; keep the samples until one does (buffer is brought up to date
         # then: it always holds the last nperseg samples as of the last completed segment)
         if n1 < self._next_end:
-            self._pend.append((gated, v))
+            self._pend.append((np.multiply(a, v) if gated is None else gated, v))
             self._pend_n += n
             self.n_samples = n1
             return
         n0 = self.n_samples - self._pend_n  # stream index of the first sample after the buffer
-        parts = [self.buffer, *(g for g, _ in self._pend), gated]
-        vparts = [self.buffer_valid, *(b for _, b in self._pend), v]
+        ext = np.empty((self.n_channels, nps + self._pend_n + n))  # stream samples [n0 - nperseg, n1)
+        ext[:, :nps] = self._buf
+        at = nps
+        for g, _ in self._pend:
+            ext[:, at : at + g.shape[1]] = g
+            at += g.shape[1]
+        if gated is None:
+            np.multiply(a, v, out=ext[:, at:])
+        else:
+            ext[:, at:] = gated
+        ext_valid = np.concatenate([self.buffer_valid, *(b for _, b in self._pend), v])
         self._pend, self._pend_n = [], 0
-        ext = np.concatenate(parts)  # stream samples [n0 - nperseg, n1)
-        ext_valid = np.concatenate(vparts)
         # Segment ends (exclusive, in stream samples) completed by this chunk: nperseg + k * hop in (n0, n1].
         first_k = max(0, -(-(n0 + 1 - nps) // hop))
         ends = np.arange(nps + first_k * hop, n1 + 1, hop)
-        self.buffer = ext[-nps:].copy()
+        self._buf = ext[:, -nps:].copy()
         self.buffer_valid = ext_valid[-nps:].copy()
         self.n_samples = n1
         self._next_end = nps + max(0, -(-(n1 + 1 - nps) // hop)) * hop
@@ -305,20 +362,36 @@ class StreamingWelch:
         starts, frac = starts[keep][-self.ring_size :], frac[keep][-self.ring_size :]
         if starts.size == 0:
             return
-        segs = sliding_window_view(ext, nps, axis=0)[starts]  # (n_new, C, nperseg)
-        spec = sp_fft.rfft(segs * self.window, axis=-1)  # (n_new, C, n_freqs)
-        pgram = (spec.real**2 + spec.imag**2) * self._scale  # density, one-sided
-        slots = (self.ring_pos + np.arange(starts.size)) % self.ring_size
-        new = np.swapaxes(pgram, 1, 2)
-        filled = slots < self._n_in_ring
-        self._ring_sum -= self.ring[slots[filled]].sum(axis=0)
-        self.ring[slots] = new
-        self._ring_sum += new.sum(axis=0)
-        self.ring_valid_fraction[slots] = frac
-        self.ring_pos = int((self.ring_pos + starts.size) % self.ring_size)
-        self._n_in_ring = min(self.ring_size, self._n_in_ring + int(starts.size))
-        if self.ring_pos < starts.size:  # wrapped: recompute the running sum exactly (no drift)
-            self._ring_sum = self.ring[: self._n_in_ring].sum(axis=0)
+        n_new = starts.size
+        if n_new == 1 or int(starts[-1] - starts[0]) == (n_new - 1) * hop:  # consecutive: a strided view
+            row, col = ext.strides
+            segs = as_strided(ext[:, starts[0] :], (n_new, self.n_channels, nps), (hop * col, row, col))
+        else:
+            segs = sliding_window_view(ext, nps, axis=1)[:, starts].transpose(1, 0, 2)
+        windowed = np.multiply(segs, self._window_scaled, out=np.empty((n_new, self.n_channels, nps)))
+        spec = sp_fft.rfft(windowed, axis=-1, overwrite_x=True)[..., self._bins]  # (n_new, C, n_freqs)
+        pgram = np.multiply(spec.real, spec.real)
+        pgram += np.square(spec.imag)  # density, one-sided: ...
+        for i in self._halved:  # ... with half the scale at 0 Hz and the Nyquist frequency
+            pgram[..., i] *= 0.5
+        # into the ring: slots ring_pos, ring_pos + 1, ... (wrapping), the running sum updated
+        pos, size = self.ring_pos, self.ring_size
+        head = min(n_new, size - pos)
+        for slot, new in ((slice(pos, pos + head), pgram[:head]), (slice(0, n_new - head), pgram[head:])):
+            filled = self._ring[slot][: max(0, self._n_in_ring - slot.start)]
+            if filled.shape[0]:
+                self._ring_sum -= filled.sum(axis=0)
+            self._ring[slot] = new
+        self._ring_sum += pgram.sum(axis=0)
+        self.ring_valid_fraction[(pos + np.arange(n_new)) % size] = frac
+        self.ring_pos = (pos + n_new) % size
+        self._n_in_ring = min(size, self._n_in_ring + n_new)
+        if self.ring_pos < n_new:  # wrapped: recompute the running sum exactly (no drift)
+            self._ring_sum = self._ring[: self._n_in_ring].sum(axis=0)
+
+    def segments_completed_by(self, n: np.ndarray) -> np.ndarray:
+        """How many segments ``n`` more samples would complete (pushed or rejected), elementwise."""
+        return np.maximum(0, (self.n_samples + np.asarray(n) - self._next_end) // self.hop + 1)
 
     def psd(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(freqs, psd)``: ``(n_freqs,)`` Hz and the ``(n_freqs, n_channels)`` mean periodogram over the ring.
@@ -327,7 +400,7 @@ class StreamingWelch:
         """
         if self._n_in_ring == 0:
             return None
-        return self.freqs.copy(), self._ring_sum / self._n_in_ring
+        return self.freqs.copy(), self._ring_sum.T / self._n_in_ring
 
     def indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """``(mdf_hz, mnf_hz, fi_nsm5)``, each ``(n_channels,)``, of :meth:`psd` over ``band_hz``.
@@ -336,6 +409,6 @@ class StreamingWelch:
         """
         if self._n_in_ring < self.min_segments:
             return None
-        mean = self._ring_sum / self._n_in_ring
+        mean = self._ring_sum.T / self._n_in_ring
         mdf, mnf, fi = spectral_indices(self.freqs, mean, self.band_hz)
         return np.asarray(mdf), np.asarray(mnf), np.asarray(fi)

@@ -28,6 +28,14 @@ channel plus the residual signal it measured (for spectral analysis). All are ve
 Without a pulse the whole interval is volitional: its RMS, for every method. Calibration (MVC) intervals
 have no pulses, so % MVC compares like with like up to the small bias of each method measured in
 bench/estimators.py.
+
+:meth:`VolitionalEstimator.segments` takes many consecutive pulse segments of one channels-first array
+at once (replays): the window products and gains of every segment are formed together, only the ``nlms``
+weight recursion (a tiny ``(C, M)`` update per pulse) runs pulse by pulse.
+:meth:`~VolitionalEstimator.segment_in_place` (and :meth:`~VolitionalEstimator.segment`) take one segment
+(the live loop) with the same arithmetic per segment, so that both give the same numbers: a fit's window
+products are summed in one order whatever else is in the batch (an ill-conditioned ``gs`` fit would
+otherwise turn rounding differences into visible ones).
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import numpy as np
 
 from closedloop.errors import ConfigError
 
-__all__ = ["METHODS", "SegmentResult", "VolitionalEstimator"]
+__all__ = ["METHODS", "SegmentBatch", "SegmentResult", "VolitionalEstimator"]
 
 METHODS = ("post", "comb", "gs", "nlms")
 
@@ -80,8 +88,40 @@ class SegmentResult:
         return np.abs(h) ** 2 / (1.0 + np.sum(self.weights**2, axis=1))
 
 
+@dataclass(frozen=True)
+class SegmentBatch:
+    """What :meth:`VolitionalEstimator.segments` found in ``P`` consecutive pulse segments.
+
+    Attributes
+    ----------
+    method:
+        ``(P,)`` the method used per segment (``post`` where a prediction method lacked a usable past).
+    lo, hi:
+        ``(P,)`` sample indices (in the array given): segment ``k``'s volitional signal is
+        ``y[:, lo[k]:hi[k]]`` after the call; its RMS is the effort (NaN if it is shorter than ``min_n``).
+    n_past:
+        ``(P,)`` past segments the prediction used (0 for ``post``).
+    lags:
+        ``(P, H)`` distance in samples to each of them, most recent first (0 beyond ``n_past``).
+    weights:
+        ``(P, C, H)`` prediction weights per channel (0 beyond ``n_past``); see :class:`SegmentResult`.
+    """
+
+    method: tuple[str, ...]
+    lo: np.ndarray
+    hi: np.ndarray
+    n_past: np.ndarray
+    lags: np.ndarray
+    weights: np.ndarray
+
+
 def _rms(x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean(x * x, axis=0))
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sum over the last axis of ``a * b``."""
+    return np.einsum("...l,...l->...", a, b)
 
 
 class VolitionalEstimator:
@@ -136,7 +176,8 @@ class VolitionalEstimator:
         self.history = 1 if method == "comb" else history
         self.mu = mu
         self.comb_scale = comb_scale
-        self._past: list[tuple[int, np.ndarray]] = []  # (pulse sample index, segment), most recent last
+        #: (pulse sample index, channels-first segment ``(C, L)``) of the last ``history`` pulses, most recent last
+        self._past: list[tuple[int, np.ndarray]] = []
         self._w = np.full((n_channels, history), 1.0 / history)
 
     def reset(self) -> None:
@@ -156,77 +197,262 @@ class VolitionalEstimator:
         """Estimate the volitional EMG of a pulse segment ``y`` (``(L, C)``, sample 0 = the pulse).
 
         ``position`` is the pulse's sample index in the stream (for the spectral response of the
-        prediction methods).
+        prediction methods). The same computation as :meth:`segments` with one segment.
         """
-        past = self._past
-        method = self.method
-        if method != "post" and not past:
-            method = "post"
-        if method == "post":
-            res = self._post(y)
-        else:
-            use = past[-1:] if method == "comb" else past[::-1][: self.history]
-            if method == "comb":
-                use = use[::-1]
-            res = self._predicted(y, [seg for _, seg in use], method, [position - pos for pos, _ in use])
-        past.append((position, y))
-        if len(past) > self.history:
-            del past[0]
-        return res
-
-    def _post(self, y: np.ndarray) -> SegmentResult:
         L, C = y.shape
+        yt = np.array(y.T, dtype=np.float64, order="C")
+        b = self.segments(yt, np.array([0]), np.array([L]), np.array([position]))
+        lo, hi = int(b.lo[0]), int(b.hi[0])
         valid = np.zeros(L, bool)
-        valid[self.post_n :] = True
-        resid = np.where(valid[:, None], y, 0.0)
-        n = max(0, L - self.post_n)
-        effort = _rms(y[self.post_n :]) if n >= self.min_n else np.full(C, np.nan)
-        return SegmentResult(effort, resid, valid, "post")
+        valid[lo:hi] = True
+        resid = np.where(valid[:, None], yt.T, 0.0)
+        effort = _rms(resid[lo:hi]) if hi - lo >= self.min_n else np.full(C, np.nan)
+        m = int(b.n_past[0])
+        if m == 0:
+            return SegmentResult(effort, resid, valid, b.method[0])
+        return SegmentResult(effort, resid, valid, b.method[0], b.lags[0, :m].astype(float), b.weights[0, :, :m].copy())
 
-    def _predicted(self, y: np.ndarray, past: list[np.ndarray], method: str, lags: list[int]) -> SegmentResult:
-        """Prediction error of ``y`` from ``past`` segments (most recent first)."""
-        L, C = y.shape
-        n = min(L, *(p.shape[0] for p in past))
+    def segments(self, y: np.ndarray, starts: np.ndarray, ends: np.ndarray, positions: np.ndarray) -> SegmentBatch:
+        """Estimate consecutive pulse segments of a channels-first array, in place.
+
+        Segment ``k`` is ``y[:, starts[k]:ends[k]]`` (sample 0 = its pulse, at stream sample ``positions[k]``);
+        segments are in stream order, do not overlap, and no :meth:`reset` falls between them. Each one is
+        predicted from the ones before it (and from the past kept from earlier calls) exactly as if they came
+        one by one. On return, the prediction range of each predicted segment holds its prediction error
+        divided by ``sqrt(1 + |w|^2)``; everything else in ``y`` is unchanged (``post`` measures ``y`` as is).
+
+        Parameters
+        ----------
+        y:
+            ``(C, N)`` C-contiguous float64 band-passed EMG; modified in place.
+        starts, ends:
+            ``(P,)`` sample indices in ``y`` of each segment's pulse and of the end of its interval.
+        positions:
+            ``(P,)`` stream sample index of each pulse.
+        """
+        starts = np.asarray(starts, dtype=np.int64)
+        ends = np.asarray(ends, dtype=np.int64)
+        positions = np.asarray(positions, dtype=np.int64)
+        n_seg = starts.size
+        if n_seg == 1:
+            return self.segment_in_place(y, int(starts[0]), int(ends[0]), int(positions[0]))
+        n_ch = y.shape[0]
+        hist = self.history
         b0 = self.blank_n
-        if n - b0 < self.min_n:
-            return self._post(y)
-        m0, m1 = min(self.mwave_n[0], n), min(self.mwave_n[1], n)
-        if m1 - m0 < 2:
-            m0, m1 = b0, n
-        P = [p[:n] for p in past]  # M arrays (n, C), most recent first
-        cur = y[:n]
-        M = len(P)
-        yw = cur[m0:m1]
-        if method == "comb":
-            Pw = P[0][m0:m1]
-            if self.comb_scale:
-                den = np.einsum("lc,lc->c", Pw, Pw)
-                a = np.einsum("lc,lc->c", Pw, yw) / np.where(den > 0, den, 1.0)
-            else:
-                a = np.ones(C)
-            w = a[:, None]
-            err = cur - P[0] * a
-        elif method == "gs":
-            X = np.stack(P, axis=-1)  # (n, C, M)
-            Xw = X[m0:m1]
-            G = np.einsum("lcm,lcn->cmn", Xw, Xw)
-            G += np.eye(M) * (1e-9 * np.trace(G, axis1=1, axis2=2)[:, None, None] / M + 1e-300)
-            w = np.linalg.solve(G, np.einsum("lcm,lc->cm", Xw, yw)[..., None])[..., 0]
-            err = cur - np.einsum("lcm,cm->lc", X, w)
-        else:  # nlms: a priori weights, then one normalised step on the M-wave window
-            w = self._w[:, :M].copy()
-            err = cur.copy()
-            for j in range(M):
-                err -= P[j] * w[:, j]
-            e_w = err[m0:m1]
-            Pw = [q[m0:m1] for q in P]
-            norm = sum(np.einsum("lc,lc->c", q, q) for q in Pw)
-            norm = np.where(norm > 0, norm, 1.0)
-            for j in range(M):
-                self._w[:, j] = w[:, j] + self.mu * np.einsum("lc,lc->c", Pw[j], e_w) / norm
-        gain = np.sqrt(1.0 + np.sum(w * w, axis=1))
-        resid = np.zeros_like(y)
-        resid[b0:n] = err[b0:n] / gain
-        valid = np.zeros(L, bool)
-        valid[b0:n] = True
-        return SegmentResult(_rms(resid[b0:n]), resid, valid, method, np.asarray(lags, dtype=float), w)
+        past = self._past
+        n_old = len(past)
+        lens = ends - starts
+        # the stored past segments, then the new ones: segment k's past j (most recent first) is k - 1 - j here
+        all_len = np.array([seg.shape[1] for _, seg in past] + lens.tolist(), dtype=np.int64)
+        all_pos = np.array([pos for pos, _ in past] + positions.tolist(), dtype=np.int64)
+        k_all = n_old + np.arange(n_seg)
+        n_past = np.minimum(hist, k_all) if self.method != "post" else np.zeros(n_seg, np.int64)
+        n = lens.copy()  # samples common to a segment and its past
+        lags = np.zeros((n_seg, hist), np.int64)
+        for j in range(hist):
+            has = n_past > j
+            src = np.maximum(k_all - 1 - j, 0)
+            n = np.where(has, np.minimum(n, all_len[src]), n)
+            lags[:, j] = np.where(has, positions - all_pos[src], 0)
+        pred = (n_past > 0) & (n - b0 >= self.min_n)
+        n_past = np.where(pred, n_past, 0)
+        lags[~pred] = 0
+        lo = np.where(pred, starts + b0, np.minimum(starts + self.post_n, ends))
+        hi = np.where(pred, starts + n, ends)
+        weights = np.zeros((n_seg, n_ch, hist))
+        # the past for the next call: copies taken before the prediction errors overwrite y
+        keep = [(int(positions[k]), y[:, starts[k] : ends[k]].copy()) for k in range(max(0, n_seg - hist), n_seg)]
+        if pred.any():
+            self._predict(y, starts, ends, n, n_past, pred, weights)
+        self._past = (past + keep)[-hist:]
+        methods = tuple(self.method if p else "post" for p in pred.tolist())
+        return SegmentBatch(methods, lo, hi, n_past, lags, weights)
+
+    def segment_in_place(self, y: np.ndarray, start: int, end: int, position: int) -> SegmentBatch:
+        """:meth:`segments` for the one segment ``y[:, start:end]``: the same estimate in a few small
+        operations (the live loop)."""
+        hist = self.history
+        b0 = self.blank_n
+        n_ch = y.shape[0]
+        seg = y[:, start:end]
+        use = self._past[::-1][:hist] if self.method != "post" else []  # most recent first
+        n = min([end - start] + [p.shape[1] for _, p in use])
+        m = len(use) if use and n - b0 >= self.min_n else 0
+        lags = np.zeros((1, hist), np.int64)
+        weights = np.zeros((1, n_ch, hist))
+        keep = (position, seg.copy())  # the past for the next segment, before the prediction error replaces it
+        if m:
+            lags[0, :m] = [position - pos for pos, _ in use]
+            m0, m1 = min(self.mwave_n[0], n), min(self.mwave_n[1], n)
+            if m1 - m0 < 2:
+                m0, m1 = b0, n
+            past = [p[:, :n] for _, p in use]
+            # the same arithmetic as a batch of segments with this window: its (C, 1, W) products, its weights
+            cur_w = seg[:, None, m0:m1]
+            past_w = [q[:, None, m0:m1] for q in past] + [cur_w] * (hist - m)  # absent ones: masked out
+            present = np.arange(hist)[None, :] < m
+            w = self._weights(*_products(cur_w, past_w, present), np.array([m]))[:, 0, :m]
+            err = seg[:, b0:n]  # the prediction error over [blank_n, n), in place
+            for j in range(w.shape[1]):
+                err -= past[j][:, b0:n] * w[:, j : j + 1]
+            err /= np.sqrt(1.0 + _sum_sq(w))[:, None]
+            weights[0, :, : w.shape[1]] = w
+        self._past = [*self._past, keep][-hist:]
+        lo = start + b0 if m else min(start + self.post_n, end)
+        hi = start + n if m else end
+        method = self.method if m else "post"
+        return SegmentBatch((method,), np.array([lo]), np.array([hi]), np.array([m]), lags, weights)
+
+    def _predict(
+        self,
+        y: np.ndarray,
+        starts: np.ndarray,
+        ends: np.ndarray,
+        n: np.ndarray,
+        n_past: np.ndarray,
+        pred: np.ndarray,
+        weights: np.ndarray,
+    ) -> None:
+        """Fit the predicted segments' weights on their M-wave windows and replace their prediction range
+        ``[blank_n, n)`` in ``y`` by the normalised prediction error; weights go into ``weights``."""
+        hist = self.history
+        b0 = self.blank_n
+        n_ch = y.shape[0]
+        past = self._past
+        n_old = len(past)
+        idx = np.flatnonzero(pred)  # the predicted segments, in order
+        n_p = idx.size
+        s0, s1 = int(starts[0]), int(ends[-1])
+        # sources: the stored past segments and the part of y the new segments cover, side by side
+        src = np.concatenate([seg for _, seg in past] + [y[:, s0:s1]], axis=1)
+        off_old = np.cumsum([0] + [seg.shape[1] for _, seg in past])
+        f_old = int(off_old[-1])
+        off_all = np.concatenate([off_old[:-1], f_old + starts - s0])  # where each segment begins in src
+        k_all = n_old + idx
+        nk = n[idx]
+        mp = n_past[idx]
+        # the M-wave window after the blanking, inside what is common to the segment and its past
+        m0 = np.minimum(self.mwave_n[0], nk)
+        m1 = np.minimum(self.mwave_n[1], nk)
+        narrow = m1 - m0 < 2
+        m0 = np.where(narrow, b0, m0)
+        m1 = np.where(narrow, nk, m1)
+        # the window samples of every segment (from the first window start to the last window end); the products
+        # over the windows are formed window by window (segments with the same window together), in exactly the
+        # arithmetic of a segment on its own
+        lw0 = int(m0.min())
+        head = np.take(src, np.minimum(off_all[:, None] + np.arange(lw0, int(m1.max())), src.shape[1] - 1), axis=1)
+        present = np.arange(hist) < mp[:, None]  # (Pp, H)
+        span = int(m1.max()) + 1
+        keys, group, count = np.unique(m0 * span + m1, return_inverse=True, return_counts=True)
+        windows = np.stack([keys // span - lw0, keys % span - lw0], axis=1).tolist()  # (start, end) in head
+        main = int(np.argmax(count))  # the usual window: formed for all segments (views), kept where it is theirs
+        a, b = windows[main]
+        gram, cross = _products(
+            _pick(head, k_all)[:, :, a:b], [_pick(head, k_all - 1 - j)[:, :, a:b] for j in range(hist)], present
+        )
+        for g, (a, b) in enumerate(windows):
+            if g != main:
+                sel = np.flatnonzero(group == g)
+                ks = k_all[sel]
+                past = [head[:, np.maximum(ks - 1 - j, 0), a:b] for j in range(hist)]
+                gram[:, sel], cross[:, sel] = _products(head[:, ks, a:b], past, present[sel])
+        w = self._weights(gram, cross, mp)  # (C, Pp, H)
+        m = w.shape[2]
+        weights[idx, :, :m] = w.transpose(1, 0, 2)
+        gain = np.sqrt(1.0 + _sum_sq(w))  # (C, Pp)
+        # prediction errors over [blank_n, n) of every predicted segment, computed in place on y between the
+        # first and the last of them: blocks alternate prediction range and gap (untouched: weight 0, gain 1)
+        lo = starts[idx] + b0
+        hi = starts[idx] + nk
+        a0, a1 = int(lo[0]), int(hi[-1])
+        blens = np.empty(2 * n_p - 1, np.int64)
+        blens[0::2] = hi - lo
+        blens[1::2] = lo[1:] - hi[:-1]
+        t = np.arange(a0, a1)
+        view = y[:, a0:a1]
+        for j in range(m):
+            wb = np.zeros((n_ch, 2 * n_p - 1))
+            wb[:, 0::2] = w[:, :, j]
+            shift = np.full(2 * n_p - 1, f_old - s0)  # gaps read their own sample (times weight 0)
+            shift[0::2] = np.where(mp > j, off_all[np.maximum(k_all - 1 - j, 0)] - starts[idx], f_old - s0)
+            pj = np.take(src, t + np.repeat(shift, blens), axis=1)
+            pj *= np.repeat(wb, blens, axis=1)
+            view -= pj
+        gb = np.ones((n_ch, 2 * n_p - 1))
+        gb[:, 0::2] = gain
+        view /= np.repeat(gb, blens, axis=1)
+
+    def _weights(self, gram: np.ndarray, cross: np.ndarray, n_past: np.ndarray) -> np.ndarray:
+        """The prediction weights ``(C, P, H)`` of consecutive segments from the products over their windows:
+        ``gram`` ``(C, P, H, H)`` of the past segments, ``cross`` ``(C, P, H)`` with the current one; zero for
+        past segments a segment does not have (``n_past``: how many it has)."""
+        n_ch, n_p, hist = cross.shape
+        present = np.arange(hist) < n_past[:, None]  # (P, H)
+        if self.method == "comb":
+            if not self.comb_scale:
+                return np.ones((n_ch, n_p, 1))
+            den = gram[:, :, 0, 0]
+            return (cross[:, :, 0] / np.where(den > 0, den, 1.0))[:, :, None]
+        trace = sum(gram[:, :, j, j] for j in range(hist))  # (C, P): the past segments' power
+        if self.method == "gs":
+            reg = 1e-9 * trace / np.maximum(n_past, 1) + 1e-300
+            gram = gram + np.eye(hist) * reg[:, :, None, None]
+            pi, pj = np.nonzero(~present)  # absent regressors get a unit diagonal: their weight solves to 0
+            gram[:, pi, pj, pj] = 1.0
+            return np.linalg.solve(gram, cross[..., None])[..., 0]
+        return self._nlms(gram, cross, trace) * present
+
+    def _nlms(self, gram: np.ndarray, cross: np.ndarray, norm: np.ndarray) -> np.ndarray:
+        """The a priori weights ``(C, P, H)`` of consecutive segments, each followed by one normalised LMS
+        step on its M-wave window: ``w += mu (cross - gram w) / trace(gram)``. Written as one affine map per
+        segment, ``[w; 1] <- [[I - mu gram / tr, mu cross / tr], [0, 1]] [w; 1]``, built for all segments at
+        once; only applying them is a loop over segments. ``norm``: ``(C, P)`` the traces."""
+        n_ch, n_p, hist = cross.shape
+        coef = (self.mu / np.where(norm > 0, norm, 1.0)).T  # (P, C)
+        step = np.zeros((n_p, n_ch, hist + 1, hist + 1))  # one map per segment
+        for i in range(hist):
+            for j in range(hist):
+                step[:, :, i, j] = (i == j) - gram[:, :, i, j].T * coef
+            step[:, :, i, hist] = cross[:, :, i].T * coef
+        step[:, :, hist, hist] = 1.0
+        w = np.empty((n_p + 1, n_ch, hist + 1, 1))  # [w; 1] before each segment, and after the last
+        w[0, :, :hist, 0] = self._w
+        w[0, :, hist] = 1.0
+        for k in range(n_p):
+            np.matmul(step[k], w[k], out=w[k + 1])
+        self._w = w[n_p, :, :hist, 0].copy()
+        return w[:n_p, :, :hist, 0].transpose(1, 0, 2)
+
+
+def _products(cur: np.ndarray, past: list[np.ndarray], present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sums over the fit window of the products of past segments ``(C, P, H, H)`` and of each past segment
+    with the current one ``(C, P, H)``, from ``(C, P, W)`` windows; 0 where a segment lacks a past
+    (``present`` ``(P, H)``)."""
+    n_ch, n_p = cur.shape[:2]
+    hist = len(past)
+    gram = np.empty((n_ch, n_p, hist, hist))
+    cross = np.empty((n_ch, n_p, hist))
+    for i in range(hist):
+        for j in range(i, hist):
+            gram[:, :, i, j] = gram[:, :, j, i] = _dot(past[i], past[j])
+        cross[:, :, i] = _dot(past[i], cur)
+    if not present.all():
+        gram[:, ~(present[:, :, None] & present[:, None, :])] = 0.0
+        cross[:, ~present] = 0.0
+    return gram, cross
+
+
+def _sum_sq(w: np.ndarray) -> np.ndarray:
+    """``sum(w * w, axis=-1)`` for a short last axis (the weights of a few past segments), term by term."""
+    out = w[..., 0] * w[..., 0]
+    for j in range(1, w.shape[-1]):
+        out += w[..., j] * w[..., j]
+    return out
+
+
+def _pick(a: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``a[:, max(k, 0)]`` for increasing ``k``: a view when ``k`` is a run of consecutive indices (usual)."""
+    if k.size and k[0] >= 0 and int(k[-1]) - int(k[0]) == k.size - 1:
+        return a[:, int(k[0]) : int(k[-1]) + 1]
+    return np.take(a, np.maximum(k, 0), axis=1)
