@@ -120,7 +120,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--stream", default=None, help="XDF stream name or type (default: type EMG)")
     r.add_argument("--rate", type=_positive_float, default=None, metavar="HZ", help="rate for files that hold none")
     r.add_argument("--units", default=None, help="units for files that state none (e.g. uV, mV, V)")
-    r.add_argument("--chunk", type=_positive_int, default=256, metavar="SAMPLES", help="chunk size (default 256)")
+    r.add_argument(
+        "--chunk",
+        type=_positive_int,
+        default=None,
+        metavar="SAMPLES",
+        help="chunk size (default 4096 as fast as possible, 256 when paced)",
+    )
     r.add_argument("--no-detect", action="store_true", help="do not detect pulses from artifacts")
     r.add_argument("--jobs", type=_positive_int, default=None, help="parallel files (default: all cores)")
     r.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run the batch on a Dask scheduler")

@@ -66,7 +66,8 @@ class ReplayOptions:
     speed:
         None: as fast as possible; else the pace as a multiple of real time (1.0 = real time).
     chunk_size:
-        Samples per chunk.
+        Samples per chunk; None (default): 4096 as fast as possible (the estimator then batches many pulse
+        intervals per call), 256 when paced or republished (smooth real-time pacing).
     channels, stream, rate_hz, units:
         Channel picks by name, XDF stream name/type, rate for files without one (Hz), unit for files
         without one.
@@ -83,7 +84,7 @@ class ReplayOptions:
     """
 
     speed: float | None = None
-    chunk_size: int = 256
+    chunk_size: int | None = None
     channels: tuple[str, ...] | None = None
     stream: str | None = None
     rate_hz: float | None = None
@@ -93,6 +94,12 @@ class ReplayOptions:
     report: bool = True
     window_s: float = 0.1
     progress: bool = False
+
+    def chunk(self, speed: float | None) -> int:
+        """Samples per chunk at pace ``speed`` (None: as fast as possible)."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return 4096 if speed is None else 256
 
 
 @dataclass
@@ -274,7 +281,7 @@ def _file_source(path: Path, options: ReplayOptions, speed: float | None):
         stream=options.stream,
         rate_hz=options.rate_hz,
         units=options.units,
-        chunk_size=options.chunk_size,
+        chunk_size=options.chunk(speed),
         speed=speed,
         detect_pulses=options.detect_pulses,
     )
@@ -458,7 +465,7 @@ async def _publish(path: Path, options: ReplayOptions, name: str | None) -> int:
                 f"{stem}", "EMG", info.rate_hz, info.channel_names, ("microvolts",), f"closedloop-replay-{stem}"
             ),
             "float32",
-            options.chunk_size,
+            options.chunk(options.speed if options.speed is not None else 1.0),
         )
         markers = pylsl.StreamOutlet(
             pylsl.StreamInfo(f"{stem}-Markers", "Markers", 1, 0.0, pylsl.cf_string, f"closedloop-replay-{stem}-markers")
