@@ -142,6 +142,10 @@ def _targets(results: dict[str, dict]) -> list[str]:
             return None
         return next((r for r in data["rows"] if r["name"] == name and r.get("status") == "ok"), None)
 
+    def completed(r: dict) -> bool:
+        """The session ran to its end (a fault, e.g. the watchdog, is a failed target whatever the figures)."""
+        return r["counters"].get("session_ok", 1) == 1 and r["pulses"] >= 0.95 * r["pulses_expected"]
+
     def secs(key: str) -> float:
         return float(results[key]["args"]["seconds"])
 
@@ -156,14 +160,16 @@ def _targets(results: dict[str, dict]) -> list[str]:
     fw100 = get("closed_loop_64_100", "framework")
     if fw100:
         n = fw100["counters"].get("deadline_misses")
+        ok = completed(fw100)
         row(
             "64 x 2048, 100 Hz for 60 s: 0 deadline misses",
-            f"{n} in {secs('closed_loop_64_100'):g} s",
-            n == 0 if secs("closed_loop_64_100") >= 60 else None,
+            f"{n} in {secs('closed_loop_64_100'):g} s, {fw100['pulses']}/{fw100['pulses_expected']} pulses"
+            + ("" if ok else " (session did not complete: " + "; ".join(fw100["notes"]) + ")"),
+            (n == 0 and ok) if secs("closed_loop_64_100") >= 60 else None,
         )
     fw256 = get("closed_loop_256", "framework")
     if fw256:
-        kept = fw256["samples_lost"] == 0 and fw256["batched_units"] <= 0.01 * fw256["units"]
+        kept = completed(fw256) and fw256["samples_lost"] == 0 and fw256["batched_units"] <= 0.01 * fw256["units"]
         p99 = fw256["e2e"]["p99"]
         row(
             "256 x 10240 for 60 s without falling behind, e2e p99 <= 2 ms",

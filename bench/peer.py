@@ -382,7 +382,7 @@ def _run_framework(cfg: Config) -> dict[str, Any]:
     import pylsl
 
     from acquisition.lsl import LSLSource
-    from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
+    from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator, fit_to_pulse_rate
     from closedloop.pipeline import Phase, Session, SessionConfig
     from closedloop.safety import SafetyLayer, SafetyLimits
     from closedloop.stimulators import SimulatedStimulator
@@ -411,6 +411,8 @@ def _run_framework(cfg: Config) -> dict[str, Any]:
     # the session ends when the pusher's data are all in (the source stops); the stall timeout catches a
     # pusher that dies, the phase's length a run that never ends
     phases = (Phase("assist", cfg.seconds + CONNECT_TIMEOUT_S, "control"),)
+    # windows fitted to the pulse period (at 100 Hz the default 3-20 ms M-wave window would not fit)
+    est_cfg = fit_to_pulse_rate(EstimatorConfig(method="nlms", mvc_uv=100.0), cfg.stim_hz, cfg.chunk / cfg.rate_hz)
     pusher = start_pusher(name, cfg.channels, cfg.rate_hz, cfg.seconds, chunk=cfg.chunk)
     try:
         import tempfile
@@ -418,7 +420,7 @@ def _run_framework(cfg: Config) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="peer-framework-") as tmp:
             session = Session(
                 _Source(source_id=name, resolve_timeout_s=CONNECT_TIMEOUT_S, stall_timeout_s=2.0),
-                lambda info: IntervalEstimator(info, EstimatorConfig(method="nlms", mvc_uv=100.0)),
+                lambda info: IntervalEstimator(info, est_cfg),
                 ProportionalAssist(gain_ma_per_pct=0.2, deadband_pct=0.0, offset_ma=5.0, max_ma=25.0),
                 SafetyLayer(limits, SimulatedStimulator(_Participant(), pylsl.local_clock)),
                 SessionConfig(stim_hz=cfg.stim_hz, phases=phases),
@@ -428,6 +430,7 @@ def _run_framework(cfg: Config) -> dict[str, Any]:
             rec.stop_cpu()
     finally:
         _finish_pusher(pusher, rec)
+    rec.counters["session_ok"] = int(res.status == "completed")
     if res.status != "completed":
         rec.notes.append(f"session {res.status}: {res.error}")
     rec.counters["deadline_misses"] = res.deadline_misses

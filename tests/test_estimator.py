@@ -251,3 +251,41 @@ def test_response_terms_expand_the_prediction_error_filter():
             np.zeros(2), np.zeros((1, 2)), np.ones(1, bool), "nlms", lags[k, :m] * 1.0, weights[k, :, :m]
         )
         np.testing.assert_allclose(h2, res.response(freqs, FS), rtol=1e-12, atol=1e-12)
+
+
+def test_fit_to_pulse_rate_gives_a_volitional_estimate_at_100_hz():
+    """At 100 Hz (10-ms periods, a pulse landing up to one 8-sample chunk late) the default 3-20 ms M-wave
+    window cannot hold: without fitting, most intervals have no effort; fitted, all but the first do."""
+    import math
+
+    from scipy import signal as sg
+
+    from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator, fit_to_pulse_rate
+    from closedloop.estimation.segmenter import Interval
+    from closedloop.types import StreamInfo
+
+    fs, stim, n_ch = 2048.0, 100.0, 4
+    rng = np.random.default_rng(3)
+    b, a = sg.butter(2, [30, 300], btype="bandpass", fs=fs)
+    x = sg.lfilter(b, a, rng.standard_normal((int(5 * fs), n_ch)), axis=0) * 80
+    ts = np.arange(x.shape[0]) / fs
+    info = StreamInfo("EMG", "EMG", fs, tuple(f"c{i}" for i in range(n_ch)), ("microvolts",) * n_ch)
+    lags = rng.integers(0, 8, size=1000)
+
+    def nan_fraction(cfg: EstimatorConfig) -> float:
+        est = IntervalEstimator(info, cfg)
+        nxt, start, pulse, nans, k = fs / stim, 0, None, 0, 0
+        while round(nxt) <= x.shape[0]:
+            end = round(nxt)
+            e = est.step(Interval(k, start, x[start:end], ts[start:end]), [pulse] if pulse is not None else [])
+            nans += math.isnan(e.effort_uv)
+            pulse = ts[min(end + lags[k], x.shape[0] - 1)]
+            start, nxt, k = end, nxt + fs / stim, k + 1
+        return nans / k
+
+    base = EstimatorConfig(method="nlms")
+    fitted = fit_to_pulse_rate(base, stim, 8 / fs)
+    assert fitted.mwave_window_s[1] == pytest.approx(0.008) and fitted.min_volitional_s < base.min_volitional_s
+    assert fit_to_pulse_rate(base, 25.0, 8 / fs) == base  # a 25-Hz period holds the defaults
+    assert nan_fraction(base) > 0.5
+    assert nan_fraction(fitted) < 0.01

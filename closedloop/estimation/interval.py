@@ -50,7 +50,7 @@ from closedloop.estimation.spectral import StreamingWelch, _band_indices
 from closedloop.estimation.volitional import METHODS, SegmentBatch, VolitionalEstimator, _sum_sq
 from closedloop.types import Estimate, StreamInfo
 
-__all__ = ["EstimatorConfig", "IntervalEstimator", "mvc_from_efforts"]
+__all__ = ["EstimatorConfig", "IntervalEstimator", "fit_to_pulse_rate", "mvc_from_efforts"]
 
 _NON_FINITE = "non-finite samples in interval"
 _DOUBLET = "pulse inside the blanking window of the previous one: measured as one stimulus"
@@ -174,6 +174,28 @@ class EstimatorConfig:
                 f"band_hz = {self.band_hz}: the upper corner must be below half the rate ({rate_hz / 2:g} Hz)"
             )
         return self.band_hz
+
+
+def fit_to_pulse_rate(config: EstimatorConfig, stim_hz: float, chunk_s: float = 0.0) -> EstimatorConfig:
+    """``config`` with its windows fitted to a ``1 / stim_hz`` pulse period (s); unchanged where they fit.
+
+    The default M-wave window (3-20 ms) fills a 50-Hz period. At higher rates it would not fit: the
+    prediction methods, which fit their gains on it, could never run and every interval would fall back to
+    ``post``, whose window starts after it, leaving no volitional estimate at all. Its end is cut to 80 % of
+    the period (never below 2 ms after its start), and ``min_volitional_s`` to 80 % of what remains after
+    the blanking when a pulse lands up to ``chunk_s`` (one amplifier chunk) into its interval (never below
+    1 ms).
+    """
+    from dataclasses import replace
+
+    period = 1.0 / stim_hz
+    m0, m1 = config.mwave_window_s
+    end = min(m1, max(0.8 * period, m0 + 0.002))
+    room = period - chunk_s - config.blank_s
+    min_vol = min(config.min_volitional_s, max(0.8 * room, 0.001))
+    if end >= m1 and min_vol >= config.min_volitional_s:
+        return config
+    return replace(config, mwave_window_s=(m0, end), min_volitional_s=min_vol)
 
 
 def mvc_from_efforts(efforts_uv: np.ndarray, interval_s: float, window_s: float = 0.5) -> np.ndarray:
