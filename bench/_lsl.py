@@ -125,6 +125,10 @@ class PulseWork:
 
     def push(self, samples: np.ndarray) -> list[float]:
         y, self._zi = signal.sosfilt(self._sos, samples, axis=0, zi=self._zi)
+        return self.intervals(y)
+
+    def intervals(self, y: np.ndarray) -> list[float]:
+        """The interval bookkeeping, RMS and rule on already filtered samples; the amplitudes decided (mA)."""
         out: list[float] = []
         start = 0
         n = y.shape[0]

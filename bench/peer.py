@@ -173,24 +173,7 @@ class _PrefilteredPulseWork(PulseWork):
     """
 
     def push(self, samples: np.ndarray) -> list[float]:
-        y = samples
-        out: list[float] = []
-        start = 0
-        n = y.shape[0]
-        while start < n:
-            end_abs = round(self._next_end)
-            take = min(n - start, end_abs - self._n_seen)
-            self._buf[self._fill : self._fill + take] = y[start : start + take]
-            self._fill += take
-            self._n_seen += take
-            start += take
-            if self._n_seen == end_abs:
-                seg = self._buf[self._skip : self._fill, self.control_channel]
-                rms = float(np.sqrt(np.mean(seg * seg))) if seg.size else 0.0
-                out.append(min(self.max_ma, self.offset_ma + self.gain_ma_per_uv * rms))
-                self._fill = 0
-                self._next_end += self._period
-        return out
+        return self.intervals(samples)
 
 
 @dataclass
