@@ -79,6 +79,7 @@ class SessionRecorder:
         self._ids: dict[str, int] = {}
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._batch: list[tuple] = []  # pushed, not yet handed to the writer thread (see hand_over)
+        self._batch_lock = threading.Lock()  # safety events may be pushed from a watchdog thread
         self._thread: threading.Thread | None = None
         self._csv_channels: tuple[str, ...] = ()
         self._row_formats: list[str] | None = None
@@ -147,8 +148,10 @@ class SessionRecorder:
 
     def _put(self, item: tuple) -> None:
         if self.threaded:
-            self._batch.append(item)
-            if len(self._batch) >= 256:
+            with self._batch_lock:
+                self._batch.append(item)
+                full = len(self._batch) >= 256
+            if full:
                 self.hand_over()
             return
         try:
@@ -163,8 +166,9 @@ class SessionRecorder:
         The orchestrator calls this after a chunk's decisions: the writer thread then formats and writes
         while the loop waits for the next chunk, instead of competing for the GIL while a pulse is decided.
         """
-        if self._batch:
+        with self._batch_lock:
             batch, self._batch = self._batch, []
+        if batch:
             self._q.put(("batch", batch))
 
     # -- writer thread -------------------------------------------------------------------------------
