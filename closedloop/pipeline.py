@@ -787,6 +787,7 @@ class Session:
             estimates = self._estimate_all(intervals)
             for j, ((interval, _), est) in enumerate(zip(intervals, estimates, strict=True)):
                 self._on_interval(interval, chunk, j == len(intervals) - 1, est)
+            self._settle_estimator()
         return self._t_last + 1.0 / self._fs - self._t_start >= cfg.total_duration_s
 
     def _source_pulses(self, chunk: Chunk) -> list[float]:
@@ -837,6 +838,18 @@ class Session:
                     out += self._step_many(args[start : j + 1])
                     start, calibrating = j + 1, False
             return out + self._step_many(args[start:])
+        except Exception as exc:
+            reason = f"estimator raised {type(exc).__name__}: {exc}"
+            self.safety.output_off(self._now(), reason)
+            raise SafetyError(reason) from exc
+
+    def _settle_estimator(self) -> None:
+        """The estimator's deferred work (its spectral update), now that the chunk's pulses are out."""
+        settle = getattr(self.estimator, "settle", None)
+        if settle is None:
+            return
+        try:
+            settle()
         except Exception as exc:
             reason = f"estimator raised {type(exc).__name__}: {exc}"
             self.safety.output_off(self._now(), reason)

@@ -17,6 +17,11 @@ Per interval::
             +-> its residual, gaps as zeros in time, into a streaming Welch estimate
                   -> median and mean frequency, Dimitrov FInsm5 over the last spectral_window_s
 
+The spectral stage runs after the estimate is returned (:meth:`~IntervalEstimator.settle`: the live loop
+calls it once the pulse is out), so an interval's estimate carries the spectral indices computed up to the
+end of the previous interval (they are updated every ``spectral_update_s`` over a ``spectral_window_s``
+window: one interval later changes nothing a fatigue index shows) and no Welch segment's FFT delays a pulse.
+
 Many intervals at once (:meth:`~IntervalEstimator.step_many`, replays): the same stages run once over a
 batch of concatenated intervals (pulses located, M-waves measured and artifacts blanked for all of them
 together, one filter call, the volitional methods fitted together), and only what is sequential by nature
@@ -322,6 +327,7 @@ class IntervalEstimator:
         self._resp_any = False
         self._resp_tau = cfg.spectral_window_s * fs  # samples
         self._n_seen = 0  # samples estimated so far
+        self._deferred: tuple | None = None  # an interval's spectral work, left for after the decision
         self._short_text: dict[int, str] = {}  # M-wave window warnings by samples after the pulse
         self._ramps: dict[int, np.ndarray] = {}  # blanking ramps by window length
         self._pairs: dict[int, tuple[np.ndarray, ...]] = {}  # response terms by number of lags
@@ -338,6 +344,25 @@ class IntervalEstimator:
         self.mwave_ref_ptp = self.mwave_ref_area = None
         self._ref_ptp, self._ref_area = [], []
 
+    def settle(self) -> None:
+        """Do the work the last :meth:`step` left for later: push its volitional EMG into the Welch estimate
+        and recompute the spectral indices if one is due.
+
+        A step returns as soon as the values a controller acts on are known; the live loop calls this after
+        the pulse has been delivered (otherwise the next step does it first). The indices it computes appear
+        in the next interval's estimate, whichever way it is called.
+        """
+        job, self._deferred = self._deferred, None
+        if job is None:
+            return
+        y, lo, hi, bad, seg, n = job
+        valid = np.zeros(n, bool)
+        if not bad:
+            valid[lo:hi] = True
+        self.welch.step_channels_first(y, valid)
+        self._track_response(seg, 0 if bad else hi - lo, n)
+        self._update_spectral()
+
     # -- the step ---------------------------------------------------------------------------------------
     def step(self, interval: Interval, pulse_times: Sequence[float] = (), amplitude_ma: float = math.nan) -> Estimate:
         """Estimate one interval.
@@ -352,6 +377,7 @@ class IntervalEstimator:
         amplitude_ma:
             Amplitude of the first pulse (mA), recorded with the estimate.
         """
+        self.settle()
         cfg = self.config
         x = np.array(interval.samples.T, dtype=np.float64, order="C")  # (C, n): channels first, as filtered
         ts = interval.timestamps
@@ -387,12 +413,7 @@ class IntervalEstimator:
             self._last_pulse_t = float(ts[p])
             if method != cfg.method and cfg.method != "post":
                 warnings.append(f"{cfg.method} needs a previous pulse segment: used post")
-        valid = np.zeros(n, bool)
-        if not bad:
-            valid[lo:hi] = True
-        self.welch.step_channels_first(y, valid)
-        self._track_response(seg, 0 if bad else hi - lo, n)
-        self._update_spectral()
+        self._deferred = (y, lo, hi, bad, seg, n)  # the spectral work: after the decision (see settle)
         if hi - lo >= self.volitional.min_n and not bad:
             effort = self._range_rms(y, np.array([lo]), np.array([hi]))[0]
         else:
@@ -587,6 +608,7 @@ class IntervalEstimator:
         self, ivs: Sequence[Interval], times: Sequence[Sequence[float]], amps: Sequence[float]
     ) -> list[Estimate]:
         """Estimates of consecutive intervals, every stage over all of them at once (see :meth:`step`)."""
+        self.settle()  # a step before may have left its spectral work
         cfg = self.config
         n_iv = len(ivs)
         lens = np.array([iv.samples.shape[0] for iv in ivs], dtype=np.int64)
@@ -641,7 +663,8 @@ class IntervalEstimator:
         np.add.at(valid, lo[~bad], 1)
         np.add.at(valid, hi[~bad], -1)
         valid = np.cumsum(valid[:-1]) > 0
-        spectral = self._spectra(y, valid, lens, n_valid, resp)
+        before = self._spectral
+        spectral = [before, *self._spectra(y, valid, lens, n_valid, resp)[:-1]]  # each in force at its start
 
         # M-wave reference (sequential: the first pulses at each intensity), relative M-wave indices
         ref_p, ref_a = self._references(measured, ptp, area, amps, n_iv)
