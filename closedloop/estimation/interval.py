@@ -261,6 +261,7 @@ class IntervalEstimator:
         self._m0 = round(cfg.mwave_window_s[0] * fs)
         self._m1 = round(cfg.mwave_window_s[1] * fs)
         self._pre = max(2, round(0.002 * fs))  # raw samples before a pulse that give the M-wave baseline
+        self._latency_s = (np.arange(self._m1 - self._m0) + self._m0) / fs  # by sample in the M-wave window
         self._search = round(cfg.pulse_search_s * fs)
         filters = []
         if cfg.notch_hz is not None and cfg.notch_hz < self.band_hz[1]:
@@ -345,13 +346,14 @@ class IntervalEstimator:
         self._ref_ptp, self._ref_area = [], []
 
     def settle(self) -> None:
-        """Do the work the last :meth:`step` left for later: push its volitional EMG into the Welch estimate
-        and recompute the spectral indices if one is due.
+        """Do the work the last :meth:`step` left for later: the ``nlms`` weight step, the push of its
+        volitional EMG into the Welch estimate and the spectral indices' update if one is due.
 
         A step returns as soon as the values a controller acts on are known; the live loop calls this after
         the pulse has been delivered (otherwise the next step does it first). The indices it computes appear
         in the next interval's estimate, whichever way it is called.
         """
+        self.volitional.settle()  # the nlms weight step
         job, self._deferred = self._deferred, None
         if job is None:
             return
@@ -415,7 +417,8 @@ class IntervalEstimator:
                 warnings.append(f"{cfg.method} needs a previous pulse segment: used post")
         self._deferred = (y, lo, hi, bad, seg, n)  # the spectral work: after the decision (see settle)
         if hi - lo >= self.volitional.min_n and not bad:
-            effort = self._range_rms(y, np.array([lo]), np.array([hi]))[0]
+            v = y[:, lo:hi]
+            effort = np.sqrt(np.einsum("ij,ij->i", v, v) / (hi - lo))
         else:
             effort = np.full(n_ch, np.nan)
         if np.isnan(effort).all() and not bad:
@@ -449,19 +452,21 @@ class IntervalEstimator:
         """
         if len(pulse_times) == 0:
             return []
-        idx = np.searchsorted(ts, np.asarray(pulse_times, dtype=float) - 0.5 / self._fs)
-        idx = idx[idx < ts.shape[0]]
-        if not idx.size:
+        n = ts.shape[0]
+        idx = [i for i in np.searchsorted(ts, np.asarray(pulse_times, dtype=float) - 0.5 / self._fs).tolist() if i < n]
+        if not idx:
             return []
         if self._search:
             jump = self._jumps(x)
-            half = jump.size // 2
+            half = n // 2
             floor = self.config.artifact_factor * float(np.partition(jump, half)[half]) + 1e-12
-            refined = []
-            for i in idx.tolist():
-                above = np.flatnonzero(jump[i : i + self._search + 1] > floor)
-                refined.append(i + int(above[0]) if above.size else i)
-            idx = np.array(refined)
+            above = jump > floor
+            for k, i in enumerate(idx):
+                hit = int(above[i : i + self._search + 1].argmax())  # the first jump above the floor, if any
+                if above[i + hit]:
+                    idx[k] = i + hit
+        if len(idx) == 1:
+            return idx
         return self._merge(np.sort(idx), warnings)
 
     def _mwave(self, x: np.ndarray, p: int, warnings: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -479,12 +484,16 @@ class IntervalEstimator:
             warnings.append(f"M-wave window truncated by the next pulse: {text}")
             m1 = n
         pre = x[:, max(0, p - self._pre) : p] if p > 0 else self._tail
-        base = pre.mean(axis=1) if pre.shape[1] else x[:, m0]
+        k = pre.shape[1]
+        base = np.add.reduce(pre, axis=1) / k if k else x[:, m0]
         seg = x[:, m0:m1] - base[:, None]
-        ptp = (seg.max(axis=1) - seg.min(axis=1)) * self._scale
+        ptp = seg.max(axis=1) - seg.min(axis=1)
         dev = np.abs(seg, out=seg)
-        area = dev.sum(axis=1) / self._fs * self._scale
-        latency = (np.argmax(dev, axis=1) + self._m0) / self._fs
+        area = np.add.reduce(dev, axis=1) / self._fs
+        latency = self._latency_s[np.argmax(dev, axis=1)]
+        if not self._unit_scale:
+            ptp *= self._scale
+            area *= self._scale
         return ptp, area, latency
 
     def _blank_one(self, x: np.ndarray, starts: list[int]) -> None:

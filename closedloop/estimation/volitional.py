@@ -179,11 +179,30 @@ class VolitionalEstimator:
         #: (pulse sample index, channels-first segment ``(C, L)``) of the last ``history`` pulses, most recent last
         self._past: list[tuple[int, np.ndarray]] = []
         self._w = np.full((n_channels, history), 1.0 / history)
+        self._update: tuple[np.ndarray, list[np.ndarray]] | None = None  # nlms: the last segment's weight step
 
     def reset(self) -> None:
         """Forget past segments and adaptive weights."""
+        self._update = None
         self._past.clear()
         self._w[:] = 1.0 / self._w.shape[1]
+
+    def settle(self) -> None:
+        """Take the ``nlms`` weight step that :meth:`segment_in_place` left for later (its segment's
+        prediction used the weights from before it); every other call takes it first."""
+        job, self._update = self._update, None
+        if job is None:
+            return
+        cur, past = job  # (C, W) windows of the segment and of its m past segments
+        m = len(past)
+        gram = np.zeros((cur.shape[0], 1, m, m))
+        for i in range(m):
+            for j in range(i, m):
+                gram[:, 0, i, j] = gram[:, 0, j, i] = _dot(past[i], past[j])
+        cross = np.stack([_dot(q, cur) for q in past], axis=-1)[:, None, :]
+        trace = sum(gram[:, :, j, j] for j in range(m))
+        w = self._w
+        w[:, :m] = self._nlms(gram, cross, trace, w[:, :m].copy())[:, 0, :]
 
     # -- no pulse ------------------------------------------------------------------------------------
     def window(self, y: np.ndarray) -> SegmentResult:
@@ -235,7 +254,10 @@ class VolitionalEstimator:
         positions = np.asarray(positions, dtype=np.int64)
         n_seg = starts.size
         if n_seg == 1:
-            return self.segment_in_place(y, int(starts[0]), int(ends[0]), int(positions[0]))
+            b = self.segment_in_place(y, int(starts[0]), int(ends[0]), int(positions[0]))
+            self.settle()
+            return b
+        self.settle()
         n_ch = y.shape[0]
         hist = self.history
         b0 = self.blank_n
@@ -271,6 +293,7 @@ class VolitionalEstimator:
     def segment_in_place(self, y: np.ndarray, start: int, end: int, position: int) -> SegmentBatch:
         """:meth:`segments` for the one segment ``y[:, start:end]``: the same estimate in a few small
         operations (the live loop)."""
+        self.settle()
         hist = self.history
         b0 = self.blank_n
         n_ch = y.shape[0]
@@ -287,11 +310,17 @@ class VolitionalEstimator:
             if m1 - m0 < 2:
                 m0, m1 = b0, n
             past = [p[:, :n] for _, p in use]
-            # the same arithmetic as a batch of segments with this window: its (C, 1, W) products, its weights
-            cur_w = seg[:, None, m0:m1]
-            past_w = [q[:, None, m0:m1] for q in past] + [cur_w] * (hist - m)  # absent ones: masked out
-            present = np.arange(hist)[None, :] < m
-            w = self._weights(*_products(cur_w, past_w, present), np.array([m]))[:, 0, :m]
+            if self.method == "nlms":
+                # the prediction uses the weights from before this segment; their step on its M-wave window
+                # (the segment as it is now, before the prediction error replaces it) waits for settle()
+                w = self._w[:, :m].copy()
+                self._update = (keep[1][:, m0:m1], [q[:, m0:m1] for q in past])
+            else:
+                # the same arithmetic as a batch of segments with this window: its (C, 1, W) products, weights
+                cur_w = seg[:, None, m0:m1]
+                past_w = [q[:, None, m0:m1] for q in past] + [cur_w] * (hist - m)  # absent ones: masked out
+                present = np.arange(hist)[None, :] < m
+                w = self._weights(*_products(cur_w, past_w, present), np.array([m]))[:, 0, :m]
             err = seg[:, b0:n]  # the prediction error over [blank_n, n), in place
             for j in range(w.shape[1]):
                 err -= past[j][:, b0:n] * w[:, j : j + 1]
@@ -403,11 +432,13 @@ class VolitionalEstimator:
             return np.linalg.solve(gram, cross[..., None])[..., 0]
         return self._nlms(gram, cross, trace) * present
 
-    def _nlms(self, gram: np.ndarray, cross: np.ndarray, norm: np.ndarray) -> np.ndarray:
+    def _nlms(self, gram: np.ndarray, cross: np.ndarray, norm: np.ndarray, w0: np.ndarray | None = None) -> np.ndarray:
         """The a priori weights ``(C, P, H)`` of consecutive segments, each followed by one normalised LMS
         step on its M-wave window: ``w += mu (cross - gram w) / trace(gram)``. Written as one affine map per
         segment, ``[w; 1] <- [[I - mu gram / tr, mu cross / tr], [0, 1]] [w; 1]``, built for all segments at
-        once; only applying them is a loop over segments. ``norm``: ``(C, P)`` the traces."""
+        once; only applying them is a loop over segments. ``norm``: ``(C, P)`` the traces. ``w0``: the weights
+        to start from, ``(C, H')`` for ``H'`` past segments (default: all the kept weights); when given, the
+        weights after the last segment are returned ``(C, 1, H')`` and not kept."""
         n_ch, n_p, hist = cross.shape
         coef = (self.mu / np.where(norm > 0, norm, 1.0)).T  # (P, C)
         step = np.zeros((n_p, n_ch, hist + 1, hist + 1))  # one map per segment
@@ -417,10 +448,12 @@ class VolitionalEstimator:
             step[:, :, i, hist] = cross[:, :, i].T * coef
         step[:, :, hist, hist] = 1.0
         w = np.empty((n_p + 1, n_ch, hist + 1, 1))  # [w; 1] before each segment, and after the last
-        w[0, :, :hist, 0] = self._w
+        w[0, :, :hist, 0] = self._w if w0 is None else w0
         w[0, :, hist] = 1.0
         for k in range(n_p):
             np.matmul(step[k], w[k], out=w[k + 1])
+        if w0 is not None:
+            return w[n_p, :, :hist, 0][:, None, :]
         self._w = w[n_p, :, :hist, 0].copy()
         return w[:n_p, :, :hist, 0].transpose(1, 0, 2)
 
