@@ -15,7 +15,6 @@ sample. Everything is recorded; the report compares the estimates with the parti
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import uuid
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from closedloop.errors import ConfigError, SourceError
-from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
+from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator, fit_to_pulse_rate
 from closedloop.pipeline import Phase, Session, SessionConfig, SessionResult
 from closedloop.safety import SafetyLayer, SafetyLimits
 from controllers.proportional import ProportionalAssist
@@ -58,17 +57,12 @@ class DemoConfig:
             raise ConfigError(f"--rate {self.rate_hz:g}: allowed 500..20000 Hz")
         if not 5.0 <= self.stim_hz <= 100.0:
             raise ConfigError(f"--stim-hz {self.stim_hz:g}: allowed 5..100 Hz")
-        est = EstimatorConfig()
-        # the pulse lands up to one chunk into its interval; the volitional EMG starts after the artifact
-        start = est.post_start if est.method == "post" else est.blank_s
-        room = 1.0 / self.stim_hz - self.chunk_size / self.rate_hz - start
-        if room < est.min_volitional_s:
-            top = 1.0 / (start + est.min_volitional_s + self.chunk_size / self.rate_hz)
-            raise ConfigError(
-                f"--stim-hz {self.stim_hz:g}: a {1e3 / self.stim_hz:.1f} ms interval leaves less than "
-                f"{est.min_volitional_s * 1e3:g} ms of volitional EMG after the artifact ({start * 1e3:g} ms) for "
-                f"the {est.method} estimator; use at most {math.floor(top)} Hz"
-            )
+
+    @property
+    def estimator_config(self) -> EstimatorConfig:
+        """The estimator's settings: the defaults, with their windows fitted to the pulse period (a pulse lands
+        up to one chunk into its interval; at 100 Hz the default 3-20 ms M-wave window would not fit)."""
+        return fit_to_pulse_rate(EstimatorConfig(), self.stim_hz, self.chunk_size / self.rate_hz)
 
 
 def demo_phases(duration_s: float) -> tuple[Phase, ...]:
@@ -163,7 +157,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> SessionResult:
         bridge = _bridge(cfg.mqtt_url)
         session = Session(
             source,
-            lambda info: IntervalEstimator(info, EstimatorConfig()),
+            lambda info: IntervalEstimator(info, cfg.estimator_config),
             controller,
             safety,
             scfg,
