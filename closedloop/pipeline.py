@@ -606,6 +606,9 @@ class Session:
             self.segmenter = PulseSegmenter(info.n_channels, info.rate_hz, cfg.window_s, max(cfg.window_s, 0.5))
         else:
             self.segmenter = IntervalSegmenter(info.n_channels, info.rate_hz, 1.0 / cfg.stim_hz)
+        # on the pulse grid the estimator starts on each interval as its chunks arrive (see
+        # IntervalEstimator.lookahead): the work left when the last one comes is what delays the pulse
+        self._lookahead = getattr(self.estimator, "lookahead", None) if cfg.segmentation == "grid" else None
         self._replay = cfg.pulses_from == "source"
         self._n_source_pulses = 0
         # replays as fast as possible write in this thread: no writer thread to hand the GIL to per item
@@ -788,6 +791,8 @@ class Session:
             for j, ((interval, _), est) in enumerate(zip(intervals, estimates, strict=True)):
                 self._on_interval(interval, chunk, j == len(intervals) - 1, est)
             self._settle_estimator()
+        if self._lookahead is not None:
+            self._look_ahead()
         return self._t_last + 1.0 / self._fs - self._t_start >= cfg.total_duration_s
 
     def _source_pulses(self, chunk: Chunk) -> list[float]:
@@ -838,6 +843,22 @@ class Session:
                     out += self._step_many(args[start : j + 1])
                     start, calibrating = j + 1, False
             return out + self._step_many(args[start:])
+        except Exception as exc:
+            reason = f"estimator raised {type(exc).__name__}: {exc}"
+            self.safety.output_off(self._now(), reason)
+            raise SafetyError(reason) from exc
+
+    def _look_ahead(self) -> None:
+        """Hand the estimator the interval being filled, with the pulses delivered into it so far, so that
+        little is left to do when its last chunk arrives."""
+        current = self.segmenter.current()
+        if current is None:
+            return
+        interval, n_in = current
+        t_end = float(interval.timestamps[0]) + (interval.timestamps.shape[0] - 0.5) / self._fs
+        times = [t for t, _ in self._pending if t <= t_end]
+        try:
+            self._lookahead(interval, n_in, times)
         except Exception as exc:
             reason = f"estimator raised {type(exc).__name__}: {exc}"
             self.safety.output_off(self._now(), reason)

@@ -80,6 +80,10 @@ def scenarios(draw):
         # the live loop settles each step's deferred work (nlms weight step, spectral update) after the pulse;
         # otherwise the next step does it first: the estimates must not depend on which
         "settle": draw(st.booleans()),
+        # the live loop's lookahead after each chunk: chunk sizes (None: no lookahead), and which pulses it is
+        # told of (all of the interval's, or none yet: step() then finds the pulses differ)
+        "chunks": draw(st.one_of(st.none(), st.lists(st.integers(1, 12), min_size=1, max_size=4))),
+        "told": draw(st.sampled_from(["all", "all", "none"])),
     }
 
 
@@ -132,6 +136,25 @@ def build(sc):
     return intervals, times, amps
 
 
+def _look_ahead(est, iv, times, chunks, told):
+    """Feed ``iv`` to ``est.lookahead`` as a live loop does, chunk by chunk, in arrays whose samples not yet
+    received are garbage (NaN, huge, -inf); return the interval (the same arrays, complete) for ``step``."""
+    n = iv.samples.shape[0]
+    buf = np.empty_like(iv.samples)
+    huge = np.finfo(buf.dtype).max
+    buf[:] = np.resize(np.array([np.nan, huge, -np.inf], dtype=buf.dtype), buf.shape)
+    ts = np.full_like(iv.timestamps, np.nan)
+    live = Interval(iv.index, iv.start_sample, buf, ts)
+    got, k = 0, 0
+    while got < n:
+        got = min(n, got + chunks[k % len(chunks)])
+        k += 1
+        buf[:got], ts[:got] = iv.samples[:got], iv.timestamps[:got]
+        if got < n:
+            est.lookahead(live, got, times if told == "all" else ())
+    return live
+
+
 def run_both(sc):
     info = StreamInfo("emg", "EMG", FS, tuple(f"c{i}" for i in range(sc["n_ch"])), (sc.get("units", "uV"),))
     ivs, times, amps = build(sc)
@@ -141,6 +164,8 @@ def run_both(sc):
     many.min_batch = sc.get("min_batch", 2)
     expected = []
     for iv, t, a in zip(ivs, times, amps, strict=True):
+        if sc.get("chunks"):
+            iv = _look_ahead(one, iv, t, sc["chunks"], sc["told"])
         expected.append(one.step(iv, t, a))
         if sc.get("settle"):
             one.settle()

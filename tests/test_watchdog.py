@@ -118,7 +118,10 @@ def test_a_slow_decision_skips_its_pulse_under_the_skip_policy(tmp_path):
     res = asyncio.run(session.run())
     assert res.status == "completed"
     assert res.deadline_misses >= 5 and res.skipped_pulses == res.deadline_misses
-    assert res.n_pulses + res.skipped_pulses == res.n_intervals
+    # every interval's pulse was delivered, skipped, or refused by the safety layer (on a loaded machine the
+    # in-process participant catches up after a stall: two fresh decisions can come closer than max_rate_hz)
+    refused = json.loads((tmp_path / "summary.json").read_text())["safety_counts"].get("refuse", 0)
+    assert res.n_pulses + res.skipped_pulses + refused == res.n_intervals
 
 
 @pytest.mark.parametrize(

@@ -447,6 +447,15 @@ class FilterChain:
         for f in self.filters:
             f.reset()
 
+    def state(self) -> list:
+        """A copy of every filter's state (``zi``), for :meth:`set_state`."""
+        return [None if f.zi is None else np.array(f.zi) for f in self.filters]
+
+    def set_state(self, state: list) -> None:
+        """Put back the filters' state taken by :meth:`state`."""
+        for f, zi in zip(self.filters, state, strict=True):
+            f.zi = zi
+
     def step(self, x: np.ndarray) -> np.ndarray:
         """Run the chunk through every filter in order and return the last output."""
         y = x

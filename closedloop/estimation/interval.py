@@ -52,7 +52,7 @@ from closedloop.estimation.artifacts import blank_linear
 from closedloop.estimation.filters import FilterChain, SOSFilter, bandpass_sos, notch_sos
 from closedloop.estimation.segmenter import Interval
 from closedloop.estimation.spectral import StreamingWelch, _band_indices
-from closedloop.estimation.volitional import METHODS, SegmentBatch, VolitionalEstimator, _sum_sq
+from closedloop.estimation.volitional import METHODS, SegmentBatch, SegmentPlan, VolitionalEstimator, _sum_sq
 from closedloop.types import Estimate, StreamInfo
 
 __all__ = ["EstimatorConfig", "IntervalEstimator", "fit_to_pulse_rate", "mvc_from_efforts"]
@@ -227,6 +227,28 @@ def mvc_from_efforts(efforts_uv: np.ndarray, interval_s: float, window_s: float 
     return means.max(axis=0)
 
 
+@dataclass
+class _Work:
+    """An interval in progress (see :meth:`IntervalEstimator.lookahead`): its samples as received so far,
+    channels first (``x``: raw, blanked once the pulse is located; ``y``: band-passed; ``resid``: nlms
+    prediction error), how far each stage has got, and the filters' state before it began."""
+
+    index: int
+    samples: np.ndarray  # the interval's sample array (the same object from the first sample to the last)
+    times: tuple[float, ...]  # the pulse times assumed
+    n: int
+    x: np.ndarray
+    jump: np.ndarray
+    filter_state: list
+    n_in: int = 0
+    n_filt: int = 0
+    bad: bool = False
+    located: list[int] | None = None  # the pulse offsets the blanking and filtering went by (guessed)
+    y: np.ndarray | None = None
+    resid: np.ndarray | None = None
+    plan: SegmentPlan | None = None
+
+
 class IntervalEstimator:
     """Measures M-wave, volitional EMG and fatigue indices in consecutive intervals of one EMG stream.
 
@@ -329,6 +351,7 @@ class IntervalEstimator:
         self._resp_tau = cfg.spectral_window_s * fs  # samples
         self._n_seen = 0  # samples estimated so far
         self._deferred: tuple | None = None  # an interval's spectral work, left for after the decision
+        self._work: _Work | None = None  # the interval begun by lookahead()
         self._short_text: dict[int, str] = {}  # M-wave window warnings by samples after the pulse
         self._ramps: dict[int, np.ndarray] = {}  # blanking ramps by window length
         self._pairs: dict[int, tuple[np.ndarray, ...]] = {}  # response terms by number of lags
@@ -366,6 +389,28 @@ class IntervalEstimator:
         self._update_spectral()
 
     # -- the step ---------------------------------------------------------------------------------------
+    def lookahead(self, interval: Interval, n_received: int, pulse_times: Sequence[float] = ()) -> None:
+        """Start on an interval before all of it has arrived (the live loop, after each chunk): the first
+        ``n_received`` samples of ``interval`` (the rest of its arrays may be anything yet), with the pulses
+        delivered into it so far.
+
+        What does not depend on the samples still to come is done now: the channels-first copy, the jumps
+        the artifact is located on, and, once the pulse's search window is in, its location (a guess: the
+        interval's median jump is not known yet), the blanking, the band-pass and the ``nlms`` prediction of
+        the samples received. :meth:`step` on the same interval then only adds the last samples, locates the
+        pulse again on the whole interval and, should the result differ (or the pulses do), does it all
+        again from the start. Its estimate is the same either way; only the work left for the end changes.
+        """
+        work = self._work
+        if work is None or work.samples is not interval.samples or work.index != interval.index:
+            if work is not None:
+                self._abandon(work)
+            self.settle()
+            work = self._work = self._begin(interval, pulse_times)
+        elif work.times != tuple(pulse_times):
+            return  # a pulse came since: what is done stays valid only up to its location; step decides
+        self._advance(work, interval, min(max(n_received, work.n_in), work.n))
+
     def step(self, interval: Interval, pulse_times: Sequence[float] = (), amplitude_ma: float = math.nan) -> Estimate:
         """Estimate one interval.
 
@@ -379,38 +424,118 @@ class IntervalEstimator:
         amplitude_ma:
             Amplitude of the first pulse (mA), recorded with the estimate.
         """
-        self.settle()
+        work, self._work = self._work, None
+        times = tuple(pulse_times)
+        if work is None or work.samples is not interval.samples or work.index != interval.index or work.times != times:
+            if work is not None:
+                self._abandon(work)
+            self.settle()
+            work = self._begin(interval, times)
+        n = work.n
+        self._advance(work, interval, n)
+        warnings: list[str] = [_NON_FINITE] if work.bad else []
+        starts = self._locate_one(work, interval.timestamps, warnings)
+        if work.located is not None and starts != work.located:  # the guess was wrong: from the start
+            self._abandon(work)
+            work = self._begin(interval, times)
+            self._advance(work, interval, n)
+        return self._finish(work, interval, starts, warnings, amplitude_ma)
+
+    def _begin(self, interval: Interval, times: Sequence[float]) -> _Work:
+        """An interval's work, nothing done yet; the filters' state is kept to come back to."""
+        n, n_ch = interval.samples.shape[0], self.info.n_channels
+        return _Work(
+            interval.index, interval.samples, tuple(times), n, np.empty((n_ch, n)), np.empty(n), self.filter.state()
+        )
+
+    def _abandon(self, work: _Work) -> None:
+        """Undo what a work changed outside itself: the filters' state."""
+        self.filter.set_state(work.filter_state)
+
+    def _advance(self, work: _Work, interval: Interval, upto: int) -> None:
+        """Bring ``work`` up to the interval's first ``upto`` samples: copy, jumps and, where the pulse is
+        located (or there is none), blanking, band-pass and nlms prediction."""
+        a = work.n_in
+        x = work.x
+        if upto > a:
+            xs = x[:, a:upto]
+            np.copyto(xs, interval.samples[a:upto].T)
+            if not math.isfinite(float(xs.sum())):  # a sum of finite samples is finite unless it overflows
+                finite = np.isfinite(xs)
+                if not finite.all():
+                    work.bad = True
+                    xs[~finite] = 0.0  # keeps the filter state finite; this interval's values are NaN
+            self._jump_range(x, a, upto, work.jump)
+            work.n_in = upto
+        if work.located is None:
+            if work.n_in < work.n:  # a guess, on the jumps so far; step() checks it on the whole interval
+                starts = self._locate_one(work, interval.timestamps, [])
+                if starts is None or len(starts) > 1:
+                    return  # not in yet, or several pulses: all at the end
+            else:
+                return  # the whole interval: step() locates and finishes
+            work.located = starts
+            if starts:
+                p = starts[0]
+                if p + self._blank >= work.n_in or (p == 0 and not self._tail.shape[1]):
+                    work.located = None  # the blanking's far end is not in yet (or has no left end)
+                    return
+                self._blank_one(x, starts)
+                if self.config.method == "nlms":
+                    work.plan = self.volitional.plan(p, work.n, interval.start_sample + p)
+            work.y = np.empty_like(x)
+            if work.plan is not None and work.plan.m:
+                work.resid = np.zeros_like(x)
+        self._filter_range(work, work.n_in)
+
+    def _filter_range(self, work: _Work, upto: int) -> None:
+        """Band-pass ``work.x`` up to sample ``upto`` into ``work.y`` (blanked first), then the nlms prediction
+        error of what is new into ``work.resid``."""
+        a = work.n_filt
+        if upto <= a:
+            return
+        ya = np.array(work.x[:, a:upto])  # C-contiguous: the filter kernel's layout
+        self.filter.step_channels_first(ya)
+        if not self._unit_scale:
+            ya *= self._scale[:, None]
+        work.y[:, a:upto] = ya
+        work.n_filt = upto
+        plan = work.plan
+        if plan is not None and plan.m:
+            self.volitional.predict(plan, work.y, work.resid, max(a, plan.lo), min(upto, plan.hi))
+
+    def _finish(
+        self, work: _Work, interval: Interval, starts: list[int], warnings: list[str], amplitude_ma: float
+    ) -> Estimate:
+        """The estimate of an interval whose samples are all in ``work`` and whose pulses are at ``starts``."""
         cfg = self.config
-        x = np.array(interval.samples.T, dtype=np.float64, order="C")  # (C, n): channels first, as filtered
-        ts = interval.timestamps
-        n_ch, n = x.shape
-        warnings: list[str] = []
-        bad = False
-        if not math.isfinite(float(x.sum())):  # a sum of finite samples is finite unless it overflows
-            finite = np.isfinite(x)
-            bad = not finite.all()
-            if bad:
-                warnings.append(_NON_FINITE)
-                x[~finite] = 0.0  # keeps the filter state finite; this interval's values are NaN
-        starts = self._pulse_starts(x, ts, pulse_times, warnings)
+        x, ts, n, bad = work.x, interval.timestamps, work.n, work.bad
+        n_ch = x.shape[0]
         p = starts[0] if starts else -1
         ptp = area = latency = np.full(n_ch, np.nan)
+        # measured on the raw samples: a single pulse's blanking ends before its M-wave window begins
         measures = self._mwave(x, p, warnings) if p >= 0 and not bad else None
         if measures is not None:
             ptp, area, latency = measures
             self._reference(ptp, area, amplitude_ma)
-        self._blank_one(x, starts)
+        if work.located is None:
+            self._blank_one(x, starts)
+            work.y = np.empty_like(x)
         self._tail = x[:, n - min(self._pre, n) :].copy()
-        y = self.filter.step_channels_first(x)
-        if not self._unit_scale:
-            y *= self._scale[:, None]
+        self._filter_range(work, n)
+        y = work.y
         seg: SegmentBatch | None = None
         if p < 0:
             lo, hi, method = 0, n, "window"
             if ts[-1] - self._last_pulse_t > cfg.history_reset_s:
                 self.volitional.reset()  # segments from before a pause are no reference for the next pulses
         else:
-            seg = self.volitional.segment_in_place(y, p, n, interval.start_sample + p)
+            if work.plan is not None:  # predicted as the samples came
+                seg = self.volitional.commit(work.plan, y[:, p:n])
+                if work.resid is not None:
+                    y = work.resid
+            else:
+                seg = self.volitional.segment_in_place(y, p, n, interval.start_sample + p)
             lo, hi, method = int(seg.lo[0]), int(seg.hi[0]), seg.method[0]
             self._last_pulse_t = float(ts[p])
             if method != cfg.method and cfg.method != "post":
@@ -437,10 +562,9 @@ class IntervalEstimator:
             p >= 0,
         )
 
-    def _pulse_starts(
-        self, x: np.ndarray, ts: np.ndarray, pulse_times: Sequence[float], warnings: list[str]
-    ) -> list[int]:
-        """Sample offsets of the pulses in one interval, located on their artifacts, doublets merged.
+    def _locate_one(self, work: _Work, ts: np.ndarray, warnings: list[str]) -> list[int] | None:
+        """Sample offsets of the pulses of ``work.times`` in the interval, located on their artifacts,
+        doublets merged; None while a pulse or its search window is beyond the samples in.
 
         A pulse's delivery time says roughly where it is; a stimulator (or a simulated device working in
         blocks) may apply it a few samples later. Each pulse is placed on the first sample within
@@ -448,17 +572,23 @@ class IntervalEstimator:
         ``artifact_factor`` times the interval's median jump): the artifact's onset, which comes before any
         M-wave. Without such a jump the nominal sample is kept (set ``pulse_search_s=0`` for stimulators
         that leave no artifact). The jump into the first sample is from the previous interval's last sample
-        as blanked.
+        as blanked. With part of the interval in, the median is that of the part: a guess.
         """
-        if len(pulse_times) == 0:
+        if not work.times:
             return []
-        n = ts.shape[0]
-        idx = [i for i in np.searchsorted(ts, np.asarray(pulse_times, dtype=float) - 0.5 / self._fs).tolist() if i < n]
+        n, n_in = work.n, work.n_in
+        complete = n_in == n
+        idx = np.searchsorted(ts[:n_in], np.asarray(work.times, dtype=float) - 0.5 / self._fs).tolist()
+        if not complete and any(i >= n_in for i in idx):
+            return None  # a pulse not in yet
+        idx = [i for i in idx if i < n]
         if not idx:
             return []
         if self._search:
-            jump = self._jumps(x)
-            half = n // 2
+            if not complete and max(idx) + self._search + 1 > n_in:
+                return None
+            jump = work.jump[:n_in]
+            half = n_in // 2
             floor = self.config.artifact_factor * float(np.partition(jump, half)[half]) + 1e-12
             above = jump > floor
             for k, i in enumerate(idx):
@@ -468,6 +598,18 @@ class IntervalEstimator:
         if len(idx) == 1:
             return idx
         return self._merge(np.sort(idx), warnings)
+
+    def _jump_range(self, x: np.ndarray, a: int, b: int, out: np.ndarray) -> None:
+        """``out[a:b]``: the largest jump over channels into each of the samples ``a .. b-1`` of ``(C, n)``
+        raw samples (into the first one from the previous interval's last sample, as blanked)."""
+        if b - a > 1:
+            d = np.subtract(x[:, a + 1 : b], x[:, a : b - 1])
+            np.abs(d, out=d)
+            d.max(axis=0, out=out[a + 1 : b])
+        if a:
+            out[a] = np.abs(x[:, a] - x[:, a - 1]).max()
+        else:
+            out[0] = np.abs(x[:, 0] - self._tail[:, -1]).max() if self._tail.shape[1] else 0.0
 
     def _mwave(self, x: np.ndarray, p: int, warnings: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Peak-to-peak (uV), rectified area (uV*s) and latency (s) of the M-wave after the pulse at ``p``
@@ -617,6 +759,9 @@ class IntervalEstimator:
         self, ivs: Sequence[Interval], times: Sequence[Sequence[float]], amps: Sequence[float]
     ) -> list[Estimate]:
         """Estimates of consecutive intervals, every stage over all of them at once (see :meth:`step`)."""
+        if self._work is not None:  # begun by lookahead(): done again here, with the others
+            self._abandon(self._work)
+            self._work = None
         self.settle()  # a step before may have left its spectral work
         cfg = self.config
         n_iv = len(ivs)

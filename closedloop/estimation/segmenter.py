@@ -94,6 +94,13 @@ class IntervalSegmenter:
         """Samples consumed so far."""
         return self._n_seen
 
+    def current(self) -> tuple[Interval, int] | None:
+        """The interval being filled and how many of its samples are in (None before its first): its arrays
+        are the ones :meth:`push` will return it in (the samples not in yet are undefined)."""
+        if self._fill == 0:
+            return None
+        return Interval(self.index, self._start, self._buf, self._ts), self._fill
+
     def push(self, samples: np.ndarray, timestamps: np.ndarray) -> list[Interval]:
         """Consume a chunk; return the intervals it completed (usually zero or one)."""
         out: list[Interval] = []

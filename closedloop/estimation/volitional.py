@@ -40,7 +40,7 @@ otherwise turn rounding differences into visible ones).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -113,6 +113,26 @@ class SegmentBatch:
     n_past: np.ndarray
     lags: np.ndarray
     weights: np.ndarray
+
+
+@dataclass
+class SegmentPlan:
+    """One pulse segment of an interval, from :meth:`VolitionalEstimator.plan`: ``[start, end)`` in the
+    interval, its pulse at stream sample ``position``, ``m`` past segments to predict it from (0: ``post``),
+    its volitional range ``[lo, hi)`` in the interval, the fit window ``(m0, m1)`` (samples after the pulse),
+    the lags (samples) and ``(C, n)`` views of the past segments, the ``(C, m)`` weights (None until known)."""
+
+    start: int
+    end: int
+    position: int
+    m: int
+    lo: int = 0
+    hi: int = 0
+    window: tuple[int, int] = (0, 0)
+    lags: list[int] = field(default_factory=list)
+    past: list[np.ndarray] = field(default_factory=list)
+    w: np.ndarray | None = None
+    norm: np.ndarray | None = None
 
 
 def _rms(x: np.ndarray) -> np.ndarray:
@@ -293,44 +313,73 @@ class VolitionalEstimator:
     def segment_in_place(self, y: np.ndarray, start: int, end: int, position: int) -> SegmentBatch:
         """:meth:`segments` for the one segment ``y[:, start:end]``: the same estimate in a few small
         operations (the live loop)."""
+        plan = self.plan(start, end, position)
+        keep = y[:, start:end].copy()  # the past for the next segment, before the prediction error replaces it
+        if plan.m and plan.w is None:  # comb, gs: weights fitted on this segment's own M-wave window
+            m0, m1 = plan.window
+            cur_w = keep[:, None, m0:m1]
+            past_w = [q[:, None, m0:m1] for q in plan.past] + [cur_w] * (self.history - plan.m)  # absent: masked
+            present = np.arange(self.history)[None, :] < plan.m
+            plan.w = self._weights(*_products(cur_w, past_w, present), np.array([plan.m]))[:, 0, : plan.m]
+        if plan.m:
+            self.predict(plan, y, y, plan.lo, plan.hi)
+        return self.commit(plan, keep)
+
+    def plan(self, start: int, end: int, position: int) -> SegmentPlan:
+        """What the segment ``[start, end)`` of an interval (its pulse at stream sample ``position``) will be
+        predicted from: the past segments, their lags, its volitional range and, for ``nlms``, the weights
+        (those from before the segment: known before any of its samples). Reads the state, changes nothing."""
         self.settle()
         hist = self.history
         b0 = self.blank_n
-        n_ch = y.shape[0]
-        seg = y[:, start:end]
         use = self._past[::-1][:hist] if self.method != "post" else []  # most recent first
         n = min([end - start] + [p.shape[1] for _, p in use])
         m = len(use) if use and n - b0 >= self.min_n else 0
+        plan = SegmentPlan(start, end, position, m)
+        if not m:
+            plan.lo, plan.hi = min(start + self.post_n, end), end
+            return plan
+        plan.lo, plan.hi = start + b0, start + n
+        plan.lags = [position - pos for pos, _ in use]
+        m0, m1 = min(self.mwave_n[0], n), min(self.mwave_n[1], n)
+        plan.window = (b0, n) if m1 - m0 < 2 else (m0, m1)
+        plan.past = [p[:, :n] for _, p in use]
+        if self.method == "nlms":
+            plan.w = self._w[:, :m].copy()
+        return plan
+
+    def predict(self, plan: SegmentPlan, y: np.ndarray, out: np.ndarray, a: int, b: int) -> None:
+        """The prediction error of ``y[:, a:b]`` (interval samples inside the segment's volitional range),
+        divided by ``sqrt(1 + |w|^2)``, into ``out[:, a:b]`` (``out`` may be ``y``)."""
+        if a >= b:
+            return
+        w = plan.w
+        if plan.norm is None:
+            plan.norm = np.sqrt(1.0 + _sum_sq(w))[:, None]
+        err = out[:, a:b]
+        if out is not y:
+            np.copyto(err, y[:, a:b])
+        ra, rb = a - plan.start, b - plan.start
+        for j in range(w.shape[1]):
+            err -= plan.past[j][:, ra:rb] * w[:, j : j + 1]
+        err /= plan.norm
+
+    def commit(self, plan: SegmentPlan, keep: np.ndarray) -> SegmentBatch:
+        """Close the segment of ``plan`` whose band-passed samples (before any prediction error replaced
+        them) are ``keep`` ``(C, end - start)``: it becomes the most recent past segment; the ``nlms`` weight
+        step on its M-wave window waits for :meth:`settle`."""
+        hist, m = self.history, plan.m
         lags = np.zeros((1, hist), np.int64)
-        weights = np.zeros((1, n_ch, hist))
-        keep = (position, seg.copy())  # the past for the next segment, before the prediction error replaces it
+        weights = np.zeros((1, keep.shape[0], hist))
         if m:
-            lags[0, :m] = [position - pos for pos, _ in use]
-            m0, m1 = min(self.mwave_n[0], n), min(self.mwave_n[1], n)
-            if m1 - m0 < 2:
-                m0, m1 = b0, n
-            past = [p[:, :n] for _, p in use]
+            lags[0, :m] = plan.lags
+            weights[0, :, :m] = plan.w
             if self.method == "nlms":
-                # the prediction uses the weights from before this segment; their step on its M-wave window
-                # (the segment as it is now, before the prediction error replaces it) waits for settle()
-                w = self._w[:, :m].copy()
-                self._update = (keep[1][:, m0:m1], [q[:, m0:m1] for q in past])
-            else:
-                # the same arithmetic as a batch of segments with this window: its (C, 1, W) products, weights
-                cur_w = seg[:, None, m0:m1]
-                past_w = [q[:, None, m0:m1] for q in past] + [cur_w] * (hist - m)  # absent ones: masked out
-                present = np.arange(hist)[None, :] < m
-                w = self._weights(*_products(cur_w, past_w, present), np.array([m]))[:, 0, :m]
-            err = seg[:, b0:n]  # the prediction error over [blank_n, n), in place
-            for j in range(w.shape[1]):
-                err -= past[j][:, b0:n] * w[:, j : j + 1]
-            err /= np.sqrt(1.0 + _sum_sq(w))[:, None]
-            weights[0, :, : w.shape[1]] = w
-        self._past = [*self._past, keep][-hist:]
-        lo = start + b0 if m else min(start + self.post_n, end)
-        hi = start + n if m else end
+                m0, m1 = plan.window
+                self._update = (keep[:, m0:m1], [q[:, m0:m1] for q in plan.past])
+        self._past = [*self._past, (plan.position, keep)][-hist:]
         method = self.method if m else "post"
-        return SegmentBatch((method,), np.array([lo]), np.array([hi]), np.array([m]), lags, weights)
+        return SegmentBatch((method,), np.array([plan.lo]), np.array([plan.hi]), np.array([m]), lags, weights)
 
     def _predict(
         self,
