@@ -369,7 +369,7 @@ class StreamingWelch:
         else:
             segs = sliding_window_view(ext, nps, axis=1)[:, starts].transpose(1, 0, 2)
         windowed = np.multiply(segs, self._window_scaled, out=np.empty((n_new, self.n_channels, nps)))
-        spec = sp_fft.rfft(windowed, axis=-1, overwrite_x=True)[..., self._bins]  # (n_new, C, n_freqs)
+        spec = sp_fft.rfft(windowed, axis=-1)[..., self._bins]  # (n_new, C, n_freqs); overwrite_x is 6x slower
         pgram = np.multiply(spec.real, spec.real)
         pgram += np.square(spec.imag)  # density, one-sided: ...
         for i in self._halved:  # ... with half the scale at 0 Hz and the Nyquist frequency

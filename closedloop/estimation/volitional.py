@@ -426,9 +426,7 @@ class VolitionalEstimator:
         windows = np.stack([keys // span - lw0, keys % span - lw0], axis=1).tolist()  # (start, end) in head
         main = int(np.argmax(count))  # the usual window: formed for all segments (views), kept where it is theirs
         a, b = windows[main]
-        gram, cross = _products(
-            _pick(head, k_all)[:, :, a:b], [_pick(head, k_all - 1 - j)[:, :, a:b] for j in range(hist)], present
-        )
+        gram, cross = _chain_products(head[:, :, a:b], k_all, present)
         for g, (a, b) in enumerate(windows):
             if g != main:
                 sel = np.flatnonzero(group == g)
@@ -519,6 +517,37 @@ def _products(cur: np.ndarray, past: list[np.ndarray], present: np.ndarray) -> t
         for j in range(i, hist):
             gram[:, :, i, j] = gram[:, :, j, i] = _dot(past[i], past[j])
         cross[:, :, i] = _dot(past[i], cur)
+    if not present.all():
+        gram[:, ~(present[:, :, None] & present[:, None, :])] = 0.0
+        cross[:, ~present] = 0.0
+    return gram, cross
+
+
+def _chain_products(win: np.ndarray, k: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_products` of the segments ``k`` (increasing rows of the ``(C, rows, W)`` windows ``win``) and
+    their past ones, the rows above them. Segment ``k``'s products are products of rows ``r`` and ``r - d``
+    (``d = 0 .. H``), which it shares with its neighbours: each is formed once (by the same :func:`_dot`, so
+    with the same sums), ``H + 1`` per row instead of ``H (H + 3) / 2``."""
+    n_ch = win.shape[0]
+    n_p, hist = present.shape
+    r0 = max(int(k[0]) - hist, 0)
+    rows = win[:, r0 : int(k[-1]) + 1]
+    n_r = rows.shape[1]
+    # lag[d][:, r - r0] = <row r, row r - d> for the rows r >= r0 + d (earlier ones: never used unmasked)
+    lag = [_dot(rows, rows)]
+    for d in range(1, hist + 1):
+        lag_d = np.zeros((n_ch, n_r))
+        if n_r > d:
+            lag_d[:, d:] = _dot(rows[:, d:], rows[:, :-d])
+        lag.append(lag_d)
+    gram = np.empty((n_ch, n_p, hist, hist))
+    cross = np.empty((n_ch, n_p, hist))
+    at = k - r0
+    for i in range(hist):
+        src = np.maximum(at - 1 - i, 0)  # the row of past i
+        for j in range(i, hist):
+            gram[:, :, i, j] = gram[:, :, j, i] = _pick(lag[j - i], src)
+        cross[:, :, i] = _pick(lag[i + 1], at)
     if not present.all():
         gram[:, ~(present[:, :, None] & present[:, None, :])] = 0.0
         cross[:, ~present] = 0.0
