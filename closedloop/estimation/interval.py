@@ -17,6 +17,11 @@ Per interval::
             +-> its residual, gaps as zeros in time, into a streaming Welch estimate
                   -> median and mean frequency, Dimitrov FInsm5 over the last spectral_window_s
 
+Live, an interval is worked on as its chunks arrive (:meth:`~IntervalEstimator.lookahead`): copied, its pulse
+located on the samples so far, blanked, band-passed and (``nlms``, whose weights are known before the segment)
+predicted, so that the chunk completing it leaves only its own samples to process; :meth:`~IntervalEstimator.step`
+checks the location on the whole interval and starts over if it differs. The estimate is the same either way.
+
 The spectral stage runs after the estimate is returned (:meth:`~IntervalEstimator.settle`: the live loop
 calls it once the pulse is out), so an interval's estimate carries the spectral indices computed up to the
 end of the previous interval (they are updated every ``spectral_update_s`` over a ``spectral_window_s``
@@ -909,12 +914,8 @@ class IntervalEstimator:
     def _jumps(self, x: np.ndarray) -> np.ndarray:
         """``(N,)`` largest jump over channels into each sample of ``(C, N)`` raw samples (into the first one
         from the previous interval's last sample, as blanked)."""
-        n = x.shape[1]
-        jump = np.empty(n)
-        if n > 1:
-            d = np.subtract(x[:, 1:], x[:, :-1])
-            np.maximum(d.max(axis=0), -d.min(axis=0), out=jump[1:])  # the largest |d|
-        jump[0] = np.abs(x[:, 0] - self._tail[:, -1]).max() if self._tail.shape[1] else 0.0
+        jump = np.empty(x.shape[1])
+        self._jump_range(x, 0, x.shape[1], jump)
         return jump
 
     def _floors(self, jump: np.ndarray, start: np.ndarray, n: np.ndarray) -> np.ndarray:
