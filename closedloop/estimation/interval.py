@@ -252,6 +252,7 @@ class _Work:
     y: np.ndarray | None = None
     resid: np.ndarray | None = None
     plan: SegmentPlan | None = None
+    mwave: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # measured once its window was in
 
 
 class IntervalEstimator:
@@ -492,6 +493,8 @@ class IntervalEstimator:
             if work.plan is not None and work.plan.m:
                 work.resid = np.zeros_like(x)
         self._filter_range(work, work.n_in)
+        if work.located and work.mwave is None and work.located[0] + self._m1 <= work.n_in:
+            work.mwave = self._mwave(x, work.located[0], [])  # its window is in (and not cut short)
 
     def _filter_range(self, work: _Work, upto: int) -> None:
         """Band-pass ``work.x`` up to sample ``upto`` into ``work.y`` (blanked first), then the nlms prediction
@@ -519,7 +522,9 @@ class IntervalEstimator:
         p = starts[0] if starts else -1
         ptp = area = latency = np.full(n_ch, np.nan)
         # measured on the raw samples: a single pulse's blanking ends before its M-wave window begins
-        measures = self._mwave(x, p, warnings) if p >= 0 and not bad else None
+        measures = None
+        if p >= 0 and not bad:
+            measures = work.mwave if work.mwave is not None else self._mwave(x, p, warnings)
         if measures is not None:
             ptp, area, latency = measures
             self._reference(ptp, area, amplitude_ma)
