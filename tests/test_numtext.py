@@ -65,6 +65,9 @@ def test_edges_and_random_numbers_are_formatted_as_python_does(precision):
             10.0 ** np.arange(-8, 9),
             rng.standard_normal(20000) * 10.0 ** rng.integers(-12, 12, 20000),
             rng.integers(-(10**7), 10**7, 5000) / 10.0 ** rng.integers(0, 9, 5000),  # short decimals, ties
+            np.arange(-5000, 5000) / 2048 * 1e3,  # sample periods in ms: exact binary fractions, many true ties
+            np.arange(1, 5000) * 2.0 ** rng.integers(-40, 40, 4999),
+            (np.arange(1, 5000) + 0.5) * 10.0 ** rng.integers(-3, 3, 4999),
             np.exp(rng.uniform(-700, 700, 5000)),
         )
     )

@@ -8,11 +8,13 @@ bytes of row ``i``'s text, spread over the ``w`` slots with the filler byte 0 in
 Slots that no number of a block needs (a sign, a decimal point at some place, an exponent) are left out,
 so typical fields are narrow.
 
-The significant digits are ``rint(|x| * 10**k)``: exact except when the scaled value lies within
-``1e-6`` of a rounding tie (an error of a few units in the last place could flip it), or the exponent
-is beyond +-290 (the power of ten over- or underflows); those rare numbers are formatted by Python, so
-the result is always that of ``%`` (correctly rounded, ties to even). Precisions above
-:data:`MAX_DIGITS` significant digits are formatted by Python altogether.
+The significant digits are ``rint(|x| * 10**k)``, ties to even as Python. Where ``10**|k|`` is exact
+(``|k| <= 22``) the product or quotient is rounded once and cannot cross the half-integer next to the
+true value; only a result of exactly ``n + 1/2`` is in doubt, and an integer test tells a true tie (kept)
+from a value within half an ulp of one (left to Python). Where ``10**|k|`` is not exact, scaled values
+within ``1e-6`` of a tie are left to Python, and so are exponents beyond +-290. The result is always that
+of ``%`` (correctly rounded, ties to even). Precisions above :data:`MAX_DIGITS` significant digits are
+formatted by Python altogether.
 
 Non-finite numbers (NaN, inf) give an empty field, as estimates.csv writes them.
 """
@@ -31,6 +33,7 @@ MAX_DIGITS = 8
 _ZERO, _DOT, _MINUS, _PLUS, _E = (np.uint8(ord(c)) for c in "0.-+e")
 _TIE_TOLERANCE = 1e-6  # |scaled - (n + 0.5)| below this: too close to call, Python formats it
 _MAX_EXPONENT = 290  # beyond: 10**k may over- or underflow, Python formats it
+_EXACT_POW10 = 22  # 10**k is exact in float64 up to here
 _K_MAX = _MAX_EXPONENT + MAX_DIGITS + 2
 _MUL = np.concatenate((np.ones(_K_MAX), 10.0 ** np.arange(0, _K_MAX + 1)))  # at k + _K_MAX: 10**k for k >= 0
 _DIV = np.concatenate((10.0 ** np.arange(_K_MAX, 0, -1), np.ones(_K_MAX + 1)))  # 10**-k for k < 0
@@ -58,8 +61,16 @@ def _significant_digits(a: np.ndarray, nd: int) -> tuple[np.ndarray, np.ndarray,
     if low.any() or high.any():
         e += high.astype(np.int64) - low
         scaled = _scale(a, nd - 1 - e)
-    s = np.rint(scaled)  # ties to even, as Python; exact ties are left to Python anyway
-    unsure |= np.abs(scaled - np.floor(scaled) - 0.5) < _TIE_TOLERANCE
+    s = np.rint(scaled)  # ties to even, as Python
+    k = nd - 1 - e
+    once = np.abs(k) <= _EXACT_POW10  # one rounding: it cannot cross the half-integer next to the value
+    half = scaled - np.floor(scaled) == 0.5
+    # rounded once, only a result of exactly n + 1/2 is in doubt: a true tie (exact, e.g. 9.765625 ms, a
+    # sample period) or a value within half an ulp of one; rounded twice, anything too close to call
+    doubt = once & half
+    if doubt.any():
+        unsure[doubt] |= ~_exact_tie(a[doubt], k[doubt])
+    unsure |= ~once & (np.abs(scaled - np.floor(scaled) - 0.5) < _TIE_TOLERANCE)
     carry = s >= 10.0**nd  # 9999999.6 -> 10000000: one digit more
     if carry.any():
         s[carry] = 10.0 ** (nd - 1)
@@ -67,6 +78,20 @@ def _significant_digits(a: np.ndarray, nd: int) -> tuple[np.ndarray, np.ndarray,
     if unsure.any():
         s[unsure] = 10.0 ** (nd - 1)
     return s, e, unsure
+
+
+def _exact_tie(a: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Whether ``a * 10**k`` (``|k| <= 22``, ``a`` normal) is exactly an integer plus one half.
+
+    With ``a = m * 2**b`` (``m`` a 53-bit integer) and ``t`` the power of 2 in ``m``: for ``k >= 0`` the
+    value is ``odd * 2**(t + k + b)``, a half-integer when ``t + k + b == -1``; for ``k < 0`` it is
+    ``(m / 5**-k) * 2**(b + k)``, a half-integer when ``5**-k`` divides ``m`` and ``t + b + k == -1``."""
+    mantissa, b = np.frexp(a)
+    m = (mantissa * 2.0**53).astype(np.int64)
+    b = b.astype(np.int64) - 53
+    t = np.frexp((m & -m).astype(np.float64))[1].astype(np.int64) - 1
+    divides = np.where(k < 0, m % (5 ** np.clip(-k, 0, _EXACT_POW10)) == 0, True)
+    return divides & (t + b + k == -1)
 
 
 def _scale(a: np.ndarray, k: np.ndarray) -> np.ndarray:
