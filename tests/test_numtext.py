@@ -1,5 +1,7 @@
 """Vectorised number formatting (estimates.csv): byte for byte what Python's ``%`` writes."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -119,3 +121,8 @@ def test_csv_rows_of_a_batch_equal_the_row_by_row_formatting(tmp_path):
     ests = [_estimate(rng, k, len(names)) for k in range(40)]
     assert rec._rows(ests) == "".join(rec._rows_by_row(e) for e in ests)
     assert rec._rows(ests[:1]) == rec._rows_by_row(ests[0])
+    # no MVC, no pulses: whole columns without a number
+    blank = [
+        dataclasses.replace(e, amplitude_ma=np.nan, channel_effort_pct_mvc=np.full(len(names), np.nan)) for e in ests
+    ]
+    assert rec._rows(blank) == "".join(rec._rows_by_row(e) for e in blank)

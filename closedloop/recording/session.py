@@ -58,29 +58,40 @@ def _empty_nonfinite(text: str) -> str:
     return text.replace(",nan", ",").replace(",inf", ",").replace(",-inf", ",")
 
 
-def _csv_columns(ests: list[Estimate]) -> tuple[np.ndarray, np.ndarray]:
+def _concatenated(items: list[tuple]) -> tuple[object, np.ndarray]:
+    """The samples and timestamps of several pushes to one stream, in order, as one push."""
+    if len(items) == 1:
+        return items[0][1], items[0][2]
+    ts = np.concatenate([np.asarray(it[2], dtype=np.float64).reshape(-1) for it in items])
+    if all(isinstance(it[1], np.ndarray) for it in items):
+        return np.concatenate([it[1] for it in items]), ts
+    return [row for it in items for row in it[1]], ts  # string samples: lists of rows
+
+
+#: The ``%.6g`` columns of estimates.csv after t_s, interval, channel (amplitude_ma first), and the ``%.6e`` one.
+_G_COLUMNS = (
+    "channel_mwave_ptp_uv",
+    "channel_mwave_area_uvs",
+    "channel_mwave_latency_s",
+    "channel_mwave_ptp_rel",
+    "channel_mwave_area_rel",
+    "channel_effort_uv",
+    "channel_effort_pct_mvc",
+    "channel_mdf_hz",
+    "channel_mnf_hz",
+)
+
+
+def _csv_columns(ests: list[Estimate], n_channels: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``%.6g`` columns ``(10, n_intervals, n_channels)`` and the ``%.6e`` one of estimates.csv."""
-    g = np.stack(
-        [
-            np.stack(
-                (
-                    np.broadcast_to(est.amplitude_ma, est.channel_effort_uv.shape),
-                    est.channel_mwave_ptp_uv,
-                    est.channel_mwave_area_uvs,
-                    est.channel_mwave_latency_s * 1e3,
-                    est.channel_mwave_ptp_rel,
-                    est.channel_mwave_area_rel,
-                    est.channel_effort_uv,
-                    est.channel_effort_pct_mvc,
-                    est.channel_mdf_hz,
-                    est.channel_mnf_hz,
-                )
-            ).astype(np.float64)
-            for est in ests
-        ],
-        axis=1,
-    )
-    return g, np.stack([np.asarray(est.channel_fi_nsm5, dtype=np.float64) for est in ests])
+    g = np.empty((1 + len(_G_COLUMNS), len(ests), n_channels))
+    g[0] = np.array([est.amplitude_ma for est in ests], dtype=np.float64)[:, None]
+    for row, name in enumerate(_G_COLUMNS, start=1):
+        if name == "channel_mwave_latency_s":
+            g[row] = [est.channel_mwave_latency_s * 1e3 for est in ests]  # ms, as each interval's row says
+        else:
+            g[row] = [getattr(est, name) for est in ests]
+    return g, np.array([est.channel_fi_nsm5 for est in ests], dtype=np.float64)
 
 
 class SessionRecorder:
@@ -218,13 +229,18 @@ class SessionRecorder:
             self._name_field = numtext.text_field([_empty_nonfinite("," + _csv_text(name))[1:] for name in names])
         n_ch, n_iv = len(names), len(ests)
         n = n_ch * n_iv
-        g, e = _csv_columns(ests)
+        g, e = _csv_columns(ests, n_ch)
         heads = [f"{est.t_start - self.t_zero:.6f},{est.index:d}," for est in ests]
-        g_text = numtext.format_g(g)  # column after column, each interval after interval
+        # columns without a finite number (e.g. % MVC without calibration) are empty cells: no formatting
+        filled = np.flatnonzero(np.isfinite(g).any(axis=(1, 2)))
+        g_text = numtext.format_g(g[filled])  # column after column, each interval after interval
         comma, end = numtext.constant_field(",", n), numtext.constant_field("\n", n)
         fields = [np.repeat(numtext.text_field(heads), n_ch, axis=1), np.tile(self._name_field, n_iv)]
+        at = {c: k for k, c in enumerate(filled)}
         for c in range(g.shape[0]):
-            fields += [comma, g_text[:, c * n : (c + 1) * n]]
+            fields.append(comma)
+            if c in at:
+                fields.append(g_text[:, at[c] * n : (at[c] + 1) * n])
         fields += [comma, numtext.format_e(e), end]
         return numtext.join_fields(fields).decode("utf-8")
 
@@ -257,11 +273,14 @@ class SessionRecorder:
     def _write(self, item: tuple) -> None:
         if item[0] == "batch":
             ests = []
+            streams: dict[int, list[tuple]] = {}
             for it in item[1]:
                 if it[0] == "csv":
                     ests.append(it[1])
                 else:
-                    self._writer.write_samples(*it)
+                    streams.setdefault(it[0], []).append(it)
+            for stream_id, items in streams.items():  # one Samples chunk per stream and batch
+                self._writer.write_samples(stream_id, *_concatenated(items))
             if ests:
                 self._csv.write(self._rows(ests))
         elif item[0] == "csv":
