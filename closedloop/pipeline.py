@@ -896,25 +896,26 @@ class Session:
             self.safety.no_pulse(cfg.stim_channel)  # a deliberate stop: the ramp restarts from 0 mA
         rec = self.recorder
         c = est_.config.control_channel
-        head = np.array(
-            [
-                est.effort_uv,
-                est.effort_smooth_uv,
-                est.effort_pct_mvc,
-                est.mwave_ptp_uv,
-                est.channel_mwave_ptp_rel[c],
-                est.channel_mwave_area_rel[c],
-                est.channel_mdf_hz[c],
-                est.channel_mnf_hz[c],
-                est.channel_fi_nsm5[c],
-                est.amplitude_ma,
-                next_amp,
-                latency * 1e3,
-            ]
+        n_head = len(ESTIMATE_HEAD)
+        row = np.empty((1, n_head + len(ESTIMATE_PER_CHANNEL) * self._n_channels))
+        row[0, :n_head] = (
+            est.effort_uv,
+            est.effort_smooth_uv,
+            est.effort_pct_mvc,
+            est.mwave_ptp_uv,
+            est.channel_mwave_ptp_rel[c],
+            est.channel_mwave_area_rel[c],
+            est.channel_mdf_hz[c],
+            est.channel_mnf_hz[c],
+            est.channel_fi_nsm5[c],
+            est.amplitude_ma,
+            next_amp,
+            latency * 1e3,
         )
-        per_channel = np.column_stack([est.channel_effort_uv, est.channel_mwave_ptp_uv, est.channel_mdf_hz])
-        row = np.concatenate([head, per_channel.ravel()])
-        rec.push("Estimates", row[None, :], np.array([est.t_start]))
+        row[0, n_head::3] = est.channel_effort_uv  # then effort, mwave_ptp, mdf_hz of each channel
+        row[0, n_head + 1 :: 3] = est.channel_mwave_ptp_uv
+        row[0, n_head + 2 :: 3] = est.channel_mdf_hz
+        rec.push("Estimates", row, np.array([est.t_start]))
         rec.push_estimate(est)
         if self.progress is not None:
             self.progress(t_rel, phase.name if phase else "waiting", est, next_amp)
