@@ -1684,7 +1684,8 @@ class FileSource:
                     found = np.concatenate((found, det.flush()))
                 if found.size:
                     self._det_idx = np.concatenate((self._det_idx, found))
-            self._buf = np.concatenate((self._buf[self._pos - self._buf_start :], x))
+            rest = self._buf[self._pos - self._buf_start :]
+            self._buf = np.concatenate((rest, x)) if rest.shape[0] else x  # chunks of whole blocks: no copy
             self._buf_start = self._pos
             self._read_to = b
 
