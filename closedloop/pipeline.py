@@ -19,6 +19,7 @@ SIGTERM) or the end of the session turns output off first, then surfaces in the 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import contextlib
 import datetime as _dt
@@ -663,7 +664,7 @@ class Session:
         self._t_last: float | None = None
         self._n_samples = 0
         self._next_rate_check = 2.0
-        self._phase_ends = np.cumsum([p.duration_s for p in cfg.phases])
+        self._phase_ends = np.cumsum([p.duration_s for p in cfg.phases]).tolist()  # bisect: ~10x faster per call
         self._n_channels = info.n_channels
         self._fs = info.rate_hz
         if (
@@ -698,7 +699,7 @@ class Session:
     def _phase_index(self, t_rel: float) -> int | None:
         if t_rel < 0:
             return None
-        i = int(np.searchsorted(self._phase_ends, t_rel, side="right"))
+        i = bisect.bisect_right(self._phase_ends, t_rel)
         return i if i < len(self.config.phases) else None
 
     def _check_chunk(self, chunk: Chunk) -> None:
