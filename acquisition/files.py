@@ -379,7 +379,7 @@ class _MNEReader(RecordingReader):
             warnings.simplefilter("always")
             data = self._raw.get_data(picks=self._picks, start=start, stop=stop, verbose="warning")
         _note_warnings(self.info.extra, caught)
-        return data.T * self._scale
+        return (data * self._scale[:, None]).T  # scaled along MNE's contiguous rows: the same values, faster
 
     def close(self) -> None:
         super().close()
