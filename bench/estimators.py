@@ -49,6 +49,8 @@ def make_signal(n_ch: int, rate: float, seconds: float, stim_hz: float, seed: in
     n = int(seconds * rate)
     b, a = signal.butter(2, [30, 150], btype="bandpass", fs=rate)
     x = signal.lfilter(b, a, rng.standard_normal((n, n_ch)), axis=0) * 100.0
+    if stim_hz <= 0:  # no stimulation
+        return x.astype(np.float32), np.empty(0, dtype=int)
     period = rate / stim_hz
     pulses = np.round(np.arange(0, n - period, period)).astype(int)
     t = np.arange(int(period)) / rate

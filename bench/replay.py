@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--channels", type=int, default=64)
     ap.add_argument("--rate", type=float, default=2048.0)
-    ap.add_argument("--stim-hz", type=float, default=30.0)
+    ap.add_argument("--stim-hz", type=float, default=30.0, help="0: no pulses (the replay then scans for artifacts)")
     ap.add_argument("--format", choices=("fif", "edf"), default="fif")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)

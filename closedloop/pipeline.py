@@ -19,6 +19,7 @@ SIGTERM) or the end of the session turns output off first, then surfaces in the 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import contextlib
 import datetime as _dt
@@ -666,7 +667,7 @@ class Session:
         self._t_last: float | None = None
         self._n_samples = 0
         self._next_rate_check = 2.0
-        self._phase_ends = np.cumsum([p.duration_s for p in cfg.phases])
+        self._phase_ends = np.cumsum([p.duration_s for p in cfg.phases]).tolist()  # bisect: ~10x faster per call
         self._n_channels = info.n_channels
         self._fs = info.rate_hz
         if (
@@ -701,7 +702,7 @@ class Session:
     def _phase_index(self, t_rel: float) -> int | None:
         if t_rel < 0:
             return None
-        i = int(np.searchsorted(self._phase_ends, t_rel, side="right"))
+        i = bisect.bisect_right(self._phase_ends, t_rel)
         return i if i < len(self.config.phases) else None
 
     def _check_chunk(self, chunk: Chunk) -> None:
@@ -917,25 +918,26 @@ class Session:
             self.safety.no_pulse(cfg.stim_channel)  # a deliberate stop: the ramp restarts from 0 mA
         rec = self.recorder
         c = est_.config.control_channel
-        head = np.array(
-            [
-                est.effort_uv,
-                est.effort_smooth_uv,
-                est.effort_pct_mvc,
-                est.mwave_ptp_uv,
-                est.channel_mwave_ptp_rel[c],
-                est.channel_mwave_area_rel[c],
-                est.channel_mdf_hz[c],
-                est.channel_mnf_hz[c],
-                est.channel_fi_nsm5[c],
-                est.amplitude_ma,
-                next_amp,
-                latency * 1e3,
-            ]
+        n_head = len(ESTIMATE_HEAD)
+        row = np.empty((1, n_head + len(ESTIMATE_PER_CHANNEL) * self._n_channels))
+        row[0, :n_head] = (
+            est.effort_uv,
+            est.effort_smooth_uv,
+            est.effort_pct_mvc,
+            est.mwave_ptp_uv,
+            est.channel_mwave_ptp_rel[c],
+            est.channel_mwave_area_rel[c],
+            est.channel_mdf_hz[c],
+            est.channel_mnf_hz[c],
+            est.channel_fi_nsm5[c],
+            est.amplitude_ma,
+            next_amp,
+            latency * 1e3,
         )
-        per_channel = np.column_stack([est.channel_effort_uv, est.channel_mwave_ptp_uv, est.channel_mdf_hz])
-        row = np.concatenate([head, per_channel.ravel()])
-        rec.push("Estimates", row[None, :], np.array([est.t_start]))
+        row[0, n_head::3] = est.channel_effort_uv  # then effort, mwave_ptp, mdf_hz of each channel
+        row[0, n_head + 1 :: 3] = est.channel_mwave_ptp_uv
+        row[0, n_head + 2 :: 3] = est.channel_mdf_hz
+        rec.push("Estimates", row, np.array([est.t_start]))
         rec.push_estimate(est)
         if self.progress is not None:
             self.progress(t_rel, phase.name if phase else "waiting", est, next_amp)

@@ -3,6 +3,8 @@
 The pipeline only enqueues (``push``, ``push_estimate``: a few microseconds, never blocking on the disk);
 a dedicated thread owns the files and writes as data comes. A write failure (disk full, permission)
 surfaces as :class:`RecordingError` at the next ``push`` so the orchestrator can turn output off.
+The estimates.csv rows of all the intervals handed over together are formatted in one vectorised step
+(:mod:`closedloop.recording.numtext`), byte for byte as ``%`` formatting would write them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from closedloop.errors import ClosedLoopError
+from closedloop.recording import numtext
 from closedloop.recording.xdf import XDFWriter
 from closedloop.types import Estimate, StreamInfo
 
@@ -44,10 +47,51 @@ class RecordingError(ClosedLoopError):
 
 
 def _csv_text(name: str) -> str:
-    """A channel name as a CSV field (quoted if it holds a comma or quote; % doubled for formatting)."""
+    """A channel name as a CSV field (quoted if it holds a comma, quote or line end)."""
     if any(c in name for c in ',"\n'):
         name = '"' + name.replace('"', '""') + '"'
-    return name.replace("%", "%%")
+    return name
+
+
+def _empty_nonfinite(text: str) -> str:
+    """estimates.csv leaves NaN and inf cells empty (applied to whole rows: also to a name after a comma)."""
+    return text.replace(",nan", ",").replace(",inf", ",").replace(",-inf", ",")
+
+
+def _concatenated(items: list[tuple]) -> tuple[object, np.ndarray]:
+    """The samples and timestamps of several pushes to one stream, in order, as one push."""
+    if len(items) == 1:
+        return items[0][1], items[0][2]
+    ts = np.concatenate([np.asarray(it[2], dtype=np.float64).reshape(-1) for it in items])
+    if all(isinstance(it[1], np.ndarray) for it in items):
+        return np.concatenate([it[1] for it in items]), ts
+    return [row for it in items for row in it[1]], ts  # string samples: lists of rows
+
+
+#: The ``%.6g`` columns of estimates.csv after t_s, interval, channel (amplitude_ma first), and the ``%.6e`` one.
+_G_COLUMNS = (
+    "channel_mwave_ptp_uv",
+    "channel_mwave_area_uvs",
+    "channel_mwave_latency_s",
+    "channel_mwave_ptp_rel",
+    "channel_mwave_area_rel",
+    "channel_effort_uv",
+    "channel_effort_pct_mvc",
+    "channel_mdf_hz",
+    "channel_mnf_hz",
+)
+
+
+def _csv_columns(ests: list[Estimate], n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``%.6g`` columns ``(10, n_intervals, n_channels)`` and the ``%.6e`` one of estimates.csv."""
+    g = np.empty((1 + len(_G_COLUMNS), len(ests), n_channels))
+    g[0] = np.array([est.amplitude_ma for est in ests], dtype=np.float64)[:, None]
+    for row, name in enumerate(_G_COLUMNS, start=1):
+        if name == "channel_mwave_latency_s":
+            g[row] = [est.channel_mwave_latency_s * 1e3 for est in ests]  # ms, as each interval's row says
+        else:
+            g[row] = [getattr(est, name) for est in ests]
+    return g, np.array([est.channel_fi_nsm5 for est in ests], dtype=np.float64)
 
 
 class SessionRecorder:
@@ -83,6 +127,7 @@ class SessionRecorder:
         self._thread: threading.Thread | None = None
         self._csv_channels: tuple[str, ...] = ()
         self._row_formats: list[str] | None = None
+        self._name_field: np.ndarray | None = None
         self.error: BaseException | None = None
         self._closed = False
         self.threaded = threaded
@@ -147,36 +192,63 @@ class SessionRecorder:
             self._put(("csv", est))
 
     def _put(self, item: tuple) -> None:
+        with self._batch_lock:
+            self._batch.append(item)
+            full = len(self._batch) >= 256
+        if full:
+            self.hand_over()
+
+    def hand_over(self) -> None:
+        """Give the items pushed since the last call to the writer thread (threaded mode), or write them now.
+
+        The orchestrator calls this after a chunk's decisions: the writer thread then formats and writes
+        while the loop waits for the next chunk, instead of competing for the GIL while a pulse is decided.
+        Either way the estimates.csv rows of the batch are formatted together.
+        """
+        with self._batch_lock:
+            batch, self._batch = self._batch, []
+        if not batch:
+            return
         if self.threaded:
-            with self._batch_lock:
-                self._batch.append(item)
-                full = len(self._batch) >= 256
-            if full:
-                self.hand_over()
+            self._q.put(("batch", batch))
             return
         try:
-            self._write(item)
+            self._write(("batch", batch))
         except OSError as exc:
             self.error = exc
             raise RecordingError(f"recording to {self.xdf_path} failed: {exc}") from exc
 
-    def hand_over(self) -> None:
-        """Give the items pushed since the last call to the writer thread (threaded mode; else nothing to do).
-
-        The orchestrator calls this after a chunk's decisions: the writer thread then formats and writes
-        while the loop waits for the next chunk, instead of competing for the GIL while a pulse is decided.
-        """
-        with self._batch_lock:
-            batch, self._batch = self._batch, []
-        if batch:
-            self._q.put(("batch", batch))
-
     # -- writer thread -------------------------------------------------------------------------------
-    def _rows(self, est: Estimate) -> str:
+    def _rows(self, ests: list[Estimate]) -> str:
+        """The CSV rows of intervals ``ests``, formatted column by column with numpy (as :meth:`_rows_by_row`
+        writes them)."""
+        names = self._csv_channels
+        if any("\0" in name for name in names):  # a NUL is the vectorised formatter's filler byte
+            return "".join(self._rows_by_row(est) for est in ests)
+        if self._name_field is None:
+            self._name_field = numtext.text_field([_empty_nonfinite("," + _csv_text(name))[1:] for name in names])
+        n_ch, n_iv = len(names), len(ests)
+        n = n_ch * n_iv
+        g, e = _csv_columns(ests, n_ch)
+        heads = [f"{est.t_start - self.t_zero:.6f},{est.index:d}," for est in ests]
+        # columns without a finite number (e.g. % MVC without calibration) are empty cells: no formatting
+        filled = np.flatnonzero(np.isfinite(g).any(axis=(1, 2)))
+        g_text = numtext.format_g(g[filled])  # column after column, each interval after interval
+        comma, end = numtext.constant_field(",", n), numtext.constant_field("\n", n)
+        fields = [np.repeat(numtext.text_field(heads), n_ch, axis=1), np.tile(self._name_field, n_iv)]
+        at = {c: k for k, c in enumerate(filled)}
+        for c in range(g.shape[0]):
+            fields.append(comma)
+            if c in at:
+                fields.append(g_text[:, at[c] * n : (at[c] + 1) * n])
+        fields += [comma, numtext.format_e(e), end]
+        return numtext.join_fields(fields).decode("utf-8")
+
+    def _rows_by_row(self, est: Estimate) -> str:
         """The CSV rows of one interval: one ``%`` formatting per row (NaN becomes an empty cell)."""
         if self._row_formats is None:
             self._row_formats = [
-                f"%.6f,%d,{_csv_text(name)},%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6e\n"
+                f"%.6f,%d,{_csv_text(name).replace('%', '%%')},%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6e\n"
                 for name in self._csv_channels
             ]
         t = est.t_start - self.t_zero
@@ -196,15 +268,23 @@ class SessionRecorder:
             )
         ).tolist()
         text = "".join(fmt % (t, est.index, *row) for fmt, row in zip(self._row_formats, table, strict=True))
-        return text.replace(",nan", ",").replace(",inf", ",").replace(",-inf", ",")
+        return _empty_nonfinite(text)
 
     def _write(self, item: tuple) -> None:
         if item[0] == "batch":
+            ests = []
+            streams: dict[int, list[tuple]] = {}
             for it in item[1]:
-                self._write(it)
-            return
-        if item[0] == "csv":
-            self._csv.write(self._rows(item[1]))
+                if it[0] == "csv":
+                    ests.append(it[1])
+                else:
+                    streams.setdefault(it[0], []).append(it)
+            for stream_id, items in streams.items():  # one Samples chunk per stream and batch
+                self._writer.write_samples(stream_id, *_concatenated(items))
+            if ests:
+                self._csv.write(self._rows(ests))
+        elif item[0] == "csv":
+            self._csv.write(self._rows([item[1]]))
         else:
             self._writer.write_samples(*item)
         now = time.monotonic()
@@ -243,6 +323,11 @@ class SessionRecorder:
             self._q.put(None)
             self._thread.join()
         try:
+            if self._started and not self.threaded:
+                with self._batch_lock:
+                    batch, self._batch = self._batch, []
+                if batch and self.error is None:
+                    self._write(("batch", batch))
             if hasattr(self, "_writer"):
                 self._writer.close()
             if getattr(self, "_csv", None) is not None:
