@@ -310,8 +310,11 @@ class Session:
     ----------
     source:
         The EMG :class:`~acquisition.base.Source` driving the loop.
-    estimator:
-        Per-interval estimator for that stream.
+    estimator_factory:
+        Builds the per-interval estimator for the stream (``step(interval, pulse_times, amplitude_ma)``,
+        ``step_many``, ``set_mvc``, ``mvc_uv``: :class:`IntervalEstimator`). Optional methods are used when
+        present: ``lookahead(interval, n_received, pulse_times)`` after each chunk, with the interval being
+        filled (on the pulse grid), and ``settle()`` after a chunk's pulses are out, for deferred work.
     controller:
         The main per-pulse controller (``step(estimate, ctx) -> amplitude_ma | Burst``,
         :class:`controllers.base.Controller`).
