@@ -54,6 +54,7 @@ def scenarios(draw):
         pulse_search_s=draw(st.sampled_from([0.0, 0.002, 0.005])),
         blank_s=draw(st.sampled_from([0.0, 0.0005, 0.003])),
         mwave_window_s=draw(st.sampled_from([(0.003, 0.020), (0.004, 0.006), (0.003, 0.0035)])),
+        fit_window_s=draw(st.sampled_from([None, None, (0.003, 0.005)])),
         smoothing_s=draw(st.sampled_from([0.0, 0.05])),
         spectral_window_s=draw(st.sampled_from([0.1, 0.25])),
         spectral_update_s=draw(st.sampled_from([0.01, 0.05, 10.0])),

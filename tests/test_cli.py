@@ -67,6 +67,11 @@ def test_demo_default_run_writes_recording_summary_and_report(tmp_path):
             "closedloop demo: error: --duration 3: the demo needs 7..3600 s (5 s of calibration first)",
         ),
         (("demo", "--stim-hz", "500"), "closedloop demo: error: --stim-hz 500: allowed 5..100 Hz"),
+        (
+            ("demo", "--stim-hz", "100"),
+            "closedloop demo: error: --stim-hz 100: a 10.0 ms interval leaves less than 5 ms of volitional EMG after "
+            "the artifact (3 ms) for the nlms estimator; use at most 83 Hz",
+        ),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
@@ -91,15 +96,18 @@ def test_simulate_runs_for_its_duration_and_stops(tmp_path):
     assert "stopped after 0 pulses" in r.stdout
 
 
-@pytest.mark.parametrize("stim_hz", [5.0, 25.0, 50.0, 83.0, 100.0])
+@pytest.mark.parametrize("stim_hz", [5.0, 25.0, 50.0, 70.0, 83.0])
 def test_demo_estimator_windows_fit_every_allowed_pulse_rate(tmp_path, stim_hz):
-    """Up to 100 Hz the demo's estimator gives a volitional estimate: its M-wave window ends inside the pulse
-    period and what a period leaves after a chunk's delay and the blanking holds the shortest volitional window."""
+    """At every rate the demo accepts, its estimator's gain-fit window ends inside the pulse period and what a
+    period leaves after a chunk's delay and the blanking holds the shortest volitional window; the M-wave
+    window is the default one (its measures are never of part of an M-wave)."""
+    from closedloop.estimation.interval import EstimatorConfig
     from experiments.demo import DemoConfig
 
     cfg = DemoConfig(tmp_path, stim_hz=stim_hz, rate_hz=2048.0, chunk_size=8)
     est = cfg.estimator_config
     period, chunk = 1.0 / stim_hz, 8 / 2048.0
-    assert est.mwave_window_s[1] <= period
+    assert est.fit_window[1] <= period
+    assert est.mwave_window_s == EstimatorConfig().mwave_window_s
     assert est.min_volitional_s <= period - chunk - est.blank_s
     assert est.min_volitional_s >= 0.001

@@ -254,7 +254,7 @@ def test_response_terms_expand_the_prediction_error_filter():
 
 
 def test_fit_to_pulse_rate_gives_a_volitional_estimate_at_100_hz():
-    """At 100 Hz (10-ms periods, a pulse landing up to one 8-sample chunk late) the default 3-20 ms M-wave
+    """At 100 Hz (10-ms periods, a pulse landing up to one 8-sample chunk late) the default 3-20 ms gain-fit
     window cannot hold: without fitting, most intervals have no effort; fitted, all but the first do."""
     import math
 
@@ -285,7 +285,45 @@ def test_fit_to_pulse_rate_gives_a_volitional_estimate_at_100_hz():
 
     base = EstimatorConfig(method="nlms")
     fitted = fit_to_pulse_rate(base, stim, 8 / fs)
-    assert fitted.mwave_window_s[1] == pytest.approx(0.008) and fitted.min_volitional_s < base.min_volitional_s
+    assert fitted.fit_window[1] == pytest.approx(0.008) and fitted.min_volitional_s < base.min_volitional_s
+    assert fitted.mwave_window_s == base.mwave_window_s  # M-wave measures keep their window
     assert fit_to_pulse_rate(base, 25.0, 8 / fs) == base  # a 25-Hz period holds the defaults
     assert nan_fraction(base) > 0.5
     assert nan_fraction(fitted) < 0.01
+
+
+def test_the_fit_window_moves_the_prediction_fit_and_not_the_m_wave_measures():
+    """fit_window_s changes where nlms fits its gains (so the volitional estimate) and leaves the M-wave
+    measures, which keep mwave_window_s, exactly as they were."""
+    from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
+    from closedloop.estimation.segmenter import Interval
+    from closedloop.types import StreamInfo
+
+    fs, n_ch, period = 2048.0, 2, 60
+    rng = np.random.default_rng(11)
+    n = period * 30
+    x = rng.normal(0.0, 20.0, (n, n_ch))
+    t = np.arange(period)
+    wave = 600.0 * np.sin(2 * np.pi * t / 30.0) * np.exp(-t / 12.0) * (t >= 8)  # an M-wave from 4 ms
+    for k in range(0, n, period):
+        x[k : k + period] += rng.uniform(0.8, 1.2) * wave[:, None]
+    ts = np.arange(n) / fs
+    info = StreamInfo("EMG", "EMG", fs, ("a", "b"), ("microvolts",) * n_ch)
+
+    def run(cfg):
+        est = IntervalEstimator(info, cfg)
+        return [
+            est.step(Interval(k, a, x[a : a + period], ts[a : a + period]), [ts[a]], 10.0)
+            for k, a in enumerate(range(0, n, period))
+        ]
+
+    base = EstimatorConfig(method="nlms", pulse_search_s=0.0, blank_s=0.002, mwave_window_s=(0.003, 0.025))
+    other = EstimatorConfig(**{**base.__dict__, "fit_window_s": (0.003, 0.006)})
+    a, b = run(base), run(other)
+    for ea, eb in zip(a, b, strict=True):
+        np.testing.assert_array_equal(ea.channel_mwave_ptp_uv, eb.channel_mwave_ptp_uv)
+        np.testing.assert_array_equal(ea.channel_mwave_area_uvs, eb.channel_mwave_area_uvs)
+    effort_a = np.array([e.effort_uv for e in a[3:]])
+    effort_b = np.array([e.effort_uv for e in b[3:]])
+    assert np.isfinite(effort_a).all() and np.isfinite(effort_b).all()
+    assert not np.allclose(effort_a, effort_b)  # the gains were fitted elsewhere

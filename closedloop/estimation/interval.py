@@ -38,7 +38,8 @@ samples (spectra, M-wave areas) may be added up in another order, a difference o
 Windows are in seconds after the pulse; defaults suit surface EMG::
 
     0 .. blank_s                   artifact: never measured, bridged by a straight line before filtering
-    mwave_window_s[0] .. [1]       M-wave measures; also where comb/gs/nlms fit their gains
+    mwave_window_s[0] .. [1]       M-wave measures; also where comb/gs/nlms fit their gains, unless
+                                   fit_window_s gives that window apart
     post_start_s .. next pulse     the ``post`` method's volitional window
 """
 
@@ -86,7 +87,11 @@ class EstimatorConfig:
     blank_s:
         Artifact blanking after each pulse.
     mwave_window_s:
-        Start and end of the M-wave window.
+        Start and end of the M-wave window (its measures).
+    fit_window_s:
+        Start and end of the window on which ``comb``, ``gs`` and ``nlms`` fit their gains (where the evoked
+        response they predict is); None: the M-wave window. :func:`fit_to_pulse_rate` shortens this one at
+        high pulse rates, never the M-wave window (a shortened M-wave window would measure part of an M-wave).
     post_start_s:
         Start of the ``post`` method's window (default: the end of the M-wave window).
     min_volitional_s:
@@ -128,6 +133,7 @@ class EstimatorConfig:
     notch_q: float = 30.0
     blank_s: float = 0.003
     mwave_window_s: tuple[float, float] = (0.003, 0.020)
+    fit_window_s: tuple[float, float] | None = None
     post_start_s: float | None = None
     min_volitional_s: float = 0.005
     history: int = 2
@@ -151,6 +157,10 @@ class EstimatorConfig:
             raise ConfigError(f"mwave_window_s = {self.mwave_window_s}: need 0 <= start < end (seconds after pulse)")
         if not 0 <= self.blank_s <= a:
             raise ConfigError(f"blank_s = {self.blank_s}: must lie in 0..mwave_window_s[0] ({a})")
+        if self.fit_window_s is not None and not (self.blank_s <= self.fit_window_s[0] < self.fit_window_s[1]):
+            raise ConfigError(
+                f"fit_window_s = {self.fit_window_s}: need blank_s <= start < end (seconds after the pulse)"
+            )
         if self.post_start_s is not None and self.post_start_s < self.blank_s:
             raise ConfigError(f"post_start_s = {self.post_start_s} must not start inside the artifact blanking")
         if self.band_hz is not None and not (0 < self.band_hz[0] < self.band_hz[1]):
@@ -171,6 +181,11 @@ class EstimatorConfig:
                 raise ConfigError(f"mvc_uv = {self.mvc_uv}: must be positive numbers of microvolts")
 
     @property
+    def fit_window(self) -> tuple[float, float]:
+        """The window the prediction methods fit their gains on (s after the pulse)."""
+        return self.mwave_window_s if self.fit_window_s is None else self.fit_window_s
+
+    @property
     def post_start(self) -> float:
         """Start of the post-M-wave window (s after the pulse)."""
         return self.mwave_window_s[1] if self.post_start_s is None else self.post_start_s
@@ -189,23 +204,24 @@ class EstimatorConfig:
 def fit_to_pulse_rate(config: EstimatorConfig, stim_hz: float, chunk_s: float = 0.0) -> EstimatorConfig:
     """``config`` with its windows fitted to a ``1 / stim_hz`` pulse period (s); unchanged where they fit.
 
-    The default M-wave window (3-20 ms) fills a 50-Hz period. At higher rates it would not fit: the
-    prediction methods, which fit their gains on it, could never run and every interval would fall back to
-    ``post``, whose window starts after it, leaving no volitional estimate at all. Its end is cut to 80 % of
-    the period (never below 2 ms after its start), and ``min_volitional_s`` to 80 % of what remains after
-    the blanking when a pulse lands up to ``chunk_s`` (one amplifier chunk) into its interval (never below
-    1 ms).
+    The default gain-fit window (the M-wave window, 3-20 ms) fills a 50-Hz period. At higher rates it would
+    not fit: the prediction methods could never run and every interval would fall back to ``post``, whose
+    window starts after it, leaving no volitional estimate at all. The fit window's end is cut to 80 % of the
+    period (never below 2 ms after its start), and ``min_volitional_s`` to 80 % of what remains after the
+    blanking when a pulse lands up to ``chunk_s`` (one amplifier chunk) into its interval (never below 1 ms).
+    The M-wave window itself is left as it is: where a period cannot hold it, M-wave measures are NaN with a
+    warning rather than the measures of part of an M-wave.
     """
     from dataclasses import replace
 
     period = 1.0 / stim_hz
-    m0, m1 = config.mwave_window_s
-    end = min(m1, max(0.8 * period, m0 + 0.002))
+    f0, f1 = config.fit_window
+    end = min(f1, max(0.8 * period, f0 + 0.002))
     room = period - chunk_s - config.blank_s
     min_vol = min(config.min_volitional_s, max(0.8 * room, 0.001))
-    if end >= m1 and min_vol >= config.min_volitional_s:
+    if end >= f1 and min_vol >= config.min_volitional_s:
         return config
-    return replace(config, mwave_window_s=(m0, end), min_volitional_s=min_vol)
+    return replace(config, fit_window_s=(f0, end), min_volitional_s=min_vol)
 
 
 def mvc_from_efforts(efforts_uv: np.ndarray, interval_s: float, window_s: float = 0.5) -> np.ndarray:
@@ -301,7 +317,7 @@ class IntervalEstimator:
             cfg.method,
             n_ch,
             self._blank,
-            (self._m0, self._m1),
+            (round(cfg.fit_window[0] * fs), round(cfg.fit_window[1] * fs)),
             round(cfg.post_start * fs),
             round(cfg.min_volitional_s * fs),
             cfg.history,
