@@ -17,6 +17,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stim-hz", type=float, default=30.0, help="0: no pulses (the replay then scans for artifacts)")
     ap.add_argument("--format", choices=("fif", "edf"), default="fif")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"bench_raw.{args.format}"
@@ -80,6 +82,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{samples / r / 1e6:.1f} M |"
         )
         print(f"\nreplay / MNE read: {r / m:.1f}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(
+                    {
+                        "args": vars(args),
+                        "replay_s": r,
+                        "mne_s": m,
+                        "x_real_time": args.seconds / r,
+                        "pulses": res.values["pulses"],
+                    },
+                    f,
+                )
     return 0
 
 
