@@ -156,7 +156,8 @@ class VolitionalEstimator:
     blank_n:
         Samples after the pulse that are artifact (excluded everywhere).
     mwave_n:
-        ``(start, stop)`` samples after the pulse of the M-wave window (used to fit gains/weights).
+        ``(start, stop)`` samples after the pulse of the window gains/weights are fitted on (where the evoked
+        response is: the M-wave window unless the estimator's configuration gives one apart).
     post_n:
         Samples after the pulse where the ``post`` window starts.
     min_n:
@@ -315,7 +316,7 @@ class VolitionalEstimator:
         operations (the live loop)."""
         plan = self.plan(start, end, position)
         keep = y[:, start:end].copy()  # the past for the next segment, before the prediction error replaces it
-        if plan.m and plan.w is None:  # comb, gs: weights fitted on this segment's own M-wave window
+        if plan.m and plan.w is None:  # comb, gs: weights fitted on this segment's own fit window
             m0, m1 = plan.window
             cur_w = keep[:, None, m0:m1]
             past_w = [q[:, None, m0:m1] for q in plan.past] + [cur_w] * (self.history - plan.m)  # absent: masked
