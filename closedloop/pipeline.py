@@ -849,7 +849,7 @@ class Session:
         for interval, given in intervals:
             times, amp = self._take_pulses(interval)  # the pulses that fall in this interval (and their amplitude)
             args.append((interval, times if given is None else given, amp))
-        try:
+        with self._estimator_faults():
             if len(args) == 1:
                 return [self.estimator.step(*args[0])]
             out: list[Estimate] = []
@@ -863,6 +863,12 @@ class Session:
                     out += self._step_many(args[start : j + 1])
                     start, calibrating = j + 1, False
             return out + self._step_many(args[start:])
+
+    @contextlib.contextmanager
+    def _estimator_faults(self):
+        """Any exception of the estimator turns output off and ends the session as a SafetyError."""
+        try:
+            yield
         except Exception as exc:
             reason = f"estimator raised {type(exc).__name__}: {exc}"
             self.safety.output_off(self._now(), reason)
@@ -877,24 +883,16 @@ class Session:
         interval, n_in = current
         t_end = float(interval.timestamps[0]) + (interval.timestamps.shape[0] - 0.5) / self._fs
         times = [t for t, _ in self._pending if t <= t_end]
-        try:
+        with self._estimator_faults():
             self._lookahead(interval, n_in, times)
-        except Exception as exc:
-            reason = f"estimator raised {type(exc).__name__}: {exc}"
-            self.safety.output_off(self._now(), reason)
-            raise SafetyError(reason) from exc
 
     def _settle_estimator(self) -> None:
         """The estimator's deferred work (its spectral update), now that the chunk's pulses are out."""
         settle = getattr(self.estimator, "settle", None)
         if settle is None:
             return
-        try:
+        with self._estimator_faults():
             settle()
-        except Exception as exc:
-            reason = f"estimator raised {type(exc).__name__}: {exc}"
-            self.safety.output_off(self._now(), reason)
-            raise SafetyError(reason) from exc
 
     def _step_many(self, args: list) -> list[Estimate]:
         if not args:

@@ -257,17 +257,10 @@ class SOSFilter:
         a = _as_chunk(x, self.n_channels, "SOSFilter.step")
         if a.shape[0] == 0:
             return np.empty((0, self.n_channels))
-        if self._zi is None:
-            self._zi = a[0][:, None, None] * self._zi_unit
-        if _sosfilt_kernel is None:  # pragma: no cover - only if scipy moves its compiled kernel
-            y, self.zi = signal.sosfilt(self._sos, a, axis=0, zi=self.zi)
-            return y
         # scipy.signal.sosfilt's own compiled kernel, without its per-call validation and axis shuffling
         # (two thirds of the cost of a short chunk): channels-first C-contiguous copies, filtered in place.
         # Equality with scipy.signal.sosfilt is what tests/test_filters.py checks.
-        xt = np.array(a.T, dtype=np.float64, order="C")
-        self._filter_in_place(xt)
-        return xt.T
+        return self.step_channels_first(np.array(a.T, dtype=np.float64, order="C")).T
 
     def step_channels_first(self, xt: np.ndarray) -> np.ndarray:
         """Filter the next chunk given channels first, in place: the layout the compiled kernel works in.

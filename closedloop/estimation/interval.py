@@ -423,10 +423,8 @@ class IntervalEstimator:
         pulse again on the whole interval and, should the result differ (or the pulses do), does it all
         again from the start. Its estimate is the same either way; only the work left for the end changes.
         """
-        work = self._work
-        if work is None or work.samples is not interval.samples or work.index != interval.index:
-            if work is not None:
-                self._abandon(work)
+        work = self._work_for(interval)
+        if work is None:
             self.settle()
             work = self._work = self._begin(interval, pulse_times)
         elif work.times != tuple(pulse_times):
@@ -446,11 +444,13 @@ class IntervalEstimator:
         amplitude_ma:
             Amplitude of the first pulse (mA), recorded with the estimate.
         """
-        work, self._work = self._work, None
         times = tuple(pulse_times)
-        if work is None or work.samples is not interval.samples or work.index != interval.index or work.times != times:
-            if work is not None:
-                self._abandon(work)
+        work = self._work_for(interval)
+        self._work = None
+        if work is not None and work.times != times:  # begun on other pulses
+            self._abandon(work)
+            work = None
+        if work is None:
             self.settle()
             work = self._begin(interval, times)
         n = work.n
@@ -462,6 +462,14 @@ class IntervalEstimator:
             work = self._begin(interval, times)
             self._advance(work, interval, n)
         return self._finish(work, interval, starts, warnings, amplitude_ma)
+
+    def _work_for(self, interval: Interval) -> _Work | None:
+        """The work lookahead() began on ``interval``, if that is the interval it began; any other is undone."""
+        work = self._work
+        if work is not None and (work.samples is not interval.samples or work.index != interval.index):
+            self._abandon(work)
+            self._work = work = None
+        return work
 
     def _begin(self, interval: Interval, times: Sequence[float]) -> _Work:
         """An interval's work, nothing done yet; the filters' state is kept to come back to."""

@@ -216,11 +216,7 @@ class VolitionalEstimator:
             return
         cur, past = job  # (C, W) windows of the segment and of its m past segments
         m = len(past)
-        gram = np.zeros((cur.shape[0], 1, m, m))
-        for i in range(m):
-            for j in range(i, m):
-                gram[:, 0, i, j] = gram[:, 0, j, i] = _dot(past[i], past[j])
-        cross = np.stack([_dot(q, cur) for q in past], axis=-1)[:, None, :]
+        gram, cross = _products(cur[:, None], [q[:, None] for q in past], np.ones((1, m), bool))
         trace = sum(gram[:, :, j, j] for j in range(m))
         w = self._w
         w[:, :m] = self._nlms(gram, cross, trace, w[:, :m].copy())[:, 0, :]
