@@ -210,10 +210,10 @@ class SessionRecorder:
         if not batch:
             return
         if self.threaded:
-            self._q.put(("batch", batch))
+            self._q.put(batch)
             return
         try:
-            self._write(("batch", batch))
+            self._write(batch)
         except OSError as exc:
             self.error = exc
             raise RecordingError(f"recording to {self.xdf_path} failed: {exc}") from exc
@@ -270,46 +270,39 @@ class SessionRecorder:
         text = "".join(fmt % (t, est.index, *row) for fmt, row in zip(self._row_formats, table, strict=True))
         return _empty_nonfinite(text)
 
-    def _write(self, item: tuple) -> None:
-        if item[0] == "batch":
-            ests = []
-            streams: dict[int, list[tuple]] = {}
-            for it in item[1]:
-                if it[0] == "csv":
-                    ests.append(it[1])
-                else:
-                    streams.setdefault(it[0], []).append(it)
-            for stream_id, items in streams.items():  # one Samples chunk per stream and batch
-                self._writer.write_samples(stream_id, *_concatenated(items))
-            if ests:
-                self._csv.write(self._rows(ests))
-        elif item[0] == "csv":
-            self._csv.write(self._rows([item[1]]))
-        else:
-            self._writer.write_samples(*item)
-        now = time.monotonic()
-        if now - self._last_flush >= self.flush_interval_s:
-            self._writer.flush()
-            if self._csv is not None:
-                self._csv.flush()
-            self._last_flush = now
+    def _write(self, batch: list[tuple]) -> None:
+        """Write a handed-over batch: one Samples chunk per stream, the estimates.csv rows together."""
+        ests = []
+        streams: dict[int, list[tuple]] = {}
+        for it in batch:
+            if it[0] == "csv":
+                ests.append(it[1])
+            else:
+                streams.setdefault(it[0], []).append(it)
+        for stream_id, items in streams.items():
+            self._writer.write_samples(stream_id, *_concatenated(items))
+        if ests:
+            self._csv.write(self._rows(ests))
+        if time.monotonic() - self._last_flush >= self.flush_interval_s:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._writer.flush()
+        if self._csv is not None:
+            self._csv.flush()
+        self._last_flush = time.monotonic()
 
     def _run(self) -> None:
         try:
             while True:
                 try:
-                    item = self._q.get(timeout=self.flush_interval_s)
+                    batch = self._q.get(timeout=self.flush_interval_s)
                 except queue.Empty:
-                    item = ("flush",)
-                if item is None:
+                    self._flush()
+                    continue
+                if batch is None:
                     break
-                if item[0] == "flush":
-                    self._writer.flush()
-                    if self._csv is not None:
-                        self._csv.flush()
-                    self._last_flush = time.monotonic()
-                else:
-                    self._write(item)
+                self._write(batch)
         except BaseException as exc:  # surfaces at the next push(); the orchestrator turns output off
             self.error = exc
 
@@ -327,7 +320,7 @@ class SessionRecorder:
                 with self._batch_lock:
                     batch, self._batch = self._batch, []
                 if batch and self.error is None:
-                    self._write(("batch", batch))
+                    self._write(batch)
             if hasattr(self, "_writer"):
                 self._writer.close()
             if getattr(self, "_csv", None) is not None:
