@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from closedloop.errors import ClosedLoopError, ConfigError
+from closedloop.estimation import kernels
 from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
 from closedloop.pipeline import Phase, Session, SessionConfig
 from closedloop.safety import SafetyLayer, SafetyLimits
@@ -224,13 +225,14 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
             "speed": options.speed,
             "reproduces_live_session": live is not None,
             "protocol": options.protocol,
+            "compiled_kernels": kernels.load() is not None,
         }
     }
     if live is not None and live.get("protocol"):
         extra["protocol"] = live["protocol"]  # the report analyses the replay as the protocol says
     return Session(
         source,
-        lambda info: IntervalEstimator(info, est_cfg),
+        lambda info: IntervalEstimator(info, est_cfg, compiled=True),
         controller,
         safety,
         config,
@@ -290,6 +292,7 @@ def _file_source(path: Path, options: ReplayOptions, speed: float | None):
 async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayResult:
 
     result = ReplayResult(str(path), out_dir=str(out_dir))
+    kernels.load()  # numba's start (and a first compile) before the clock starts: once per process
     source = _file_source(path, options, options.speed)
     t0 = time.perf_counter()
     async with source:  # opens the file: format errors surface here, before any output is written

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -204,7 +205,12 @@ class SOSFilter:
     zi:
         Filter state, ``(n_sections, 2, n_channels)`` float64, in the layout of ``scipy.signal.sosfilt`` with
         ``axis=0``. With ``initial="first_sample"`` it is None until the first sample has been seen.
+    kernels:
+        Compiled kernels (:func:`closedloop.estimation.kernels.load`) to filter with: the channels of a chunk
+        side by side, 2-3x faster on many channels, the same numbers. None (default): scipy's own kernel.
     """
+
+    kernels: ModuleType | None = None
 
     def __init__(self, sos: np.ndarray, n_channels: int, initial: str = "zeros") -> None:
         s = np.array(sos, dtype=np.float64)
@@ -290,6 +296,9 @@ class SOSFilter:
 
     def _filter_in_place(self, xt: np.ndarray) -> None:
         """Run ``(C, n)`` C-contiguous samples through the sections, carrying ``zi``."""
+        if self.kernels is not None:
+            self.kernels.sosfilt_channels_first(self._sos, xt, self._zi)
+            return
         if _sosfilt_kernel is None:  # pragma: no cover - only if scipy moves its compiled kernel
             y, zf = signal.sosfilt(self._sos, xt, axis=1, zi=np.moveaxis(self.zi, 2, 1))
             xt[...] = y

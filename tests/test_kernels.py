@@ -1,0 +1,110 @@
+"""The compiled kernels compute bitwise what the numpy/scipy code they replace computes.
+
+Each kernel is checked against its reference (scipy's own function, or the estimator's numpy path) on random
+inputs, including the shapes at the edges (one channel, empty chunks, tiles cut short); the whole estimator
+with and without them must give identical estimates.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from scipy import signal
+
+from closedloop.estimation import kernels
+from closedloop.estimation.filters import SOSFilter, bandpass_sos, notch_sos
+from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
+from closedloop.estimation.segmenter import Interval
+from closedloop.types import StreamInfo
+
+K = kernels.load()
+needs_kernels = pytest.mark.skipif(K is None, reason="numba not installed or CLOSEDLOOP_JIT=0")
+
+
+@needs_kernels
+@settings(max_examples=60, deadline=None)
+@given(
+    n_ch=st.integers(1, 70),
+    chunks=st.lists(st.integers(0, 300), min_size=1, max_size=4),
+    notch=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_sosfilt_kernel_is_scipys_sosfilt(n_ch, chunks, notch, seed):
+    """Chunk by chunk with carried state, the kernel gives scipy.signal.sosfilt of the whole signal, bit for bit."""
+    assume(sum(chunks) > 0)
+    rng = np.random.default_rng(seed)
+    sos = notch_sos(50.0, 2048.0, 30.0, up_to_hz=450.0) if notch else bandpass_sos(20.0, 450.0, 2048.0, 4)
+    x = rng.standard_normal((sum(chunks), n_ch)) * 100.0 + 30.0
+    zi0 = signal.sosfilt_zi(sos)[:, :, None] * x[0]
+    ref, zf = signal.sosfilt(sos, x, axis=0, zi=zi0)
+    f = SOSFilter(sos, n_ch, initial="first_sample")
+    f.kernels = K
+    out, at = [], 0
+    for n in chunks:
+        out.append(f.step(x[at : at + n]))
+        at += n
+    got = np.concatenate(out)
+    assert np.array_equal(got, ref)
+    assert np.array_equal(f.zi, zf)
+
+
+def _intervals(n_ch: int, seconds: float, rate: float, stim_hz: float, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    x = signal.lfilter(*signal.butter(2, [30, 150], btype="bandpass", fs=rate), rng.standard_normal((n, n_ch)), axis=0)
+    x *= 50.0
+    period = rate / stim_hz
+    pulses = np.round(np.arange(0.0, n - period, period)).astype(int)
+    t = np.arange(int(period)) / rate
+    wave = 3000 * np.exp(-t / 0.0005) + np.where((t > 0.004) & (t < 0.014), 1500 * np.sin(2 * np.pi * 100 * t), 0.0)
+    for p in pulses:
+        seg = wave[: min(wave.size, n - p)]
+        x[p : p + seg.size] += seg[:, None] * rng.uniform(0.8, 1.2)
+    ts = np.arange(n) / rate
+    bounds = [*pulses.tolist(), n]
+    return [(Interval(k, a, x[a:b], ts[a:b]), [ts[a]]) for k, (a, b) in enumerate(itertools.pairwise(bounds))]
+
+
+def _run(ivs, info, cfg, compiled: bool, batch: int):
+    est = IntervalEstimator(info, cfg, compiled=compiled)
+    out = []
+    for i in range(0, len(ivs), batch):
+        part = ivs[i : i + batch]
+        out += est.step_many([iv for iv, _ in part], [t for _, t in part], [12.0] * len(part))
+    return out
+
+
+@needs_kernels
+@pytest.mark.parametrize("method", ["nlms", "gs", "comb", "post"])
+def test_the_estimator_gives_the_same_estimates_with_the_kernels(method):
+    n_ch = 6
+    info = StreamInfo("t", "EMG", 2048.0, tuple(f"c{i}" for i in range(n_ch)), ("microvolts",), "t")
+    cfg = EstimatorConfig(method=method, notch_hz=50.0)
+    ivs = _intervals(n_ch, 4.0, 2048.0, 40.0)
+    plain = _run(ivs, info, cfg, False, 37)
+    fast = _run(ivs, info, cfg, True, 37)
+    assert len(plain) == len(fast) == len(ivs)
+    for a, b in zip(plain, fast, strict=True):
+        for name in a.__dataclass_fields__:
+            u, v = getattr(a, name), getattr(b, name)
+            if isinstance(u, np.ndarray):
+                assert np.array_equal(u, v, equal_nan=True), (a.index, name)
+            elif isinstance(u, float) and math.isnan(u):
+                assert math.isnan(v), (a.index, name)
+            else:
+                assert u == v, (a.index, name)
+
+
+def test_closedloop_jit_0_turns_the_kernels_off():
+    code = "from closedloop.estimation import kernels; print(kernels.available(), kernels.load())"
+    env = {**os.environ, "CLOSEDLOOP_JIT": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "None"]
