@@ -318,10 +318,6 @@ class IntervalEstimator:
         # starting the band-pass at rest would turn an amplifier's DC offset into a long start transient
         filters.append(SOSFilter(bandpass_sos(*self.band_hz, fs, cfg.filter_order), n_ch, initial="first_sample"))
         self.filter = FilterChain(filters)
-        #: The compiled kernels in use (None: numpy and scipy only).
-        self.kernels = kernels.load() if compiled else None
-        for f in filters:
-            f.kernels = self.kernels
         self.volitional = VolitionalEstimator(
             cfg.method,
             n_ch,
@@ -333,6 +329,11 @@ class IntervalEstimator:
             cfg.nlms_mu,
             cfg.comb_scale,
         )
+        #: The compiled kernels in use (None: numpy and scipy only).
+        self.kernels = kernels.load() if compiled else None
+        for f in filters:
+            f.kernels = self.kernels
+        self.volitional.kernels = self.kernels
         # only the bins of the band the indices are computed over (spectral_indices' rule) are kept
         self.welch = StreamingWelch(fs, n_ch, window_s=cfg.spectral_window_s, band_hz=self.band_hz, band_only=True)
         # Spectral indices describe the EMG, not our filters: divide the band-pass/notch response back out
@@ -1215,29 +1216,42 @@ class IntervalEstimator:
             sel = (b.n_past > 0) & (n_valid[kk] > 0)
             if sel.any():
                 self._queue_terms(t0 + ends[kk[sel]], b.lags[sel], b.weights[sel], n_valid[kk[sel]])
-        at = 0  # intervals whose samples are in the Welch estimate
+        # All of the batch into the Welch estimate at once; the ring as it was after each interval is the
+        # ring from before the batch followed by the batch's periodograms, cut at what that interval completed.
         w = self.welch
-        due = (w.n_samples + ends) // self._spectral_every
-        out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        while at < n_iv:
-            # where an update may happen: a new update period, and (as far as segments completing can tell,
-            # before their validity is known) a new segment and enough of them
-            a = int(ends[at - 1]) if at else 0
-            new = w.segments_completed_by(ends[at:] - a)
-            cand = np.flatnonzero(
-                (due[at:] != self._spectral_due)
-                & (w.segments_pushed + new != self._welch_seen)
-                & (w.n_segments + new >= w.min_segments)
-            )
-            k = at + int(cand[0]) if cand.size else n_iv - 1
-            b = int(ends[k])
-            w.step_channels_first(y[:, a:b], valid[a:b])
-            out.extend([self._spectral] * (k - at))
-            if cand.size and w.segments_pushed != self._welch_seen and w.n_segments >= w.min_segments:
+        n0, pushed0, ring0 = w.n_samples, w.segments_pushed, w.n_segments
+        before = w.ring_in_order()
+        seg_end, seg_kept, pgrams = w.push_channels_first(y, valid)
+        stream_end = n0 + ends  # Welch samples after each interval
+        kept = np.concatenate(([0], np.cumsum(seg_kept)))[np.searchsorted(seg_end, stream_end, side="right")]
+        pushed = (pushed0 + kept).tolist()
+        in_ring = np.minimum(w.ring_size, ring0 + kept).tolist()
+        due = (stream_end // self._spectral_every).tolist()
+        # the updates: where the live loop's settle() would recompute (see _update_spectral)
+        updates = []
+        seen, last_due = self._welch_seen, self._spectral_due
+        for k in range(n_iv):
+            if pushed[k] != seen and in_ring[k] >= w.min_segments and due[k] != last_due:
+                updates.append(k)
+                seen, last_due = pushed[k], due[k]
+        out = [self._spectral] * n_iv
+        if updates:
+            # each update's mean periodogram over the ring it saw, weighted by the responses then, all channels
+            # of all updates in one call of the indices
+            ring = np.concatenate((before, pgrams)) if before.shape[0] else pgrams
+            n_f, n_ch = w.freqs.shape[0], y.shape[0]
+            weighted = np.empty((n_f, len(updates), n_ch))
+            for u, k in enumerate(updates):
+                j, m = ring0 + int(kept[k]), in_ring[k]
                 self._resp_n, self._resp_any = resp_n[k], resp_any[k]
-                self._recompute_spectral(int(due[k]), t0 + int(ends[k]))
-            out.append(self._spectral)
-            at = k + 1
+                self._flush_response(t0 + int(ends[k]))
+                np.multiply(ring[j - m : j].sum(axis=0).T / m, self._response_psd_weight(), out=weighted[:, u])
+            indices = _band_indices(*self._band_f, weighted.reshape(n_f, -1))
+            mdf, mnf, fi = (v.reshape(len(updates), n_ch) for v in indices)
+            for u, (k, k_next) in enumerate(itertools.pairwise([*updates, n_iv])):
+                out[k:k_next] = [(mdf[u], mnf[u], fi[u])] * (k_next - k)
+            self._welch_seen, self._spectral_due = seen, last_due
+            self._spectral = out[-1]
         self._resp_n, self._resp_any = resp_n[-1], resp_any[-1]
         self._n_seen = t0 + int(ends[-1])
         if len(self._resp_terms) > 64:

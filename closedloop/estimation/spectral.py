@@ -303,6 +303,41 @@ class StreamingWelch:
 
     def step_channels_first(self, xt: np.ndarray, valid: np.ndarray | None = None) -> None:
         """:meth:`step` for samples given channels first, ``(n_channels, n_samples)`` (not modified)."""
+        self._step(xt, valid, False)
+
+    def push_channels_first(
+        self, xt: np.ndarray, valid: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`step_channels_first`, returning what the chunk pushed (the spectra in between, for a batch
+        of intervals whose indices are due at several points of the chunk).
+
+        Returns
+        -------
+        ends:
+            ``(S,)`` int64, the end (stream sample, exclusive) of every segment the chunk completed.
+        kept:
+            ``(S,)`` bool, whether each went into the ring (at least half of its samples valid).
+        pgrams:
+            ``(kept.sum(), n_channels, n_freqs)`` the periodograms of the kept ones, in order, all of them
+            (the ring holds only the last ``ring_size``).
+        """
+        out = self._step(xt, valid, True)
+        empty = np.empty((0, self.n_channels, self.freqs.shape[0]))
+        if out is None:
+            return np.empty(0, np.int64), np.empty(0, bool), empty
+        ends, keep, pgrams = out
+        return ends, keep, empty if pgrams is None else pgrams
+
+    def ring_in_order(self) -> np.ndarray:
+        """``(n_segments, n_channels, n_freqs)`` a copy of the periodograms in the ring, oldest first."""
+        k, size = self._n_in_ring, self.ring_size
+        return self._ring[(self.ring_pos - k + np.arange(k)) % size]
+
+    def _step(
+        self, xt: np.ndarray, valid: np.ndarray | None, keep_all: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        """Append samples; push the periodograms of the segments they complete (see push_channels_first:
+        None where no segment completes; periodograms None where none is kept)."""
         a = np.asarray(xt, dtype=np.float64)
         if a.ndim != 2 or a.shape[0] != self.n_channels:
             raise ValueError(
@@ -316,7 +351,7 @@ class StreamingWelch:
             if v.shape != (n,):
                 raise ValueError(f"StreamingWelch.step: valid must have shape ({n},), got {v.shape}")
         if n == 0:
-            return
+            return None
         gated = None  # the gated samples; None: a * v, written where they are needed
         if not math.isfinite(float(a.sum())):  # a sum of finite samples is finite unless it overflows
             v = v & np.isfinite(a).all(axis=0)
@@ -330,7 +365,7 @@ class StreamingWelch:
             self._pend.append((np.multiply(a, v) if gated is None else gated, v))
             self._pend_n += n
             self.n_samples = n1
-            return
+            return None
         n0 = self.n_samples - self._pend_n  # stream index of the first sample after the buffer
         ext = np.empty((self.n_channels, nps + self._pend_n + n))  # stream samples [n0 - nperseg, n1)
         ext[:, :nps] = self._buf
@@ -352,16 +387,18 @@ class StreamingWelch:
         self.n_samples = n1
         self._next_end = nps + max(0, -(-(n1 + 1 - nps) // hop)) * hop
         if ends.size == 0:
-            return
+            return None
         starts = ends - n0  # segment start in ext coordinates (ext index = stream index - n0 + nperseg)
         cvalid = np.concatenate([[0], np.cumsum(ext_valid, dtype=np.int64)])
         frac = (cvalid[starts + nps] - cvalid[starts]) / nps
         keep = frac >= 0.5
         self.segments_rejected += int((~keep).sum())
         self.segments_pushed += int(keep.sum())
-        starts, frac = starts[keep][-self.ring_size :], frac[keep][-self.ring_size :]
+        starts, frac = starts[keep], frac[keep]
+        if not keep_all:  # only those the ring will hold
+            starts, frac = starts[-self.ring_size :], frac[-self.ring_size :]
         if starts.size == 0:
-            return
+            return ends, keep, None
         n_new = starts.size
         if n_new == 1 or int(starts[-1] - starts[0]) == (n_new - 1) * hop:  # consecutive: a strided view
             row, col = ext.strides
@@ -374,6 +411,12 @@ class StreamingWelch:
         pgram += np.square(spec.imag)  # density, one-sided: ...
         for i in self._halved:  # ... with half the scale at 0 Hz and the Nyquist frequency
             pgram[..., i] *= 0.5
+        self._into_ring(pgram[-self.ring_size :], frac[-self.ring_size :])
+        return ends, keep, pgram
+
+    def _into_ring(self, pgram: np.ndarray, frac: np.ndarray) -> None:
+        """Put at most ``ring_size`` new periodograms (and their valid fractions) into the ring."""
+        n_new = pgram.shape[0]
         # into the ring: slots ring_pos, ring_pos + 1, ... (wrapping), the running sum updated
         pos, size = self.ring_pos, self.ring_size
         head = min(n_new, size - pos)
