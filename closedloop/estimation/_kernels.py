@@ -12,10 +12,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["sosfilt_channels_first", "warm_up"]
+__all__ = ["prediction_error", "sosfilt_channels_first", "warm_up"]
 
 _F8_2D = numba.float64[:, ::1]
 _F8_3D = numba.float64[:, :, ::1]
+_I8_1D = numba.int64[::1]
+_I8_2D = numba.int64[:, ::1]
 
 #: Samples per tile of :func:`sosfilt_channels_first`: a tile of 64 channels (32 KiB) stays in the L1/L2 cache.
 _TILE = 64
@@ -61,8 +63,34 @@ def sosfilt_channels_first(sos, xt, zi):  # pragma: no cover - compiled
             zi[c, s, 1] = z[s, 1, c]
 
 
+@numba.njit(
+    numba.void(_F8_2D, _F8_2D, _I8_1D, _I8_1D, _I8_2D, _I8_1D, _F8_3D, _F8_2D),
+    cache=True,
+    nogil=True,
+    boundscheck=False,
+)
+def prediction_error(y, src, lo, hi, shift, n_past, w, gain):  # pragma: no cover - compiled
+    """The normalised prediction errors of pulse segments, in place: for segment ``p`` and every sample
+    ``t`` of ``[lo[p], hi[p])`` of the ``(C, N)`` signal ``y``, ``y[c, t] - src[c, t + shift[p, j]] * w[c, p, j]``
+    subtracted lag by lag (``j < n_past[p]``), then divided by ``gain[c, p]`` (what
+    :meth:`~closedloop.estimation.volitional.VolitionalEstimator.segments` computes with numpy, in the same
+    order). ``src`` ``(C, M)`` holds the past segments' samples before any prediction error replaced them."""
+    n_ch = y.shape[0]
+    for p in range(lo.shape[0]):
+        a, b, m = lo[p], hi[p], n_past[p]
+        for c in range(n_ch):
+            g = gain[c, p]
+            for t in range(a, b):
+                v = y[c, t]
+                for j in range(m):
+                    v -= src[c, t + shift[p, j]] * w[c, p, j]
+                y[c, t] = v / g
+
+
 def warm_up() -> None:
     """Call every kernel once on tiny inputs: numba's start-up and the loading of the compiled code happen
     here, not in the first batch."""
     sos = np.array([[1.0, 0.0, 0.0, 1.0, 0.0, 0.0]])
     sosfilt_channels_first(sos, np.zeros((1, 2)), np.zeros((1, 1, 2)))
+    one, zero = np.ones(1, np.int64), np.zeros((1, 1), np.int64)
+    prediction_error(np.zeros((1, 2)), np.zeros((1, 2)), one, one, zero, one, np.zeros((1, 1, 1)), np.ones((1, 1)))
