@@ -83,11 +83,13 @@ def _run(ivs, info, cfg, compiled: bool, batch: int):
 
 
 @needs_kernels
-@pytest.mark.parametrize("method", ["nlms", "gs", "comb", "post"])
-def test_the_estimator_gives_the_same_estimates_with_the_kernels(method):
+@pytest.mark.parametrize(
+    ("method", "history"), [("nlms", 2), ("nlms", 1), ("nlms", 3), ("gs", 2), ("gs", 3), ("comb", 1), ("post", 2)]
+)
+def test_the_estimator_gives_the_same_estimates_with_the_kernels(method, history):
     n_ch = 6
     info = StreamInfo("t", "EMG", 2048.0, tuple(f"c{i}" for i in range(n_ch)), ("microvolts",), "t")
-    cfg = EstimatorConfig(method=method, notch_hz=50.0)
+    cfg = EstimatorConfig(method=method, notch_hz=50.0, history=history)
     ivs = _intervals(n_ch, 4.0, 2048.0, 40.0)
     plain = _run(ivs, info, cfg, False, 37)
     fast = _run(ivs, info, cfg, True, 37)

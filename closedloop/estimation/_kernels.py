@@ -79,12 +79,22 @@ def prediction_error(y, src, lo, hi, shift, n_past, w, gain):  # pragma: no cove
     for p in range(lo.shape[0]):
         a, b, m = lo[p], hi[p], n_past[p]
         for c in range(n_ch):
-            g = gain[c, p]
-            for t in range(a, b):
-                v = y[c, t]
+            row, past, g = y[c], src[c], gain[c, p]
+            if m == 1:  # one pass for the usual one or two lags
+                w0, s0 = w[c, p, 0], shift[p, 0]
+                for t in range(a, b):
+                    row[t] = (row[t] - past[t + s0] * w0) / g
+            elif m == 2:
+                w0, w1, s0, s1 = w[c, p, 0], w[c, p, 1], shift[p, 0], shift[p, 1]
+                for t in range(a, b):
+                    row[t] = ((row[t] - past[t + s0] * w0) - past[t + s1] * w1) / g
+            else:
                 for j in range(m):
-                    v -= src[c, t + shift[p, j]] * w[c, p, j]
-                y[c, t] = v / g
+                    wj, sj = w[c, p, j], shift[p, j]
+                    for t in range(a, b):
+                        row[t] -= past[t + sj] * wj
+                for t in range(a, b):
+                    row[t] /= g
 
 
 def warm_up() -> None:
