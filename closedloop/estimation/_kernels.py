@@ -12,11 +12,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["prediction_error", "sosfilt_channels_first", "warm_up"]
+__all__ = ["largest_jumps", "mwave_measures", "prediction_error", "sosfilt_channels_first", "warm_up"]
 
 _F8_2D = numba.float64[:, ::1]
 _F8_3D = numba.float64[:, :, ::1]
 _I8_1D = numba.int64[::1]
+_F8_1D = numba.float64[::1]
 _I8_2D = numba.int64[:, ::1]
 
 #: Samples per tile of :func:`sosfilt_channels_first`: a tile of 64 channels (32 KiB) stays in the L1/L2 cache.
@@ -97,10 +98,60 @@ def prediction_error(y, src, lo, hi, shift, n_past, w, gain):  # pragma: no cove
                     row[t] /= g
 
 
+@numba.njit(numba.void(_F8_2D, _F8_1D), cache=True, nogil=True, boundscheck=False)
+def largest_jumps(x, out):  # pragma: no cover - compiled
+    """``out[i] = max over channels of |x[c, i] - x[c, i - 1]|`` for ``i >= 1`` of ``(C, N)`` samples (``out[0]``
+    is left as it is): what ``np.abs(np.diff(x, axis=1)).max(axis=0)`` gives, in one pass."""
+    n_ch, n = x.shape
+    for i in range(1, n):
+        out[i] = abs(x[0, i] - x[0, i - 1])
+    for c in range(1, n_ch):
+        row = x[c]
+        for i in range(1, n):
+            out[i] = max(out[i], abs(row[i] - row[i - 1]))
+
+
+@numba.njit(numba.void(_F8_3D, _F8_2D, _F8_2D, _F8_3D, _I8_2D), cache=True, nogil=True, boundscheck=False)
+def mwave_measures(window, inside, base, out, first_max):  # pragma: no cover - compiled
+    """M-wave measures of ``(C, W, P)`` raw (finite) windows less their ``(C, P)`` baselines; ``inside``
+    ``(W, P)`` is 1.0 for the samples in the interval, 0.0 for the repeats of the first one that pad a cut
+    window. Into ``out[0]`` the peak-to-peak, ``out[1]`` the rectified sum over the samples inside (each
+    ``(C, P)``), into ``first_max`` the first sample of the largest absolute deviation: the numbers of the
+    numpy reductions over W (one sample after the other)."""
+    n_ch, width, n_p = window.shape
+    top = np.empty(n_p)
+    bottom = np.empty(n_p)
+    best = np.empty(n_p)
+    for c in range(n_ch):
+        total, first = out[1, c], first_max[c]
+        for p in range(n_p):
+            v = window[c, 0, p] - base[c, p]
+            top[p] = v
+            bottom[p] = v
+            best[p] = abs(v)
+            total[p] = abs(v) * inside[0, p]
+            first[p] = 0
+        for w in range(1, width):
+            for p in range(n_p):
+                v = window[c, w, p] - base[c, p]
+                top[p] = max(top[p], v)
+                bottom[p] = min(bottom[p], v)
+                d = abs(v)
+                if d > best[p]:
+                    best[p] = d
+                    first[p] = w
+                total[p] += d * inside[w, p]
+        for p in range(n_p):
+            out[0, c, p] = top[p] - bottom[p]
+
+
 def warm_up() -> None:
     """Call every kernel once on tiny inputs: numba's start-up and the loading of the compiled code happen
     here, not in the first batch."""
     sos = np.array([[1.0, 0.0, 0.0, 1.0, 0.0, 0.0]])
     sosfilt_channels_first(sos, np.zeros((1, 2)), np.zeros((1, 1, 2)))
+    largest_jumps(np.zeros((1, 2)), np.zeros(2))
+    window, out = np.zeros((1, 2, 1)), np.zeros((2, 1, 1))
+    mwave_measures(window, np.ones((2, 1)), np.zeros((1, 1)), out, np.zeros((1, 1), np.int64))
     one, zero = np.ones(1, np.int64), np.zeros((1, 1), np.int64)
     prediction_error(np.zeros((1, 2)), np.zeros((1, 2)), one, one, zero, one, np.zeros((1, 1, 1)), np.ones((1, 1)))

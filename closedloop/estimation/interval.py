@@ -813,7 +813,7 @@ class IntervalEstimator:
         offs = np.zeros(n_iv, np.int64)
         np.cumsum(lens[:-1], out=offs[1:])
         n_all = int(offs[-1] + lens[-1])
-        rows, x = self._raw(ivs, n_all)  # (N, C) as recorded, (C, N) channels first
+        x = self._raw(ivs, n_all)  # (C, N) channels first
         warns: list[list[str]] = [[] for _ in range(n_iv)]
         bad = np.zeros(n_iv, bool)
         if not math.isfinite(float(x.sum())):  # a sum of finite samples is finite unless it overflows
@@ -824,7 +824,7 @@ class IntervalEstimator:
                 warns[k].append(_NON_FINITE)
 
         first, multi = self._locate(x, ivs, times, offs, lens, warns)
-        measured, window, inside = self._mwave_windows(rows, first, offs, lens, bad, warns)
+        measured, window, inside = self._mwave_windows(x, first, offs, lens, bad, warns)
         self._blank_all(x, first, multi, offs, lens)
         ptp, area, latency = self._mwave_measures(x, measured, window, inside, first, offs, lens)
         self._tail = x[:, n_all - min(self._pre, int(lens[-1])) :].copy()
@@ -870,16 +870,17 @@ class IntervalEstimator:
         return self._estimates(ivs, first, t_first, amps_out, effort, ptp, area, latency, ref_p, ref_a, spectral, warns)
 
     # -- stages of a batch --------------------------------------------------------------------------------
-    def _raw(self, ivs: Sequence[Interval], n_all: int) -> tuple[np.ndarray, np.ndarray]:
-        """The intervals' samples one after the other, float64: ``(N, C)`` as recorded (read only: the
-        M-wave windows are cut from it) and a ``(C, N)`` C-contiguous copy (channels first: blanked and
-        filtered in place)."""
-        rows = np.empty((n_all, self.info.n_channels))
-        np.concatenate([iv.samples for iv in ivs], axis=0, out=rows)
+    def _raw(self, ivs: Sequence[Interval], n_all: int) -> np.ndarray:
+        """The intervals' samples one after the other as a ``(C, N)`` C-contiguous float64 copy, channels first
+        (blanked and filtered in place). A file's chunks are channels-first in memory already (transposed
+        views of what the reader read): then each interval is a plain copy of rows."""
         x = np.empty((self.info.n_channels, n_all))
-        for i in range(0, n_all, 64):  # transposed in blocks that stay in the cache
-            x[:, i : i + 64] = rows[i : i + 64].T
-        return rows, x
+        at = 0
+        for iv in ivs:
+            n = iv.samples.shape[0]
+            x[:, at : at + n] = iv.samples.T
+            at += n
+        return x
 
     def _locate(
         self,
@@ -954,7 +955,11 @@ class IntervalEstimator:
         """``(N,)`` largest jump over channels into each sample of ``(C, N)`` raw samples (into the first one
         from the previous interval's last sample, as blanked)."""
         jump = np.empty(x.shape[1])
-        self._jump_range(x, 0, x.shape[1], jump)
+        if self.kernels is not None:
+            self.kernels.largest_jumps(x, jump)
+            self._jump_range(x, 0, 1, jump)  # the first one, from the previous interval
+        else:
+            self._jump_range(x, 0, x.shape[1], jump)
         return jump
 
     def _floors(self, jump: np.ndarray, start: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -1043,10 +1048,10 @@ class IntervalEstimator:
         bad: np.ndarray,
         warns: list[list[str]],
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The raw M-wave windows of the intervals' first pulses, before blanking: ``(measured intervals,
-        (W, P, C) windows, (W, P) samples inside the interval)``. A window the next pulse cuts short is
-        measured if at least half of it is there (the rest repeats its first sample, which changes no
-        extreme)."""
+        """The raw M-wave windows of the intervals' first pulses, cut from the ``(C, N)`` samples before
+        blanking: ``(measured intervals, (C, W, P) windows, (W, P) samples inside the interval)``. A window the
+        next pulse cuts short is measured if at least half of it is there (the rest repeats its first sample,
+        which changes no extreme)."""
         kk = np.flatnonzero((first >= 0) & ~bad)
         p, n = first[kk], lens[kk]
         width = self._m1 - self._m0
@@ -1062,7 +1067,7 @@ class IntervalEstimator:
         a = offs[measured] + first[measured] + self._m0
         at = a + np.arange(width)[:, None]  # (W, P): reductions over W then run along the pulses
         inside = at < offs[measured] + lens[measured]
-        window = np.take(x, np.where(inside, at, a), axis=0)
+        window = np.take(x, np.where(inside, at, a), axis=1)
         return measured, window, inside
 
     def _blank_all(
@@ -1116,7 +1121,7 @@ class IntervalEstimator:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(K, C)`` peak-to-peak (uV), rectified area (uV*s) and latency (s) of the M-waves (NaN where
         none), baseline removed: the mean of the raw samples just before the pulse (those of the previous
-        interval, as blanked, for a pulse on an interval's first sample)."""
+        interval, as blanked, for a pulse on an interval's first sample). ``window``: ``(C, W, P)``."""
         n_iv, n_ch = first.shape[0], x.shape[0]
         ptp, area, latency = (np.full((n_iv, n_ch), np.nan) for _ in range(3))
         if not measured.size:
@@ -1127,24 +1132,30 @@ class IntervalEstimator:
         lower = np.where(p > 0, offs[measured], offs[measured] - np.minimum(pre, lens[np.maximum(measured - 1, 0)]))
         at = g + np.arange(-pre, 0)[:, None]  # (pre, P)
         use = at >= lower
-        base = ((np.take(x, np.maximum(at, 0), axis=1) * use).sum(axis=1) / use.sum(axis=0)).T  # (P, C)
+        base = (np.take(x, np.maximum(at, 0), axis=1) * use).sum(axis=1) / use.sum(axis=0)  # (C, P)
         if measured[0] == 0 and p[0] == 0:  # the first interval's pulse on its first sample: the stored tail
-            base[0] = self._tail.mean(axis=1) if self._tail.shape[1] else window[0, 0]
-        seg = window - base  # (W, P, C)
-        top, bottom = seg.max(axis=0), seg.min(axis=0)
-        ptp[measured] = (top - bottom) * self._scale
-        dev = np.abs(seg, out=seg)
-        # latency: the first sample of the largest deflection, found as the largest descending index among the
-        # samples that reach it (argmax along a leading axis is a slow copy in numpy)
-        width = seg.shape[0]
-        down = np.arange(width - 1, -1, -1, dtype=np.int8 if width <= 127 else np.int32)[:, None, None]
-        first_max = (width - 1) - ((dev == np.maximum(top, -bottom)) * down).max(axis=0)
-        latency[measured] = (first_max + self._m0) / self._fs
-        total = dev.sum(axis=0)
-        cut = np.flatnonzero(~inside.all(axis=0))  # windows the next pulse cuts short: without the repeats
-        if cut.size:
-            total[cut] = (dev[:, cut] * inside[:, cut, None]).sum(axis=0)
-        area[measured] = total / self._fs * self._scale
+            base[:, 0] = self._tail.mean(axis=1) if self._tail.shape[1] else window[:, 0, 0]
+        if self.kernels is not None:  # the same arithmetic in one pass over the windows
+            span, total = out = np.empty((2, n_ch, measured.size))
+            first_max = np.empty((n_ch, measured.size), np.int64)
+            self.kernels.mwave_measures(window, inside.astype(np.float64), base, out, first_max)
+        else:
+            seg = window - base[:, None, :]  # (C, W, P): reductions over W run along the pulses
+            top, bottom = seg.max(axis=1), seg.min(axis=1)
+            span = top - bottom
+            dev = np.abs(seg, out=seg)
+            # latency: the first sample of the largest deflection, found as the largest descending index among the
+            # samples that reach it (argmax along an axis that is not the last is a slow copy in numpy)
+            width = seg.shape[1]
+            down = np.arange(width - 1, -1, -1, dtype=np.int8 if width <= 127 else np.int32)[:, None]
+            first_max = (width - 1) - ((dev == np.maximum(top, -bottom)[:, None, :]) * down).max(axis=1)
+            total = dev.sum(axis=1)
+            cut = np.flatnonzero(~inside.all(axis=0))  # windows the next pulse cuts short: without the repeats
+            if cut.size:
+                total[:, cut] = (dev[:, :, cut] * inside[:, cut]).sum(axis=1)
+        ptp[measured] = span.T * self._scale
+        latency[measured] = (first_max.T + self._m0) / self._fs
+        area[measured] = total.T / self._fs * self._scale
         return ptp, area, latency
 
     def _segment_runs(self, ivs: Sequence[Interval], first: np.ndarray, t_first: list[float]) -> list[list[int] | None]:
