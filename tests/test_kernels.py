@@ -73,6 +73,27 @@ def _intervals(n_ch: int, seconds: float, rate: float, stim_hz: float, seed: int
     return [(Interval(k, a, x[a:b], ts[a:b]), [ts[a]]) for k, (a, b) in enumerate(itertools.pairwise(bounds))]
 
 
+def _irregular(n_ch: int, rate: float, seed: int = 2):
+    """Intervals of 6 to 60 ms (M-wave windows cut short by the next pulse), a doublet, intervals without a
+    pulse, and one with a NaN sample: every branch of the batched stages."""
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(round(0.006 * rate), round(0.06 * rate), 160)
+    n = int(lens.sum())
+    x = rng.standard_normal((n, n_ch)) * 40.0
+    bounds = np.concatenate(([0], np.cumsum(lens)))
+    ts = np.arange(n) / rate
+    out = []
+    for k, (a, b) in enumerate(itertools.pairwise(bounds.tolist())):
+        x[a : a + 6] += 2500.0 * rng.uniform(0.5, 1.5)  # the artifact at the pulse
+        times = [] if k % 17 == 5 else [ts[a]]
+        if k % 23 == 7 and b - a > 12:  # a second pulse 3 samples later: a doublet
+            times.append(ts[a + 3])
+        if k == 90:
+            x[a + 5, 1] = np.nan
+        out.append((Interval(k, a, x[a:b], ts[a:b]), times))
+    return out
+
+
 def _run(ivs, info, cfg, compiled: bool, batch: int):
     est = IntervalEstimator(info, cfg, compiled=compiled)
     out = []
@@ -91,9 +112,12 @@ def test_the_estimator_gives_the_same_estimates_with_the_kernels(method, history
     info = StreamInfo("t", "EMG", 2048.0, tuple(f"c{i}" for i in range(n_ch)), ("microvolts",), "t")
     cfg = EstimatorConfig(method=method, notch_hz=50.0, history=history)
     ivs = _intervals(n_ch, 4.0, 2048.0, 40.0)
-    plain = _run(ivs, info, cfg, False, 37)
-    fast = _run(ivs, info, cfg, True, 37)
-    assert len(plain) == len(fast) == len(ivs)
+    _same(_run(ivs, info, cfg, False, 37), _run(ivs, info, cfg, True, 37))
+
+
+def _same(plain, fast):
+    """Every field of every estimate identical (NaN == NaN)."""
+    assert len(plain) == len(fast)
     for a, b in zip(plain, fast, strict=True):
         for name in a.__dataclass_fields__:
             u, v = getattr(a, name), getattr(b, name)
@@ -110,3 +134,13 @@ def test_closedloop_jit_0_turns_the_kernels_off():
     env = {**os.environ, "CLOSEDLOOP_JIT": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "None"]
+
+
+@needs_kernels
+@pytest.mark.parametrize("method", ["nlms", "gs"])
+def test_irregular_intervals_give_the_same_estimates_with_the_kernels(method):
+    n_ch = 5
+    info = StreamInfo("t", "EMG", 2048.0, tuple(f"c{i}" for i in range(n_ch)), ("microvolts",), "t")
+    ivs = _irregular(n_ch, 2048.0)
+    cfg = EstimatorConfig(method=method)
+    _same(_run(ivs, info, cfg, False, 29), _run(ivs, info, cfg, True, 29))

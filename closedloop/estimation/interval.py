@@ -1149,10 +1149,11 @@ class IntervalEstimator:
             width = seg.shape[1]
             down = np.arange(width - 1, -1, -1, dtype=np.int8 if width <= 127 else np.int32)[:, None]
             first_max = (width - 1) - ((dev == np.maximum(top, -bottom)[:, None, :]) * down).max(axis=1)
-            total = dev.sum(axis=1)
-            cut = np.flatnonzero(~inside.all(axis=0))  # windows the next pulse cuts short: without the repeats
-            if cut.size:
-                total[:, cut] = (dev[:, :, cut] * inside[:, cut]).sum(axis=1)
+            if not inside.all():  # windows the next pulse cuts short: without the repeats
+                dev *= inside
+            total = dev[:, 0].copy()  # summed one sample after the other whatever the shapes (as the kernel)
+            for w in range(1, width):
+                total += dev[:, w]
         ptp[measured] = span.T * self._scale
         latency[measured] = (first_max.T + self._m0) / self._fs
         area[measured] = total.T / self._fs * self._scale
