@@ -1253,12 +1253,10 @@ class IntervalEstimator:
             # of all updates in one call of the indices
             ring = np.concatenate((before, pgrams)) if before.shape[0] else pgrams
             n_f, n_ch = w.freqs.shape[0], y.shape[0]
-            weighted = np.empty((n_f, len(updates), n_ch))
+            weighted = self._response_weights([t0 + int(ends[k]) for k in updates], resp_n, resp_any, updates)
             for u, k in enumerate(updates):
                 j, m = ring0 + int(kept[k]), in_ring[k]
-                self._resp_n, self._resp_any = resp_n[k], resp_any[k]
-                self._flush_response(t0 + int(ends[k]))
-                np.multiply(ring[j - m : j].sum(axis=0).T / m, self._response_psd_weight(), out=weighted[:, u])
+                weighted[:, u] *= ring[j - m : j].sum(axis=0).T / m
             indices = _band_indices(*self._band_f, weighted.reshape(n_f, -1))
             mdf, mnf, fi = (v.reshape(len(updates), n_ch) for v in indices)
             for u, (k, k_next) in enumerate(itertools.pairwise([*updates, n_iv])):
@@ -1311,6 +1309,50 @@ class IntervalEstimator:
         if not self._resp_used[lag].all():
             self._resp_used[lag] = True
             self._resp_rows = np.flatnonzero(self._resp_used)
+
+    def _response_weights(
+        self, ts: list[int], resp_n: list[float], resp_any: list[bool], at: list[int]
+    ) -> np.ndarray:
+        """``(F, U, C)`` what :meth:`_flush_response` at each stream sample of ``ts`` (increasing) followed by
+        :meth:`_response_psd_weight` would give, the sample-weighted counts then being ``resp_n[at[u]]`` and
+        ``resp_any[at[u]]``: the same arithmetic, with the queued terms of all of them decayed and summed per
+        lag together. The running response is left at ``ts[-1]``."""
+        if self._resp_raw:
+            raw, self._resp_raw = self._resp_raw, []
+            self._queue_terms(*(np.concatenate(v) for v in zip(*raw, strict=True)))
+        if self._resp_terms:
+            ends, lag, val = (np.concatenate(v) for v in zip(*self._resp_terms, strict=True))
+        else:
+            ends, lag, val = np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, self.info.n_channels))
+        t = np.array(ts, dtype=np.int64)
+        u_of = np.searchsorted(t, ends, side="left")  # the first update each term is added at (end <= t)
+        now = int(np.searchsorted(u_of, len(ts)))  # queued in time order: the rest waits for a later update
+        self._resp_terms = [(ends[now:], lag[now:], val[now:])] if now < ends.size else []
+        u_of, lag = u_of[:now], lag[:now]
+        val = val[:now] * np.exp(-(t[u_of] - ends[:now]) / self._resp_tau)[:, None]
+        key = u_of * self._resp_lag.shape[0] + lag
+        order = np.argsort(key, kind="stable")  # by update, the terms of each lag together, in their order
+        key = key[order]
+        first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1]))) if now else np.empty(0, np.int64)
+        sums = np.add.reduceat(val[order], first, axis=0) if now else val
+        group_u, group_lag = key[first] // self._resp_lag.shape[0], key[first] % self._resp_lag.shape[0]
+        bounds = np.searchsorted(group_u, np.arange(len(ts) + 1))
+        out = np.empty((self._psd_weight.shape[0], len(ts), self.info.n_channels))
+        for u, tu in enumerate(ts):
+            rows = self._resp_rows
+            if tu != self._resp_t and rows.size:
+                self._resp_lag[rows] *= math.exp(-(tu - self._resp_t) / self._resp_tau)
+            self._resp_t = tu
+            a, b = bounds[u], bounds[u + 1]
+            if b > a:
+                lags_u = group_lag[a:b]
+                self._resp_lag[lags_u] += sums[a:b]
+                if not self._resp_used[lags_u].all():
+                    self._resp_used[lags_u] = True
+                    self._resp_rows = np.flatnonzero(self._resp_used)
+            self._resp_n, self._resp_any = resp_n[at[u]], resp_any[at[u]]
+            out[:, u] = self._response_psd_weight()
+        return out
 
     def _lag_terms(self, lags: np.ndarray, weights: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The lag coefficients of predicted segments: a prediction with weights ``w_j`` at lags ``l_j`` has
