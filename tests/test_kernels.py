@@ -23,6 +23,7 @@ from closedloop.estimation import kernels
 from closedloop.estimation.filters import SOSFilter, bandpass_sos, notch_sos
 from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
 from closedloop.estimation.segmenter import Interval
+from closedloop.estimation.spectral import StreamingWelch
 from closedloop.types import StreamInfo
 
 K = kernels.load()
@@ -144,3 +145,20 @@ def test_irregular_intervals_give_the_same_estimates_with_the_kernels(method):
     ivs = _irregular(n_ch, 2048.0)
     cfg = EstimatorConfig(method=method)
     _same(_run(ivs, info, cfg, False, 29), _run(ivs, info, cfg, True, 29))
+
+
+@needs_kernels
+@settings(max_examples=30, deadline=None)
+@given(n_ch=st.integers(1, 9), chunks=st.lists(st.integers(0, 700), min_size=1, max_size=5), seed=st.integers(0, 2**31))
+def test_welch_with_the_kernels_is_bitwise_welch_without(n_ch, chunks, seed):
+    rng = np.random.default_rng(seed)
+    plain = StreamingWelch(2048.0, n_ch, band_hz=(20.0, 450.0), band_only=True)
+    fast = StreamingWelch(2048.0, n_ch, band_hz=(20.0, 450.0), band_only=True)
+    fast.kernels = K
+    for n in chunks:
+        x = rng.standard_normal((n_ch, n)) * 50.0
+        valid = rng.random(n) > 0.1
+        a, b = plain.push_channels_first(x, valid), fast.push_channels_first(x, valid)
+        for u, v in zip(a, b, strict=True):
+            assert np.array_equal(u, v)
+    assert np.array_equal(plain.ring, fast.ring)

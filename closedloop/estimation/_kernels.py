@@ -12,7 +12,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["largest_jumps", "mwave_measures", "prediction_error", "sosfilt_channels_first", "warm_up"]
+__all__ = [
+    "largest_jumps",
+    "mwave_measures",
+    "power_spectrum",
+    "prediction_error",
+    "sosfilt_channels_first",
+    "warm_up",
+]
 
 _F8_2D = numba.float64[:, ::1]
 _F8_3D = numba.float64[:, :, ::1]
@@ -145,12 +152,26 @@ def mwave_measures(window, inside, base, out, first_max):  # pragma: no cover - 
             out[0, c, p] = top[p] - bottom[p]
 
 
+@numba.njit(numba.void(numba.complex128[:, :, ::1], numba.int64, _F8_3D), cache=True, nogil=True, boundscheck=False)
+def power_spectrum(spec, first_bin, out):  # pragma: no cover - compiled
+    """``out[s, c, f] = re^2 + im^2`` of ``spec[s, c, first_bin + f]`` (``re * re`` plus ``im * im``, as numpy
+    computes ``spec.real * spec.real`` then adds ``np.square(spec.imag)``), in one pass."""
+    n_s, n_ch, n_f = out.shape
+    for i in range(n_s):
+        for c in range(n_ch):
+            row, dst = spec[i, c], out[i, c]
+            for f in range(n_f):
+                z = row[first_bin + f]
+                dst[f] = z.real * z.real + z.imag * z.imag
+
+
 def warm_up() -> None:
     """Call every kernel once on tiny inputs: numba's start-up and the loading of the compiled code happen
     here, not in the first batch."""
     sos = np.array([[1.0, 0.0, 0.0, 1.0, 0.0, 0.0]])
     sosfilt_channels_first(sos, np.zeros((1, 2)), np.zeros((1, 1, 2)))
     largest_jumps(np.zeros((1, 2)), np.zeros(2))
+    power_spectrum(np.zeros((1, 1, 2), np.complex128), 1, np.zeros((1, 1, 1)))
     window, out = np.zeros((1, 2, 1)), np.zeros((2, 1, 1))
     mwave_measures(window, np.ones((2, 1)), np.zeros((1, 1)), out, np.zeros((1, 1), np.int64))
     one, zero = np.ones(1, np.int64), np.zeros((1, 1), np.int64)

@@ -337,6 +337,7 @@ class IntervalEstimator:
         self.volitional.kernels = self.kernels
         # only the bins of the band the indices are computed over (spectral_indices' rule) are kept
         self.welch = StreamingWelch(fs, n_ch, window_s=cfg.spectral_window_s, band_hz=self.band_hz, band_only=True)
+        self.welch.kernels = self.kernels
         # Spectral indices describe the EMG, not our filters: divide the band-pass/notch response back out
         # (bins where the notches remove more than 90 % of the power are left out).
         h2 = np.ones(self.welch.freqs.shape[0])

@@ -10,6 +10,7 @@ blanked M-waves) are zeros in time.
 from __future__ import annotations
 
 import math
+from types import ModuleType
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
@@ -183,6 +184,9 @@ class StreamingWelch:
     band_only:
         Keep only the periodogram bins inside ``band_hz`` (all that :meth:`indices` uses): ``freqs``, the ring
         and :meth:`psd` then cover those bins (there must be at least one).
+    kernels:
+        Compiled kernels (:func:`closedloop.estimation.kernels.load`) for the periodograms' powers (the same
+        numbers); None (default): numpy. An attribute, set after construction.
 
     Attributes
     ----------
@@ -206,6 +210,8 @@ class StreamingWelch:
     segments_pushed, segments_rejected:
         Segments pushed into the ring and segments dropped for a valid fraction below 0.5.
     """
+
+    kernels: ModuleType | None = None
 
     def __init__(
         self,
@@ -406,9 +412,14 @@ class StreamingWelch:
         else:
             segs = sliding_window_view(ext, nps, axis=1)[:, starts].transpose(1, 0, 2)
         windowed = np.multiply(segs, self._window_scaled, out=np.empty((n_new, self.n_channels, nps)))
-        spec = sp_fft.rfft(windowed, axis=-1)[..., self._bins]  # (n_new, C, n_freqs); overwrite_x is 6x slower
-        pgram = np.multiply(spec.real, spec.real)
-        pgram += np.square(spec.imag)  # density, one-sided: ...
+        spec = sp_fft.rfft(windowed, axis=-1)  # (n_new, C, nperseg // 2 + 1); overwrite_x is 6x slower
+        if self.kernels is not None:
+            pgram = np.empty((n_new, self.n_channels, self.freqs.shape[0]))
+            self.kernels.power_spectrum(spec, self._bins.start or 0, pgram)
+        else:
+            spec = spec[..., self._bins]  # (n_new, C, n_freqs)
+            pgram = np.multiply(spec.real, spec.real)
+            pgram += np.square(spec.imag)  # density, one-sided: ...
         for i in self._halved:  # ... with half the scale at 0 Hz and the Nyquist frequency
             pgram[..., i] *= 0.5
         self._into_ring(pgram[-self.ring_size :], frac[-self.ring_size :])
