@@ -113,21 +113,28 @@ def test_the_estimator_gives_the_same_estimates_with_the_kernels(method, history
     info = StreamInfo("t", "EMG", 2048.0, tuple(f"c{i}" for i in range(n_ch)), ("microvolts",), "t")
     cfg = EstimatorConfig(method=method, notch_hz=50.0, history=history)
     ivs = _intervals(n_ch, 4.0, 2048.0, 40.0)
-    _same(_run(ivs, info, cfg, False, 37), _run(ivs, info, cfg, True, 37))
+    _same(_run(ivs, info, cfg, False, 37), _run(ivs, info, cfg, True, 37), NLMS_RTOL if method == "nlms" else 0.0)
 
 
-def _same(plain, fast):
-    """Every field of every estimate identical (NaN == NaN)."""
+def _same(plain, fast, rtol: float = 0.0):
+    """Every field of every estimate identical (NaN == NaN), numbers to ``rtol`` where it is not 0."""
     assert len(plain) == len(fast)
     for a, b in zip(plain, fast, strict=True):
         for name in a.__dataclass_fields__:
             u, v = getattr(a, name), getattr(b, name)
-            if isinstance(u, np.ndarray):
+            if rtol and isinstance(u, (float, np.ndarray)):
+                np.testing.assert_allclose(v, u, rtol=rtol, atol=0.0, equal_nan=True, err_msg=f"{a.index} {name}")
+            elif isinstance(u, np.ndarray):
                 assert np.array_equal(u, v, equal_nan=True), (a.index, name)
             elif isinstance(u, float) and math.isnan(u):
                 assert math.isnan(v), (a.index, name)
             else:
                 assert u == v, (a.index, name)
+
+
+#: The nlms weight recursion is the one kernel that differs from numpy in the last bit (numpy's matmul goes
+#: through BLAS); its estimates agree to this.
+NLMS_RTOL = 1e-12
 
 
 def test_closedloop_jit_0_turns_the_kernels_off():
@@ -144,7 +151,7 @@ def test_irregular_intervals_give_the_same_estimates_with_the_kernels(method):
     info = StreamInfo("t", "EMG", 2048.0, tuple(f"c{i}" for i in range(n_ch)), ("microvolts",), "t")
     ivs = _irregular(n_ch, 2048.0)
     cfg = EstimatorConfig(method=method)
-    _same(_run(ivs, info, cfg, False, 29), _run(ivs, info, cfg, True, 29))
+    _same(_run(ivs, info, cfg, False, 29), _run(ivs, info, cfg, True, 29), NLMS_RTOL if method == "nlms" else 0.0)
 
 
 @needs_kernels

@@ -4,7 +4,7 @@ this one starts numba).
 Every kernel is compiled for the exact argument types it is called with (explicit signatures: a call with
 other types is an error, never a silent compile in the middle of a replay) and cached on disk. Each one does
 the arithmetic of the numpy code it replaces in the same order, without fast-math, so the results are
-bitwise the same.
+bitwise the same (except :func:`nlms_weights`, see there).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 __all__ = [
     "largest_jumps",
     "mwave_measures",
+    "nlms_weights",
     "power_spectrum",
     "prediction_error",
     "sosfilt_channels_first",
@@ -165,6 +166,24 @@ def power_spectrum(spec, first_bin, out):  # pragma: no cover - compiled
                 dst[f] = z.real * z.real + z.imag * z.imag
 
 
+@numba.njit(numba.void(numba.float64[:, :, :, ::1], _F8_3D, _F8_2D, _F8_3D), cache=True, nogil=True, boundscheck=False)
+def nlms_weights(gram, cross, coef, w):  # pragma: no cover - compiled
+    """The ``nlms`` weight recursion over consecutive segments: from ``w[0]`` ``(C, H)``, for segment ``k``
+    ``w[k + 1] = w[k] + coef (cross - gram w[k])`` per channel, written as numpy does it (the affine map
+    ``[[I - coef gram, coef cross], [0, 1]]`` applied to ``[w; 1]``), with ``gram`` ``(C, P, H, H)``, ``cross``
+    ``(C, P, H)``, ``coef`` ``(C, P)`` and ``w`` ``(P + 1, C, H)``. The only kernel that is not bitwise numpy:
+    numpy's matmul goes through BLAS, whose summation order (and fused multiply-adds) differ in the last bit."""
+    n_ch, n_p, hist = cross.shape
+    for k in range(n_p):
+        for c in range(n_ch):
+            a = coef[c, k]
+            for i in range(hist):
+                acc = 0.0
+                for j in range(hist):
+                    acc += ((1.0 if i == j else 0.0) - gram[c, k, i, j] * a) * w[k, c, j]
+                w[k + 1, c, i] = acc + cross[c, k, i] * a
+
+
 def warm_up() -> None:
     """Call every kernel once on tiny inputs: numba's start-up and the loading of the compiled code happen
     here, not in the first batch."""
@@ -172,6 +191,7 @@ def warm_up() -> None:
     sosfilt_channels_first(sos, np.zeros((1, 2)), np.zeros((1, 1, 2)))
     largest_jumps(np.zeros((1, 2)), np.zeros(2))
     power_spectrum(np.zeros((1, 1, 2), np.complex128), 1, np.zeros((1, 1, 1)))
+    nlms_weights(np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1)), np.zeros((2, 1, 1)))
     window, out = np.zeros((1, 2, 1)), np.zeros((2, 1, 1))
     mwave_measures(window, np.ones((2, 1)), np.zeros((1, 1)), out, np.zeros((1, 1), np.int64))
     one, zero = np.ones(1, np.int64), np.zeros((1, 1), np.int64)

@@ -498,6 +498,15 @@ class VolitionalEstimator:
         to start from, ``(C, H')`` for ``H'`` past segments (default: all the kept weights); when given, the
         weights after the last segment are returned ``(C, 1, H')`` and not kept."""
         n_ch, n_p, hist = cross.shape
+        if self.kernels is not None:  # the same recursion, compiled
+            w = np.empty((n_p + 1, n_ch, hist))
+            w[0] = self._w if w0 is None else w0
+            c = np.ascontiguousarray
+            self.kernels.nlms_weights(c(gram), c(cross), c(self.mu / np.where(norm > 0, norm, 1.0)), w)
+            if w0 is not None:
+                return w[n_p][:, None, :]
+            self._w = w[n_p].copy()
+            return w[:n_p].transpose(1, 0, 2)
         coef = (self.mu / np.where(norm > 0, norm, 1.0)).T  # (P, C)
         step = np.zeros((n_p, n_ch, hist + 1, hist + 1))  # one map per segment
         for i in range(hist):
