@@ -207,7 +207,8 @@ class SOSFilter:
         ``axis=0``. With ``initial="first_sample"`` it is None until the first sample has been seen.
     kernels:
         Compiled kernels (:func:`closedloop.estimation.kernels.load`) to filter with: the channels of a chunk
-        side by side, 2-3x faster on many channels, the same numbers. None (default): scipy's own kernel.
+        side by side, 2-3x faster from 8 channels on (fewer go through scipy), the same numbers. None
+        (default): scipy's own kernel.
     """
 
     kernels: ModuleType | None = None
@@ -296,7 +297,7 @@ class SOSFilter:
 
     def _filter_in_place(self, xt: np.ndarray) -> None:
         """Run ``(C, n)`` C-contiguous samples through the sections, carrying ``zi``."""
-        if self.kernels is not None:
+        if self.kernels is not None and xt.shape[0] >= 8:  # fewer channels fill no SIMD lanes: scipy is faster
             self.kernels.sosfilt_channels_first(self._sos, xt, self._zi)
             return
         if _sosfilt_kernel is None:  # pragma: no cover - only if scipy moves its compiled kernel
