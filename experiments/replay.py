@@ -82,6 +82,8 @@ class ReplayOptions:
         Window length where there are no pulses (s).
     progress:
         Show a progress line (only on a terminal).
+    compiled:
+        Estimate with the compiled kernels where numba is there (the same numbers, faster); False: numpy only.
     """
 
     speed: float | None = None
@@ -95,6 +97,7 @@ class ReplayOptions:
     report: bool = True
     window_s: float = 0.1
     progress: bool = False
+    compiled: bool = True
 
     def chunk(self, speed: float | None) -> int:
         """Samples per chunk at pace ``speed`` (None: as fast as possible)."""
@@ -225,14 +228,14 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
             "speed": options.speed,
             "reproduces_live_session": live is not None,
             "protocol": options.protocol,
-            "compiled_kernels": kernels.load() is not None,
+            "compiled_kernels": options.compiled and kernels.load() is not None,
         }
     }
     if live is not None and live.get("protocol"):
         extra["protocol"] = live["protocol"]  # the report analyses the replay as the protocol says
     return Session(
         source,
-        lambda info: IntervalEstimator(info, est_cfg, compiled=True),
+        lambda info: IntervalEstimator(info, est_cfg, compiled=options.compiled),
         controller,
         safety,
         config,
@@ -292,7 +295,8 @@ def _file_source(path: Path, options: ReplayOptions, speed: float | None):
 async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayResult:
 
     result = ReplayResult(str(path), out_dir=str(out_dir))
-    kernels.load()  # numba's start (and a first compile) before the clock starts: once per process
+    if options.compiled:
+        kernels.load()  # numba's start (and a first compile) before the clock starts: once per process
     source = _file_source(path, options, options.speed)
     t0 = time.perf_counter()
     async with source:  # opens the file: format errors surface here, before any output is written
