@@ -26,6 +26,7 @@ import datetime as _dt
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -275,14 +276,24 @@ class SessionResult:
 ProgressCallback = Callable[[float, str, Estimate, float], None]
 
 
+_blas_controller: tuple[int, object] | None = None  # (len(sys.modules) when made, ThreadpoolController)
+
+
 def _one_blas_thread():
     """Run BLAS single-threaded for the session (a context manager). Per-pulse linear algebra is tiny; BLAS
     worker threads only add wake-up latency and, after every call, spin-wait on a core that the LSL reader
     and the amplifier's software need (measured at 64 ch x 2048 Hz: 52 % -> 11 % CPU, p99 decision latency
-    3.8 -> 1.6 ms, bench/closed_loop.py)."""
-    from threadpoolctl import threadpool_limits
+    3.8 -> 1.6 ms, bench/closed_loop.py).
 
-    return threadpool_limits(limits=1, user_api="blas")
+    Finding the BLAS libraries scans every loaded shared library (~2.5 ms once numba is loaded): the scan is
+    reused by the next sessions of the process (replays of a batch) until a module has been imported since."""
+    global _blas_controller
+    from threadpoolctl import ThreadpoolController
+
+    n_modules = len(sys.modules)
+    if _blas_controller is None or _blas_controller[0] != n_modules:
+        _blas_controller = (n_modules, ThreadpoolController())
+    return _blas_controller[1].limit(limits=1, user_api="blas")
 
 
 class _Watchdog:
