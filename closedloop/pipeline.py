@@ -26,6 +26,7 @@ import datetime as _dt
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -77,6 +78,24 @@ HAND_OVER_S = 0.05
 ESTIMATE_HEAD_UNITS = ("uV", "uV", "percent", "uV", "ratio", "ratio", "Hz", "Hz", "Hz^-6", "mA", "mA", "ms")
 ESTIMATE_PER_CHANNEL = ("effort", "mwave_ptp", "mdf_hz")
 ESTIMATE_PER_CHANNEL_UNITS = ("uV", "uV", "Hz")
+
+
+def _head_row(est: Estimate, c: int, next_amp: float, latency_ms: float) -> tuple[float, ...]:
+    """The :data:`ESTIMATE_HEAD` values of an interval (control channel ``c``)."""
+    return (
+        est.effort_uv,
+        est.effort_smooth_uv,
+        est.effort_pct_mvc,
+        est.mwave_ptp_uv,
+        est.channel_mwave_ptp_rel[c],
+        est.channel_mwave_area_rel[c],
+        est.channel_mdf_hz[c],
+        est.channel_mnf_hz[c],
+        est.channel_fi_nsm5[c],
+        est.amplitude_ma,
+        next_amp,
+        latency_ms,
+    )
 
 
 @dataclass(frozen=True)
@@ -245,6 +264,9 @@ class SessionResult:
     skipped_pulses: int = 0
     mvc_uv: list[float] | None = None
     summary: dict = field(default_factory=dict)
+    estimates: np.ndarray | None = None
+    """``(n_intervals, len(ESTIMATE_HEAD))``: the control-channel columns of the Estimates stream, row for row
+    as in session.xdf, when the session was made with ``keep_estimates=True`` (else None)."""
 
     @property
     def ok(self) -> bool:
@@ -254,14 +276,24 @@ class SessionResult:
 ProgressCallback = Callable[[float, str, Estimate, float], None]
 
 
+_blas_controller: tuple[int, object] | None = None  # (len(sys.modules) when made, ThreadpoolController)
+
+
 def _one_blas_thread():
     """Run BLAS single-threaded for the session (a context manager). Per-pulse linear algebra is tiny; BLAS
     worker threads only add wake-up latency and, after every call, spin-wait on a core that the LSL reader
     and the amplifier's software need (measured at 64 ch x 2048 Hz: 52 % -> 11 % CPU, p99 decision latency
-    3.8 -> 1.6 ms, bench/closed_loop.py)."""
-    from threadpoolctl import threadpool_limits
+    3.8 -> 1.6 ms, bench/closed_loop.py).
 
-    return threadpool_limits(limits=1, user_api="blas")
+    Finding the BLAS libraries scans every loaded shared library (~2.5 ms once numba is loaded): the scan is
+    reused by the next sessions of the process (replays of a batch) until a module has been imported since."""
+    global _blas_controller
+    from threadpoolctl import ThreadpoolController
+
+    n_modules = len(sys.modules)
+    if _blas_controller is None or _blas_controller[0] != n_modules:
+        _blas_controller = (n_modules, ThreadpoolController())
+    return _blas_controller[1].limit(limits=1, user_api="blas")
 
 
 class _Watchdog:
@@ -347,6 +379,9 @@ class Session:
         Objects told what happens (:class:`SessionObserver`; e.g. the MQTT bridge), in the loop's thread.
     wait_for_start:
         Connect, record and estimate, but begin the phases only when :meth:`start_threadsafe` is called.
+    keep_estimates:
+        Also keep the control-channel columns of the Estimates stream in memory (``result.estimates``), e.g.
+        for a replay's summary (96 bytes per interval).
     """
 
     def __init__(
@@ -367,6 +402,7 @@ class Session:
         force_source: str = "Force",
         observers: Sequence[object] = (),
         wait_for_start: bool = False,
+        keep_estimates: bool = False,
     ) -> None:
         self.source = source
         self.estimator_factory = estimator_factory
@@ -408,6 +444,7 @@ class Session:
         self.recorder: SessionRecorder | None = None
         self.warning_counts: Counter[str] = Counter()
         self.events: list[dict] = []
+        self._kept: list[np.ndarray] | None = [] if keep_estimates else None
 
     # -- public -------------------------------------------------------------------------------------
     def request_stop(self, reason: str, fault: bool = False) -> None:
@@ -675,6 +712,7 @@ class Session:
         self._n_samples = 0
         self._next_rate_check = 2.0
         self._phase_ends = np.cumsum([p.duration_s for p in cfg.phases]).tolist()  # bisect: ~10x faster per call
+        self._phase_ends_a = np.asarray(self._phase_ends)  # searchsorted: all the intervals of a chunk at once
         self._n_channels = info.n_channels
         self._fs = info.rate_hz
         if (
@@ -807,9 +845,16 @@ class Session:
         else:
             intervals = [(iv, None) for iv in self.segmenter.push(chunk.samples, chunk.timestamps)]
         if intervals:
-            estimates = self._estimate_all(intervals)
-            for j, ((interval, _), est) in enumerate(zip(intervals, estimates, strict=True)):
-                self._on_interval(interval, chunk, j == len(intervals) - 1, est)
+            # a replay's chunk completes many intervals: their bookkeeping and recording go chunk by chunk
+            # (decisions still one interval at a time, in order); live, an interval is recorded as it is decided
+            batch = self._replay and len(intervals) > 1 and not self.observers
+            phases = self._phases_of(intervals) if batch else None
+            estimates = self._estimate_all(intervals, phases[2] if phases is not None else None)
+            if phases is not None:
+                self._on_intervals(intervals, chunk, estimates, phases)
+            else:
+                for j, ((interval, _), est) in enumerate(zip(intervals, estimates, strict=True)):
+                    self._on_interval(interval, chunk, j == len(intervals) - 1, est)
             self._settle_estimator()
         if self._lookahead is not None:
             self._look_ahead()
@@ -820,14 +865,16 @@ class Session:
         times = getattr(chunk, "pulse_times", None)
         if times is None or len(times) == 0:
             return []
+        times = np.asarray(times, dtype=float)
+        rows = np.full((len(times), 5), np.nan)
         amps = getattr(chunk, "pulse_amplitudes_ma", None)
-        amps = np.full(len(times), np.nan) if amps is None else np.asarray(amps, dtype=float)
-        rows = np.column_stack([np.full(len(times), np.nan), amps, np.full((len(times), 3), np.nan)])
-        self.recorder.push("Pulses", rows, np.asarray(times, dtype=float))
+        if amps is not None:
+            rows[:, 1] = amps
+        self.recorder.push("Pulses", rows, times)
         self._n_source_pulses += len(times)
-        for t, a in zip(times, amps, strict=True):
-            self._pending.append((float(t), float(a)))
-        return [float(t) for t in times]
+        out = times.tolist()
+        self._pending.extend(zip(out, rows[:, 1].tolist(), strict=True))
+        return out
 
     def _take_pulses(self, interval: Interval) -> tuple[list[float], float]:
         """Delivered pulses that fall in ``interval``: their times and the first one's amplitude."""
@@ -841,10 +888,13 @@ class Session:
             times.append(t)
         return times, amp
 
-    def _estimate_all(self, intervals: list[tuple[Interval, list[float] | None]]) -> list[Estimate]:
+    def _estimate_all(
+        self, intervals: list[tuple[Interval, list[float] | None]], phases: list[Phase | None] | None = None
+    ) -> list[Estimate]:
         """Estimates of the intervals a chunk completed, several per estimator call where that changes
         nothing: a batch ends with the interval that ends a calibration (the MVC it yields applies from the
-        next interval on, as when intervals arrive one by one)."""
+        next interval on, as when intervals arrive one by one). ``phases``: the intervals' phases if known
+        (:meth:`_phases_of`)."""
         args = []
         for interval, given in intervals:
             times, amp = self._take_pulses(interval)  # the pulses that fall in this interval (and their amplitude)
@@ -856,7 +906,10 @@ class Session:
             calibrating = self._in_calibration
             start = 0
             for j, (interval, _, _) in enumerate(args):
-                mode = self._mode_at(float(interval.timestamps[-1]) + 1.0 / self._fs - self._t_start)
+                if phases is None:
+                    mode = self._mode_at(float(interval.timestamps[-1]) + 1.0 / self._fs - self._t_start)
+                else:
+                    mode = phases[j].mode if phases[j] is not None else "rest"
                 if mode == "calibrate":
                     calibrating = True
                 elif calibrating:
@@ -905,17 +958,79 @@ class Session:
         return phase.mode if phase is not None else "rest"
 
     def _on_interval(self, interval: Interval, chunk: Chunk, last_in_chunk: bool, est: Estimate) -> None:
-        cfg = self.config
         res = self.result
-        est_ = self.estimator
         res.n_intervals += 1
         for w in est.warnings:
             self.warning_counts[w.split(":")[0]] += 1
         t_next = float(interval.timestamps[-1]) + 1.0 / self._fs
         t_rel = t_next - self._t_start
         phase = self._phase_at(t_rel)
+        next_amp, latency = self._next_pulse(interval, chunk, last_in_chunk, est, t_next, t_rel, phase)
+        self._record_estimates([est], [next_amp], [latency * 1e3])
+        if self.progress is not None:
+            self.progress(t_rel, phase.name if phase else "waiting", est, next_amp)
+        if self.observers:
+            self._notify("on_interval", t_rel, phase.name if phase else "waiting", est, next_amp)
+
+    def _phases_of(self, intervals: list) -> tuple[list[float], list[float], list[Phase | None]]:
+        """Of each interval: the time of the sample after it (the next pulse's due time), that time in the
+        session (s) and its phase; one vectorised lookup for all (the same values as :meth:`_phase_at`)."""
+        t_next = np.array([iv.timestamps[-1] for iv, _ in intervals], dtype=np.float64) + 1.0 / self._fs
+        t_rel = t_next - self._t_start
+        where = np.searchsorted(self._phase_ends_a, t_rel, side="right").tolist()
+        ph, n_ph = self.config.phases, len(self.config.phases)
+        t_rel_l = t_rel.tolist()
+        return (
+            t_next.tolist(),
+            t_rel_l,
+            [ph[i] if t >= 0 and i < n_ph else None for t, i in zip(t_rel_l, where, strict=True)],
+        )
+
+    def _on_intervals(
+        self,
+        intervals: list,
+        chunk: Chunk,
+        ests: list[Estimate],
+        phases: tuple[list[float], list[float], list[Phase | None]],
+    ) -> None:
+        """:meth:`_on_interval` for all the intervals a replay's chunk completed: the same decisions, one
+        interval after the other; then their Estimates rows as one array and one recorder push (those decided
+        before an interval that raises are recorded, as one by one)."""
+        res = self.result
+        t_next, t_rel, phase = phases
+        last = len(ests) - 1
+        next_amps: list[float] = []
+        latency_ms: list[float] = []
+        try:
+            for j, ((interval, _), est) in enumerate(zip(intervals, ests, strict=True)):
+                res.n_intervals += 1
+                for w in est.warnings:
+                    self.warning_counts[w.split(":")[0]] += 1
+                amp, latency = self._next_pulse(interval, chunk, j == last, est, t_next[j], t_rel[j], phase[j])
+                next_amps.append(amp)
+                latency_ms.append(latency * 1e3)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the decision's error is what ends the session
+                self._record_estimates(ests[: len(next_amps)], next_amps, latency_ms)
+            raise
+        self._record_estimates(ests, next_amps, latency_ms)
+        if self.progress is not None:
+            for j, est in enumerate(ests):
+                self.progress(t_rel[j], phase[j].name if phase[j] else "waiting", est, next_amps[j])
+
+    def _next_pulse(
+        self,
+        interval: Interval,
+        chunk: Chunk,
+        last_in_chunk: bool,
+        est: Estimate,
+        t_next: float,
+        t_rel: float,
+        phase: Phase | None,
+    ) -> tuple[float, float]:
+        """After interval ``est``: calibration bookkeeping, and in a control phase the next pulse decided and
+        delivered. Returns its amplitude (mA; 0: none) and the decision latency (s; NaN: none measured)."""
         mode = phase.mode if phase is not None else "rest"
-        # calibration bookkeeping
         if mode == "calibrate":
             self._in_calibration = True
             self._calib.append(est.channel_effort_uv)
@@ -932,34 +1047,37 @@ class Session:
             if next_amp > 0.0:
                 latency = self._deliver(next_amp, chunk, last_in_chunk, t_next, amps[1:], burst_s)
         if next_amp <= 0.0:
-            self.safety.no_pulse(cfg.stim_channel)  # a deliberate stop: the ramp restarts from 0 mA
-        rec = self.recorder
-        c = est_.config.control_channel
+            self.safety.no_pulse(self.config.stim_channel)  # a deliberate stop: the ramp restarts from 0 mA
+        return next_amp, latency
+
+    def _record_estimates(self, ests: list[Estimate], next_amps: list[float], latency_ms: list[float]) -> None:
+        """Record intervals: their rows of the Estimates stream (:data:`ESTIMATE_HEAD`, then
+        :data:`ESTIMATE_PER_CHANNEL` of each channel) in one push, and their estimates.csv rows."""
+        if not ests:
+            return
+        c = self.estimator.config.control_channel
         n_head = len(ESTIMATE_HEAD)
-        row = np.empty((1, n_head + len(ESTIMATE_PER_CHANNEL) * self._n_channels))
-        row[0, :n_head] = (
-            est.effort_uv,
-            est.effort_smooth_uv,
-            est.effort_pct_mvc,
-            est.mwave_ptp_uv,
-            est.channel_mwave_ptp_rel[c],
-            est.channel_mwave_area_rel[c],
-            est.channel_mdf_hz[c],
-            est.channel_mnf_hz[c],
-            est.channel_fi_nsm5[c],
-            est.amplitude_ma,
-            next_amp,
-            latency * 1e3,
-        )
-        row[0, n_head::3] = est.channel_effort_uv  # then effort, mwave_ptp, mdf_hz of each channel
-        row[0, n_head + 1 :: 3] = est.channel_mwave_ptp_uv
-        row[0, n_head + 2 :: 3] = est.channel_mdf_hz
-        rec.push("Estimates", row, np.array([est.t_start]))
-        rec.push_estimate(est)
-        if self.progress is not None:
-            self.progress(t_rel, phase.name if phase else "waiting", est, next_amp)
-        if self.observers:
-            self._notify("on_interval", t_rel, phase.name if phase else "waiting", est, next_amp)
+        rec = self.recorder
+        rows = np.empty((len(ests), n_head + len(ESTIMATE_PER_CHANNEL) * self._n_channels))
+        if len(ests) == 1:  # live: one interval at a time, nothing to gather
+            est = ests[0]
+            rows[0, :n_head] = _head_row(est, c, next_amps[0], latency_ms[0])
+            rows[0, n_head::3] = est.channel_effort_uv  # then effort, mwave_ptp, mdf_hz of each channel
+            rows[0, n_head + 1 :: 3] = est.channel_mwave_ptp_uv
+            rows[0, n_head + 2 :: 3] = est.channel_mdf_hz
+            rec.push("Estimates", rows, np.array([est.t_start]))
+            rec.push_estimate(est)
+        else:
+            rows[:, :n_head] = [
+                _head_row(est, c, amp, lat) for est, amp, lat in zip(ests, next_amps, latency_ms, strict=True)
+            ]
+            rows[:, n_head::3] = [est.channel_effort_uv for est in ests]
+            rows[:, n_head + 1 :: 3] = [est.channel_mwave_ptp_uv for est in ests]
+            rows[:, n_head + 2 :: 3] = [est.channel_mdf_hz for est in ests]
+            rec.push("Estimates", rows, np.array([est.t_start for est in ests]))
+            rec.push_estimates(ests)
+        if self._kept is not None:
+            self._kept.append(rows[:, :n_head].copy())
 
     def _decide(self, est: Estimate, t_rel: float) -> tuple[tuple[float, ...], float]:
         """Ask the phase's controller for the next pulse(s): amplitudes (mA) and the spacing within a burst (s).
@@ -1122,6 +1240,8 @@ class Session:
 
     def _finish(self) -> None:
         res = self.result
+        if self._kept is not None:
+            res.estimates = np.concatenate(self._kept) if self._kept else np.empty((0, len(ESTIMATE_HEAD)))
         if self.recorder is not None:
             try:
                 self.recorder.close()

@@ -29,7 +29,7 @@ import numpy as np
 from closedloop.errors import ClosedLoopError, ConfigError
 from closedloop.estimation import kernels
 from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
-from closedloop.pipeline import Phase, Session, SessionConfig
+from closedloop.pipeline import ESTIMATE_HEAD, Phase, Session, SessionConfig
 from closedloop.safety import SafetyLayer, SafetyLimits
 from closedloop.stimulators import ShadowStimulator
 
@@ -243,6 +243,7 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
         extra_summary=extra,
         csv_relative_time=True,
         phase_controllers=phase_controllers,
+        keep_estimates=True,  # the replay summary's medians, without reading session.xdf back
     )
 
 
@@ -302,7 +303,8 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
     async with source:  # opens the file: format errors surface here, before any output is written
         session = _build(path, options, source, out_dir)
         bar = _Progress(path.name, source, options.progress)
-        session.progress = bar
+        if bar.enabled:  # a callback per interval only when there is a bar to draw
+            session.progress = bar
         try:
             res = await session.run()
         finally:
@@ -313,8 +315,8 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
         from closedloop.report import build_report
 
         build_report(out_dir)
-    s = json.loads((out_dir / "summary.json").read_text()) if (out_dir / "summary.json").exists() else res.summary
-    est = _estimates_overview(out_dir)
+    s = res.summary  # what summary.json holds
+    est = _estimates_overview(res.estimates)
     duration = rec.n_samples / rec.rate_hz
     result.status = res.status
     result.error = res.error or ""
@@ -334,24 +336,21 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
     return result
 
 
-def _estimates_overview(out_dir: Path) -> dict:
-    """Median effort and M-wave, first and last median frequency of the control channel (from session.xdf)."""
-    from closedloop.report import load_session
+def _estimates_overview(estimates: np.ndarray | None) -> dict:
+    """Median effort and M-wave, first and last median frequency of the control channel, from the session's
+    Estimates rows (``SessionResult.estimates``: the values of session.xdf's Estimates stream)."""
+    if estimates is None or estimates.shape[0] == 0:
+        return {}
 
-    try:
-        est = load_session(out_dir).get("Estimates")
-    except ClosedLoopError:
-        return {}
-    if est is None or est.values.shape[0] == 0:
-        return {}
+    def column(name: str) -> np.ndarray:
+        a = estimates[:, ESTIMATE_HEAD.index(name)]
+        return a[np.isfinite(a)]
 
     def med(name: str):
-        a = est.channel(name)
-        a = a[np.isfinite(a)]
+        a = column(name)
         return round(float(np.median(a)), 3) if a.size else ""
 
-    mdf = est.channel("mdf_hz")
-    ok = mdf[np.isfinite(mdf)]
+    ok = column("mdf_hz")
     return {
         "effort_median_uv": med("effort"),
         "mwave_ptp_median_uv": med("mwave_ptp"),

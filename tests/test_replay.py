@@ -2,6 +2,8 @@
 
 import asyncio
 import csv
+import json
+import math
 import subprocess
 import sys
 import threading
@@ -222,3 +224,145 @@ def test_publish_lsl_makes_a_recording_a_device(tmp_path):
     # the inlet joined mid-stream: find where its samples sit in the file, then they must match
     first = int(np.argmin(np.abs(uv[:, 0] - got[0, 0]) + np.abs(uv[:, 1] - got[0, 1])))
     np.testing.assert_allclose(got[:1000], uv[first : first + 1000], rtol=1e-5, atol=1e-3)
+
+
+def _xdf_overview(out_dir: Path) -> dict:
+    """The replay summary's Estimates figures as they were computed before: read back from session.xdf."""
+    est = load_session(out_dir)["Estimates"]
+
+    def med(name: str):
+        a = est.channel(name)
+        a = a[np.isfinite(a)]
+        return round(float(np.median(a)), 3) if a.size else ""
+
+    mdf = est.channel("mdf_hz")
+    ok = mdf[np.isfinite(mdf)]
+    return {
+        "effort_median_uv": med("effort"),
+        "mwave_ptp_median_uv": med("mwave_ptp"),
+        "mdf_first_hz": round(float(ok[0]), 2) if ok.size else "",
+        "mdf_last_hz": round(float(ok[-1]), 2) if ok.size else "",
+    }
+
+
+@pytest.mark.parametrize("with_pulses", [True, False])
+def test_replay_summary_figures_equal_those_read_back_from_session_xdf(tmp_path, with_pulses):
+    path = tmp_path / "rec.edf"
+    _edf(path, 4, with_pulses)
+    res = replay_file(path, tmp_path / "out", ReplayOptions(report=False, protocol=str(_PROTOCOL)))
+    assert res.ok, res.error
+    expected = _xdf_overview(tmp_path / "out")
+    assert {k: res.values[k] for k in expected} == expected
+    assert res.values["effort_median_uv"] != ""
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [res.values[k] for k in ("pulses", "shadow_pulses", "intervals")] == [
+        summary[k] for k in ("pulses", "shadow_pulses", "intervals")
+    ]
+
+
+_PROTOCOL = Path(__file__).resolve().parents[1] / "experiments" / "assisted_contraction.toml"
+
+
+class _PlainEstimator:
+    """Deterministic stand-in for the estimator: numbers of each interval alone (no state), so that a session
+    records the same whatever the chunking; lets the recording of several intervals per chunk be compared
+    with one interval per chunk, value for value."""
+
+    def __init__(self, info) -> None:
+        from closedloop.estimation.interval import EstimatorConfig
+
+        self.config = EstimatorConfig()
+        self.n = info.n_channels
+        self.mvc_uv = np.full(self.n, 30.0)
+
+    def set_mvc(self, mvc) -> None:
+        self.mvc_uv = np.asarray(mvc, dtype=float)
+
+    def step(self, interval, pulse_times=(), amplitude_ma=math.nan):
+        from closedloop.types import Estimate
+
+        x = interval.samples * 1e6
+        rms = np.sqrt(np.mean(x**2, axis=0))
+        ptp = np.ptp(x, axis=0) if pulse_times else np.full(self.n, np.nan)
+        k = interval.index
+        per = {name: rms * (i + 1) + k for i, name in enumerate(("area", "lat", "pct", "prel", "arel", "mdf", "mnf"))}
+        per["fi"] = np.where(np.arange(self.n) == 1, np.nan, rms * 1e-15)
+        return Estimate(
+            index=k,
+            t_start=float(pulse_times[0]) if pulse_times else float(interval.timestamps[0]),
+            t_end=float(interval.timestamps[-1]),
+            amplitude_ma=amplitude_ma if pulse_times else math.nan,
+            effort_uv=float(rms[0]),
+            effort_smooth_uv=float(rms[0]) / 2,
+            effort_pct_mvc=float(rms[0] / self.mvc_uv[0] * 100.0),
+            mwave_ptp_uv=float(ptp[0]),
+            channel_effort_uv=rms,
+            channel_mwave_ptp_uv=ptp,
+            channel_mwave_area_uvs=per["area"],
+            channel_mwave_latency_s=per["lat"] * 1e-3,
+            channel_effort_pct_mvc=per["pct"],
+            channel_mwave_ptp_rel=per["prel"],
+            channel_mwave_area_rel=per["arel"],
+            channel_mdf_hz=per["mdf"],
+            channel_mnf_hz=per["mnf"],
+            channel_fi_nsm5=per["fi"],
+            warnings=("odd interval",) if k % 2 else (),
+            has_pulse=bool(pulse_times),
+        )
+
+    def step_many(self, intervals, pulse_times=None, amplitudes_ma=None):
+        times = pulse_times or [()] * len(intervals)
+        amps = amplitudes_ma or [math.nan] * len(intervals)
+        return [self.step(iv, t, a) for iv, t, a in zip(intervals, times, amps, strict=True)]
+
+
+def _plain_replay(path: Path, out: Path, chunk_size: int):
+    from acquisition.files import FileSource
+    from closedloop.pipeline import Phase
+    from closedloop.stimulators import ShadowStimulator
+
+    async def run():
+        async with FileSource(path, chunk_size=chunk_size) as src:
+            config = SessionConfig(
+                phases=(Phase("rest", 0.6, "rest"), Phase("assist", 3.0, "control"), Phase("after", 1.0, "rest")),
+                segmentation="pulses",
+                pulses_from="source",
+                record_emg=False,
+            )
+            safety = SafetyLayer(SafetyLimits(allowed_channels=(0,), max_step_ma=2.0), ShadowStimulator(src.clock))
+            controller = ProportionalAssist(gain_ma_per_pct=0.05, offset_ma=5.0, max_ma=20.0)
+            s = Session(
+                src, _PlainEstimator, controller, safety, config, out, csv_relative_time=True, keep_estimates=True
+            )
+            return await s.run()
+
+    return asyncio.run(run())
+
+
+def test_a_replay_records_the_same_whether_a_chunk_completes_one_interval_or_many(tmp_path):
+    path = tmp_path / "rec.edf"
+    _edf(path, 7)
+    one = _plain_replay(path, tmp_path / "one", 16)  # 2000 Hz, 30-Hz pulses: at most one interval per chunk
+    many = _plain_replay(path, tmp_path / "many", 4096)
+    assert one.ok and many.ok, (one.error, many.error)
+    assert one.n_intervals == many.n_intervals > 50 and one.n_pulses == many.n_pulses > 20  # shadow pulses
+    a, b = load_session(tmp_path / "one"), load_session(tmp_path / "many")
+    assert list(a.streams) == list(b.streams)
+    for name in a.streams:
+        x, y = a[name], b[name]
+        assert x.labels == y.labels
+        np.testing.assert_array_equal(x.timestamps, y.timestamps)
+        if x.values.dtype == object:
+            assert x.values.tolist() == y.values.tolist()
+        else:
+            np.testing.assert_array_equal(x.values, y.values)
+    assert (tmp_path / "one" / "estimates.csv").read_bytes() == (tmp_path / "many" / "estimates.csv").read_bytes()
+    assert (
+        one.summary["estimator_warnings"]
+        == many.summary["estimator_warnings"]
+        == {"odd interval": one.n_intervals // 2}
+    )
+    # the kept control-channel columns are the Estimates stream's, row for row
+    head = a["Estimates"].values[:, : many.estimates.shape[1]]
+    np.testing.assert_array_equal(many.estimates, head)
+    np.testing.assert_array_equal(one.estimates, head)

@@ -60,3 +60,61 @@ def test_emitted_intervals_are_not_overwritten_by_later_pushes():
 def test_too_short_interval_is_refused():
     with pytest.raises(ConfigError, match="shorter than 2 samples"):
         IntervalSegmenter(1, 100.0, 0.01)
+
+
+def _pulse_reference(n: int, pulses: list[int], window: int, longest: int) -> list[tuple[int, int, bool]]:
+    """Independent expectation for PulseSegmenter: (start, stop, opened by a pulse) of every complete interval."""
+    out = []
+    pulses = sorted(set(pulses))
+    cur, cur_pulse, k = 0, False, 0
+    if pulses and pulses[0] == 0:
+        cur_pulse, k = True, 1
+    while True:
+        nxt = pulses[k] if k < len(pulses) else None
+        end = cur + (longest if cur_pulse else window)
+        if nxt is not None and nxt <= end:
+            end = nxt
+        if end > n:
+            return out
+        out.append((cur, end, cur_pulse))
+        cur, cur_pulse = end, nxt is not None and end == nxt
+        k += cur_pulse
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(2, 2000),
+    pulses=st.lists(st.integers(0, 1999), max_size=60),
+    cuts=st.lists(st.integers(0, 2000), max_size=30),
+)
+def test_pulse_segmenter_intervals_whatever_the_chunking(n, pulses, cuts):
+    from closedloop.estimation.segmenter import PulseSegmenter
+
+    rate = 1000.0
+    x = np.arange(n * 2, dtype=float).reshape(n, 2)
+    ts = 100.0 + np.arange(n) / rate
+    seg = PulseSegmenter(2, rate, window_s=0.02, max_interval_s=0.05)
+    p = np.array(sorted({q for q in pulses if q < n}), dtype=np.int64)
+    out = []
+    for a, b in itertools.pairwise([0, *sorted(c for c in cuts if c < n), n]):
+        out += seg.push(x[a:b], ts[a:b], p[(p >= a) & (p < b)])
+    expected = _pulse_reference(n, p.tolist(), 20, 50)
+    assert [(iv.start_sample, iv.start_sample + iv.samples.shape[0], bool(t)) for iv, t in out] == expected
+    for k, (iv, times) in enumerate(out):
+        a, b = iv.start_sample, iv.start_sample + iv.samples.shape[0]
+        assert iv.index == k
+        np.testing.assert_array_equal(iv.samples, x[a:b])
+        np.testing.assert_array_equal(iv.timestamps, ts[a:b])
+        assert times == ([ts[a]] if times else [])
+    rest = seg.flush()
+    done = out[-1][0].start_sample + out[-1][0].samples.shape[0] if out else 0
+    assert [iv.start_sample for iv, _ in rest] == ([done] if n - done >= 2 else [])
+
+
+def test_pulse_segmenter_intervals_are_not_overwritten_by_later_pushes():
+    from closedloop.estimation.segmenter import PulseSegmenter
+
+    seg = PulseSegmenter(1, 100.0, window_s=0.05)
+    first = seg.push(np.ones((12, 1)), np.arange(12.0), [0, 5, 10])
+    seg.push(np.zeros((12, 1)), np.arange(12.0, 24.0), [])
+    assert [iv.samples.sum() for iv, _ in first] == [5.0, 5.0]

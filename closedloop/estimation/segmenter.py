@@ -22,9 +22,11 @@ class Interval:
     start_sample:
         Index of the first sample in the whole stream.
     samples:
-        ``(n, n_channels)`` array (a fresh array owned by the receiver).
+        ``(n, n_channels)`` array, the receiver's to keep: the segmenters never write into an array once they
+        have emitted it, and no other interval shares its rows (:class:`PulseSegmenter` emits views of one
+        array per chunk).
     timestamps:
-        ``(n,)`` LSL times of the samples (s).
+        ``(n,)`` LSL times of the samples (s), likewise.
     """
 
     index: int
@@ -165,38 +167,47 @@ class PulseSegmenter:
 
     def push(self, samples: np.ndarray, timestamps: np.ndarray, pulse_samples=()) -> list[tuple[Interval, list[float]]]:
         """Consume a chunk and the absolute sample indices of the pulses in it; return the completed intervals,
-        each with the times of the pulses that open it (empty for windows)."""
+        each with the times of the pulses that open it (empty for windows).
+
+        The chunk is copied once (after the samples left over from the previous chunk); the intervals' arrays
+        are consecutive, disjoint views of that copy (no further copy per interval)."""
         n = samples.shape[0]
-        for p in pulse_samples:
+        pending = self._pending
+        for p in pulse_samples.tolist() if isinstance(pulse_samples, np.ndarray) else pulse_samples:
             p = int(p)
-            if p >= self._cur and (not self._pending or p > self._pending[-1]):
+            if p >= self._cur and (not pending or p > pending[-1]):
                 if p == self._cur and not self._cur_pulse and self._buf.shape[0] == 0:
                     self._cur_pulse = True  # a pulse on the first sample of the open interval opens it
                 elif p > self._cur or not self._cur_pulse:
-                    self._pending.append(p)
-        self._buf = np.concatenate([self._buf, samples.astype(self.dtype, copy=False)])
-        self._ts = np.concatenate([self._ts, timestamps])
+                    pending.append(p)
+        buf = np.concatenate([self._buf, samples.astype(self.dtype, copy=False)])
+        ts = np.concatenate([self._ts, timestamps])
         self._n_seen += n
+        n_seen, window, longest = self._n_seen, self.window, self.longest
+        cur, cur_pulse, index = self._cur, self._cur_pulse, self.index
+        base = cur  # the stream's sample at buf[0]
+        at = 0  # next pending pulse
         out = []
         while True:
-            limit = self._cur + (self.longest if self._cur_pulse else self.window)
-            nxt = self._pending[0] if self._pending else None
-            end = min(limit, nxt) if nxt is not None else limit
-            if end == self._cur:  # a pulse at the start of a window: it opens the interval instead
-                self._pending.pop(0)
-                self._cur_pulse = True
+            limit = cur + (longest if cur_pulse else window)
+            nxt = pending[at] if at < len(pending) else None
+            end = limit if nxt is None or limit < nxt else nxt
+            if end == cur:  # a pulse at the start of a window: it opens the interval instead
+                at += 1
+                cur_pulse = True
                 continue
-            if self._n_seen < end:
+            if n_seen < end:
                 break
-            k = end - self._cur
-            iv = Interval(self.index, self._cur, self._buf[:k].copy(), self._ts[:k].copy())
-            out.append((iv, [float(self._ts[0])] if self._cur_pulse else []))
-            self.index += 1
-            self._buf, self._ts = self._buf[k:], self._ts[k:]
-            self._cur = end
-            self._cur_pulse = nxt is not None and end == nxt
-            if self._cur_pulse:
-                self._pending.pop(0)
+            a, b = cur - base, end - base
+            out.append((Interval(index, cur, buf[a:b], ts[a:b]), [float(ts[a])] if cur_pulse else []))
+            index += 1
+            cur = end
+            cur_pulse = end == nxt
+            if cur_pulse:
+                at += 1
+        del pending[:at]
+        self._cur, self._cur_pulse, self.index = cur, cur_pulse, index
+        self._buf, self._ts = buf[cur - base :], ts[cur - base :]
         return out
 
     def flush(self) -> list[tuple[Interval, list[float]]]:

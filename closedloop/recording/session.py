@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -191,9 +192,14 @@ class SessionRecorder:
         if self._csv_channels:
             self._put(("csv", est))
 
-    def _put(self, item: tuple) -> None:
+    def push_estimates(self, ests: Sequence[Estimate]) -> None:
+        """Enqueue the estimates.csv rows of several intervals, in order (as :meth:`push_estimate` on each)."""
+        if self._csv_channels:
+            self._put(*[("csv", est) for est in ests])
+
+    def _put(self, *items: tuple) -> None:
         with self._batch_lock:
-            self._batch.append(item)
+            self._batch.extend(items)
             full = len(self._batch) >= 256
         if full:
             self.hand_over()
