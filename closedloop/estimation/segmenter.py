@@ -123,6 +123,18 @@ class IntervalSegmenter:
         return out
 
 
+def _joined(rest: np.ndarray, samples: np.ndarray, dtype) -> np.ndarray:
+    """``rest`` followed by ``samples``, one new ``(n, C)`` array of ``dtype``, laid out in memory as the chunk
+    is: channels first where its samples are (a file's chunks are views of what the reader read channel by
+    channel, and the estimator works channels first), samples first otherwise (LSL chunks)."""
+    n0, n = rest.shape[0], samples.shape[0]
+    channels_first = samples.ndim == 2 and n > 1 and samples.shape[1] > 1 and samples.strides[0] == samples.itemsize
+    out = np.empty((n0 + n, samples.shape[1]), dtype, order="F" if channels_first else "C")
+    out[:n0] = rest
+    out[n0:] = samples
+    return out
+
+
 class PulseSegmenter:
     """Splits a stream into intervals from each pulse to the next (replays, where the pulses are given).
 
@@ -180,7 +192,7 @@ class PulseSegmenter:
                     self._cur_pulse = True  # a pulse on the first sample of the open interval opens it
                 elif p > self._cur or not self._cur_pulse:
                     pending.append(p)
-        buf = np.concatenate([self._buf, samples.astype(self.dtype, copy=False)])
+        buf = _joined(self._buf, samples, self.dtype)
         ts = np.concatenate([self._ts, timestamps])
         self._n_seen += n
         n_seen, window, longest = self._n_seen, self.window, self.longest
