@@ -799,8 +799,7 @@ class Session:
         if chunk is not None and cfg.segmentation == "pulses":  # the end of a recording
             rest = self.segmenter.flush()
             if rest:
-                for (interval, _), est in zip(rest, self._estimate_all(rest), strict=True):
-                    self._on_interval(interval, chunk, True, est)
+                self._handle(rest, chunk)
 
     def _hand_over(self, decided: bool) -> None:
         """Give the recorder's writer thread what was pushed, right after a chunk's decisions (the writer then
@@ -845,16 +844,7 @@ class Session:
         else:
             intervals = [(iv, None) for iv in self.segmenter.push(chunk.samples, chunk.timestamps)]
         if intervals:
-            # a replay's chunk completes many intervals: their bookkeeping and recording go chunk by chunk
-            # (decisions still one interval at a time, in order); live, an interval is recorded as it is decided
-            batch = self._replay and len(intervals) > 1 and not self.observers
-            phases = self._phases_of(intervals) if batch else None
-            estimates = self._estimate_all(intervals, phases[2] if phases is not None else None)
-            if phases is not None:
-                self._on_intervals(intervals, chunk, estimates, phases)
-            else:
-                for j, ((interval, _), est) in enumerate(zip(intervals, estimates, strict=True)):
-                    self._on_interval(interval, chunk, j == len(intervals) - 1, est)
+            self._handle(intervals, chunk)
             self._settle_estimator()
         if self._lookahead is not None:
             self._look_ahead()
@@ -888,13 +878,45 @@ class Session:
             times.append(t)
         return times, amp
 
-    def _estimate_all(
-        self, intervals: list[tuple[Interval, list[float] | None]], phases: list[Phase | None] | None = None
-    ) -> list[Estimate]:
-        """Estimates of the intervals a chunk completed, several per estimator call where that changes
-        nothing: a batch ends with the interval that ends a calibration (the MVC it yields applies from the
-        next interval on, as when intervals arrive one by one). ``phases``: the intervals' phases if known
-        (:meth:`_phases_of`)."""
+    def _handle(self, intervals: list[tuple[Interval, list[float] | None]], chunk: Chunk) -> None:
+        """Estimate the intervals a chunk completed and decide after each, in order. Several go to the estimator
+        in one call where that changes nothing: a run ends with the interval that ends a calibration, whose
+        decision sets the MVC that applies from the next interval on (as when intervals arrive one by one).
+        A replay's chunk completes many intervals: their bookkeeping and recording go run by run (decisions
+        still one interval at a time); live, an interval is recorded as it is decided."""
+        n = len(intervals)
+        batch = self._replay and n > 1 and not self.observers
+        phases = self._phases_of(intervals) if batch else None
+        for a, b in self._runs(intervals, phases[2] if phases is not None else None):
+            ests = self._estimate(intervals[a:b])
+            if phases is not None:
+                self._on_intervals(intervals[a:b], chunk, ests, tuple(p[a:b] for p in phases), b == n)
+            else:
+                for j, ((interval, _), est) in enumerate(zip(intervals[a:b], ests, strict=True)):
+                    self._on_interval(interval, chunk, a + j == n - 1, est)
+
+    def _runs(self, intervals: list, phases: list[Phase | None] | None) -> list[tuple[int, int]]:
+        """``(start, stop)`` runs of the intervals, each ending with the interval that ends a calibration (or
+        with the last). ``phases``: the intervals' phases if known (:meth:`_phases_of`)."""
+        runs: list[tuple[int, int]] = []
+        calibrating = self._in_calibration
+        start = 0
+        for j, (interval, _) in enumerate(intervals):
+            if phases is None:
+                mode = self._mode_at(float(interval.timestamps[-1]) + 1.0 / self._fs - self._t_start)
+            else:
+                mode = phases[j].mode if phases[j] is not None else "rest"
+            if mode == "calibrate":
+                calibrating = True
+            elif calibrating:
+                runs.append((start, j + 1))
+                start, calibrating = j + 1, False
+        if start < len(intervals):
+            runs.append((start, len(intervals)))
+        return runs
+
+    def _estimate(self, intervals: list[tuple[Interval, list[float] | None]]) -> list[Estimate]:
+        """Estimates of consecutive intervals, with the pulses delivered into each; one estimator call."""
         args = []
         for interval, given in intervals:
             times, amp = self._take_pulses(interval)  # the pulses that fall in this interval (and their amplitude)
@@ -902,20 +924,7 @@ class Session:
         with self._estimator_faults():
             if len(args) == 1:
                 return [self.estimator.step(*args[0])]
-            out: list[Estimate] = []
-            calibrating = self._in_calibration
-            start = 0
-            for j, (interval, _, _) in enumerate(args):
-                if phases is None:
-                    mode = self._mode_at(float(interval.timestamps[-1]) + 1.0 / self._fs - self._t_start)
-                else:
-                    mode = phases[j].mode if phases[j] is not None else "rest"
-                if mode == "calibrate":
-                    calibrating = True
-                elif calibrating:
-                    out += self._step_many(args[start : j + 1])
-                    start, calibrating = j + 1, False
-            return out + self._step_many(args[start:])
+            return self._step_many(args)
 
     @contextlib.contextmanager
     def _estimator_faults(self):
@@ -992,13 +1001,15 @@ class Session:
         chunk: Chunk,
         ests: list[Estimate],
         phases: tuple[list[float], list[float], list[Phase | None]],
+        ends_chunk: bool = True,
     ) -> None:
-        """:meth:`_on_interval` for all the intervals a replay's chunk completed: the same decisions, one
-        interval after the other; then their Estimates rows as one array and one recorder push (those decided
-        before an interval that raises are recorded, as one by one)."""
+        """:meth:`_on_interval` for consecutive intervals of a replay's chunk (``ends_chunk``: the last of them is
+        the chunk's last): the same decisions, one interval after the other; then their Estimates rows as one
+        array and one recorder push (those decided before an interval that raises are recorded, as one by
+        one)."""
         res = self.result
         t_next, t_rel, phase = phases
-        last = len(ests) - 1
+        last = len(ests) - 1 if ends_chunk else -1
         next_amps: list[float] = []
         latency_ms: list[float] = []
         try:

@@ -366,3 +366,35 @@ def test_a_replay_records_the_same_whether_a_chunk_completes_one_interval_or_man
     head = a["Estimates"].values[:, : many.estimates.shape[1]]
     np.testing.assert_array_equal(many.estimates, head)
     np.testing.assert_array_equal(one.estimates, head)
+
+
+def test_the_mvc_applies_from_the_interval_after_calibration_whatever_the_chunking(tmp_path):
+    """A calibration ending in the middle of a chunk sets the MVC before the chunk's later intervals are
+    estimated: their % MVC is there, as when the intervals come one by one (it was missing when a chunk's
+    intervals were all estimated before any decision)."""
+    rng = np.random.default_rng(3)
+    fs, n = 2000.0, 14000  # 7 s: rest 1 s, calibrate 3 s, rest 1 s, then the assist phase
+    x = rng.normal(0, 50e-6, (2, n))
+    x[:, 2000:8000] *= 4.0  # a contraction during the calibration
+    raw = mne.io.RawArray(x, mne.create_info(["EMG1", "EMG2"], fs, "emg"), verbose="error")
+    onsets = np.arange(5.2, 6.9, 1 / 25)
+    raw.set_annotations(mne.Annotations(onsets, 0.0, ["stim"] * onsets.size))
+    path = tmp_path / "rec.edf"
+    mne.export.export_raw(path, raw, overwrite=True, verbose="error")
+    pct = {}
+    for chunk in (3000, 100):  # 3000 samples: the calibration ends in the middle of the chunk from 3 to 4.5 s
+        out = tmp_path / f"c{chunk}"
+        res = replay_file(path, out, ReplayOptions(report=False, protocol=str(_PROTOCOL), chunk_size=chunk))
+        assert res.ok, res.error
+        with open(out / "estimates.csv", newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["channel"] == "EMG1"]
+        pct[chunk] = [(float(r["t_s"]), r["effort_pct_mvc"]) for r in rows]
+    assert [t for t, _ in pct[3000]] == [t for t, _ in pct[100]]
+    after = [(t, v) for t, v in pct[3000] if t > 4.05]  # from the second interval after the calibration on
+    assert after and all(v != "" for _, v in after)
+    np.testing.assert_allclose(
+        [float(v) if v else np.nan for _, v in pct[3000]],
+        [float(v) if v else np.nan for _, v in pct[100]],
+        rtol=1e-5,
+        equal_nan=True,
+    )
