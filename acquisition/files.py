@@ -165,6 +165,8 @@ _READ_BLOCK_S = 0.5
 # Unpaced replays read about this many bytes of float64 samples at a time, whole chunks per read: MNE's
 # cost per get_data call dominates small reads (64 ch x 2048 Hz, 60 s: 4096-sample reads 2x slower than 16384)
 _FAST_READ_BYTES = 8 << 20
+#: Channel-samples per chunk of a replay as fast as possible when its chunk size is automatic (FileSource).
+FAST_CHUNK_ELEMENTS = 1 << 18
 
 
 class FileFormatError(SourceError):
@@ -1434,7 +1436,10 @@ class FileSource:
     path, channels, stream, rate_hz, units, pulse_annotation:
         As for :func:`open_recording`.
     chunk_size:
-        Samples per chunk (the last chunk may be shorter).
+        Samples per chunk (the last chunk may be shorter); None: chosen on opening, by the pace and the number of
+        channels: as fast as possible, about :data:`FAST_CHUNK_ELEMENTS` channel-samples (at least 4096
+        samples: 4096 at 64 channels, 262144 at one), so that the estimator's per-call work is spread over many
+        pulse intervals whatever the channel count; paced, 256 (smooth pacing).
     speed:
         None (or ``inf``): as fast as possible, yielding to the event loop (``asyncio.sleep(0)``) between
         chunks; ``t_arrival`` is None. A number ``s > 0``: paced at ``s`` times real time; the chunk whose
@@ -1472,13 +1477,15 @@ class FileSource:
         stream: str | None = None,
         rate_hz: float | None = None,
         units: Sequence[str] | str | None = None,
-        chunk_size: int = 256,
+        chunk_size: int | None = 256,
         speed: float | None = None,
         detect_pulses: bool | str = "auto",
         pulse_annotation: str | re.Pattern[str] = DEFAULT_PULSE_ANNOTATION,
     ) -> None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-            raise ConfigError(f"FileSource chunk_size = {chunk_size!r}: must be an integer >= 1")
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1
+        ):
+            raise ConfigError(f"FileSource chunk_size = {chunk_size!r}: must be an integer >= 1 (or None: automatic)")
         if speed is not None:
             try:
                 speed = float(speed)
@@ -1491,7 +1498,8 @@ class FileSource:
         if detect_pulses not in ("auto", True, False):
             raise ConfigError(f"FileSource detect_pulses = {detect_pulses!r}: must be 'auto', True or False")
         self.path = Path(path)
-        self.chunk_size = int(chunk_size)
+        self._chunk_arg = None if chunk_size is None else int(chunk_size)
+        self.chunk_size = 256 if chunk_size is None else int(chunk_size)  # until opened (see chunk_size)
         self.speed = speed
         self.detect_pulses = detect_pulses
         self._open_kwargs: dict[str, Any] = {
@@ -1618,6 +1626,8 @@ class FileSource:
         self._buf = np.empty((0, rec.n_channels))
         self._buf_start = 0
         self._read_to = 0  # samples read from the file (and given to the detector)
+        if self._chunk_arg is None:
+            self.chunk_size = max(4096, FAST_CHUNK_ELEMENTS // rec.n_channels) if self.speed is None else 256
         self._block = max(self.chunk_size, math.ceil(_READ_BLOCK_S * rec.rate_hz))
         if self.speed is None and not reader.in_memory:
             chunks = _FAST_READ_BYTES // (self.chunk_size * rec.n_channels * 8)

@@ -125,7 +125,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         metavar="SAMPLES",
-        help="chunk size (default 4096 as fast as possible, 256 when paced)",
+        help="chunk size in samples (default: as fast as possible about 2**18 channel-samples, e.g. 4096 at 64 "
+        "channels; 256 when paced)",
     )
     r.add_argument("--no-detect", action="store_true", help="do not detect pulses from artifacts")
     r.add_argument("--jobs", type=_positive_int, default=None, help="parallel files (default: all cores)")

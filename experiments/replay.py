@@ -67,8 +67,9 @@ class ReplayOptions:
     speed:
         None: as fast as possible; else the pace as a multiple of real time (1.0 = real time).
     chunk_size:
-        Samples per chunk; None (default): 4096 as fast as possible (the estimator then batches many pulse
-        intervals per call), 256 when paced or republished (smooth real-time pacing).
+        Samples per chunk; None (default): as fast as possible about 2**18 channel-samples (4096 samples at 64
+        channels, more with fewer: the estimator then batches many pulse intervals per call), 256 when paced
+        or republished (smooth real-time pacing).
     channels, stream, rate_hz, units:
         Channel picks by name, XDF stream name/type, rate for files without one (Hz), unit for files
         without one.
@@ -99,11 +100,12 @@ class ReplayOptions:
     progress: bool = False
     compiled: bool = True
 
-    def chunk(self, speed: float | None) -> int:
-        """Samples per chunk at pace ``speed`` (None: as fast as possible)."""
+    def chunk(self, speed: float | None) -> int | None:
+        """Samples per chunk at pace ``speed`` (None: as fast as possible, where None means the FileSource
+        chooses by the number of channels)."""
         if self.chunk_size is not None:
             return self.chunk_size
-        return 4096 if speed is None else 256
+        return None if speed is None else 256
 
 
 @dataclass
