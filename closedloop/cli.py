@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,6 +128,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SAMPLES",
         help="chunk size in samples (default: as fast as possible about 2**18 channel-samples, e.g. 4096 at 64 "
         "channels; 256 when paced)",
+    )
+    r.add_argument(
+        "--pulse-marker",
+        default=None,
+        metavar="REGEX",
+        help="annotations/markers that are stimulation pulses, a regular expression searched in their text "
+        "(default: (?i)stim|pulse|trigger; e.g. '^768$' for GDF events, 'S  1' for a BrainVision trigger); "
+        "summary.json lists the annotations a file has",
     )
     r.add_argument("--no-detect", action="store_true", help="do not detect pulses from artifacts")
     r.add_argument("--jobs", type=_positive_int, default=None, help="parallel files (default: all cores)")
@@ -292,6 +301,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from experiments.replay import ReplayOptions, publish_file, replay_batch
 
     detect = False if args.no_detect else "auto"
+    if args.pulse_marker is not None:
+        try:
+            re.compile(args.pulse_marker)
+        except re.error as exc:
+            from closedloop.errors import ConfigError
+
+            raise ConfigError(f"--pulse-marker {args.pulse_marker!r} is not a regular expression: {exc}") from None
     opts = ReplayOptions(
         speed=_speed(args.speed),
         chunk_size=args.chunk,
@@ -300,6 +316,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         rate_hz=args.rate,
         units=args.units,
         protocol=str(args.protocol) if args.protocol else None,
+        pulse_marker=args.pulse_marker,
         detect_pulses=detect,
         report=not args.no_report,
         progress=len(args.files) == 1,

@@ -75,6 +75,9 @@ class ReplayOptions:
         without one.
     protocol:
         A protocol file: its estimator, safety limits and controller (run in shadow) and phases.
+    pulse_marker:
+        Regular expression for the annotation or marker texts that are stimulation pulses (None: the
+        default, ``(?i)stim|pulse|trigger``; GDF event codes, e.g. ``^768$``; BrainVision, e.g. ``S  1``).
     detect_pulses:
         Find pulses from artifacts when the file has none ("auto"), always, or never.
     report:
@@ -94,6 +97,7 @@ class ReplayOptions:
     rate_hz: float | None = None
     units: str | None = None
     protocol: str | None = None
+    pulse_marker: str | None = None
     detect_pulses: str | bool = "auto"
     report: bool = True
     window_s: float = 0.1
@@ -230,9 +234,15 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
             "speed": options.speed,
             "reproduces_live_session": live is not None,
             "protocol": options.protocol,
+            "pulse_marker": options.pulse_marker,
             "compiled_kernels": options.compiled and kernels.load() is not None,
         }
     }
+    # what the file holds that a user may want to pick from (--pulse-marker) or know of (reader's warnings)
+    for key in ("annotations", "warnings"):
+        values = [str(v) for v in rec.extra.get(key) or ()]
+        if values:
+            extra["replay"][key] = values[:50] + ([f"... {len(values) - 50} more"] if len(values) > 50 else [])
     if live is not None and live.get("protocol"):
         extra["protocol"] = live["protocol"]  # the report analyses the replay as the protocol says
     return Session(
@@ -281,7 +291,7 @@ class _Progress:
 
 
 def _file_source(path: Path, options: ReplayOptions, speed: float | None):
-    from acquisition.files import FileSource
+    from acquisition.files import DEFAULT_PULSE_ANNOTATION, FileSource
 
     return FileSource(
         path,
@@ -292,6 +302,7 @@ def _file_source(path: Path, options: ReplayOptions, speed: float | None):
         chunk_size=options.chunk(speed),
         speed=speed,
         detect_pulses=options.detect_pulses,
+        pulse_annotation=DEFAULT_PULSE_ANNOTATION if options.pulse_marker is None else options.pulse_marker,
     )
 
 

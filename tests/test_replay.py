@@ -398,3 +398,42 @@ def test_the_mvc_applies_from_the_interval_after_calibration_whatever_the_chunki
         rtol=1e-5,
         equal_nan=True,
     )
+
+
+def test_pulse_marker_picks_annotations_the_default_pattern_misses(tmp_path):
+    """Annotations named as a lab names them ('FES', not stim/pulse/trigger) are the pulses with --pulse-marker;
+    without it the replay says which annotations the file has, and a bad pattern is a one-line error."""
+    rng = np.random.default_rng(4)
+    fs = 2000.0
+    raw = mne.io.RawArray(
+        rng.normal(0, 50e-6, (2, 8000)), mne.create_info(["EMG1", "EMG2"], fs, "emg"), verbose="error"
+    )
+    onsets = np.arange(0.5, 3.5, 1 / 20)
+    raw.set_annotations(mne.Annotations([*onsets, 3.8], 0.0, ["FES"] * onsets.size + ["Comment/rest"]))
+    path = tmp_path / "fes.edf"
+    mne.export.export_raw(path, raw, overwrite=True, verbose="error")
+    plain = replay_file(path, tmp_path / "plain", ReplayOptions(report=False, detect_pulses=False))
+    assert plain.ok and plain.values["pulses"] == 0
+    summary = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert summary["replay"]["annotations"] == ["Comment/rest", "FES"]
+    marked = replay_file(path, tmp_path / "fes", ReplayOptions(report=False, pulse_marker="^FES$"))
+    assert marked.ok and marked.values["pulse_source"] == "annotations"
+    assert marked.values["pulses"] == onsets.size
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "closedloop",
+            "replay",
+            str(path),
+            "--pulse-marker",
+            "FES(",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0
+    assert "--pulse-marker 'FES(' is not a regular expression" in bad.stderr
+    assert "Traceback" not in bad.stderr
