@@ -20,6 +20,10 @@ from scipy import signal
 from closedloop.errors import ConfigError
 from closedloop.estimation._checks import check_int, check_positive, check_rate
 
+#: Channel-samples of Welch segments transformed at a time (each block's samples, windowed copy and spectrum
+#: stay in the cache: a 64-channel block of 4 segments is 512 KiB).
+_FFT_BLOCK_ELEMENTS = 1 << 16
+
 __all__ = ["StreamingWelch", "spectral_indices"]
 
 
@@ -411,15 +415,20 @@ class StreamingWelch:
             segs = as_strided(ext[:, starts[0] :], (n_new, self.n_channels, nps), (hop * col, row, col))
         else:
             segs = sliding_window_view(ext, nps, axis=1)[:, starts].transpose(1, 0, 2)
-        windowed = np.multiply(segs, self._window_scaled, out=np.empty((n_new, self.n_channels, nps)))
-        spec = sp_fft.rfft(windowed, axis=-1)  # (n_new, C, nperseg // 2 + 1); overwrite_x is 6x slower
-        if self.kernels is not None:
-            pgram = np.empty((n_new, self.n_channels, self.freqs.shape[0]))
-            self.kernels.power_spectrum(spec, self._bins.start or 0, pgram)
-        else:
-            spec = spec[..., self._bins]  # (n_new, C, n_freqs)
-            pgram = np.multiply(spec.real, spec.real)
-            pgram += np.square(spec.imag)  # density, one-sided: ...
+        pgram = np.empty((n_new, self.n_channels, self.freqs.shape[0]))
+        # a few segments at a time: their samples, windowed samples and spectra stay in the CPU's cache
+        step = max(1, _FFT_BLOCK_ELEMENTS // (self.n_channels * nps))
+        windowed = np.empty((min(step, n_new), self.n_channels, nps))
+        for i in range(0, n_new, step):
+            j = min(i + step, n_new)
+            w = np.multiply(segs[i:j], self._window_scaled, out=windowed[: j - i])
+            spec = sp_fft.rfft(w, axis=-1)  # (segments, C, nperseg // 2 + 1); overwrite_x is 6x slower
+            if self.kernels is not None:
+                self.kernels.power_spectrum(spec, self._bins.start or 0, pgram[i:j])
+            else:
+                spec = spec[..., self._bins]  # (segments, C, n_freqs)
+                np.multiply(spec.real, spec.real, out=pgram[i:j])
+                pgram[i:j] += np.square(spec.imag)  # density, one-sided: ...
         for i in self._halved:  # ... with half the scale at 0 Hz and the Nyquist frequency
             pgram[..., i] *= 0.5
         self._into_ring(pgram[-self.ring_size :], frac[-self.ring_size :])
