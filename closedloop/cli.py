@@ -350,6 +350,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 f"{v['pulses']} pulses ({v['pulse_source']}), {v['x_real_time']}x real time -> {r.out_dir}",
                 flush=True,
             )
+            if r.hint:
+                print(f"    note: {r.hint}", flush=True)
         else:
             print(f"  {r.file}: error: {r.error}", file=sys.stderr, flush=True)
 

@@ -121,6 +121,8 @@ class ReplayResult:
     error: str = ""
     out_dir: str = ""
     values: dict = field(default_factory=dict)
+    #: Advice for the user about this file (e.g. annotations that were not taken as pulses), or "".
+    hint: str = ""
 
     @property
     def ok(self) -> bool:
@@ -346,6 +348,10 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
         "elapsed_s": round(elapsed, 3),
         "x_real_time": round(duration / elapsed, 1) if elapsed > 0 else "",
     }
+    notes = [str(a) for a in rec.extra.get("annotations") or ()]
+    if not s.get("pulses") and notes:  # events were there, none taken as pulses: say which, and how to pick
+        shown = ", ".join(repr(a) for a in notes[:8]) + (f" and {len(notes) - 8} more" if len(notes) > 8 else "")
+        result.hint = f"no pulses; the file's annotations are {shown} (--pulse-marker REGEX picks the pulses)"
     return result
 
 

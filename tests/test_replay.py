@@ -416,6 +416,7 @@ def test_pulse_marker_picks_annotations_the_default_pattern_misses(tmp_path):
     assert plain.ok and plain.values["pulses"] == 0
     summary = json.loads((tmp_path / "plain" / "summary.json").read_text())
     assert summary["replay"]["annotations"] == ["Comment/rest", "FES"]
+    assert "'Comment/rest', 'FES'" in plain.hint and "--pulse-marker" in plain.hint
     marked = replay_file(path, tmp_path / "fes", ReplayOptions(report=False, pulse_marker="^FES$"))
     assert marked.ok and marked.values["pulse_source"] == "annotations"
     assert marked.values["pulses"] == onsets.size
