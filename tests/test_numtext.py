@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from closedloop.recording import numtext
-from closedloop.recording.session import SessionRecorder
+from closedloop.recording.session import ESTIMATES_CSV_COLUMNS, SessionRecorder
 from closedloop.types import Estimate
 
 
@@ -119,10 +119,28 @@ def test_csv_rows_of_a_batch_equal_the_row_by_row_formatting(tmp_path):
     rec.set_estimate_channels(names)
     rng = np.random.default_rng(3)
     ests = [_estimate(rng, k, len(names)) for k in range(40)]
-    assert rec._rows(ests) == "".join(rec._rows_by_row(e) for e in ests)
-    assert rec._rows(ests[:1]) == rec._rows_by_row(ests[0])
+    assert rec._rows(ests) == "".join(rec._rows_by_row(e) for e in ests).encode()
+    assert rec._rows(ests[:1]) == rec._rows_by_row(ests[0]).encode()
     # no MVC, no pulses: whole columns without a number
     blank = [
         dataclasses.replace(e, amplitude_ma=np.nan, channel_effort_pct_mvc=np.full(len(names), np.nan)) for e in ests
     ]
-    assert rec._rows(blank) == "".join(rec._rows_by_row(e) for e in blank)
+    assert rec._rows(blank) == "".join(rec._rows_by_row(e) for e in blank).encode()
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_estimates_csv_file_holds_the_row_by_row_bytes(tmp_path, threaded):
+    """Through the recorder (batches handed over, the file written as bytes): header and rows as ``%`` writes them."""
+    names = ("EMG1", "biceps, long head", "Ünicode")
+    rec = SessionRecorder(tmp_path, threaded=threaded, t_zero=99.0)
+    rec.set_estimate_channels(names)
+    rng = np.random.default_rng(5)
+    ests = [_estimate(rng, k, len(names)) for k in range(300)]
+    rec.start()
+    for k, est in enumerate(ests):
+        rec.push_estimate(est)
+        if k % 70 == 0:
+            rec.hand_over()
+    rec.close()
+    header = ",".join(ESTIMATES_CSV_COLUMNS) + "\n"
+    assert (tmp_path / "estimates.csv").read_bytes() == (header + "".join(rec._rows_by_row(e) for e in ests)).encode()

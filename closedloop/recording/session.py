@@ -170,8 +170,9 @@ class SessionRecorder:
             self._writer.flush()
             self._csv = None
             if self._csv_channels:
-                self._csv = open(self.csv_path, "w", encoding="utf-8", newline="")
-                self._csv.write(",".join(ESTIMATES_CSV_COLUMNS) + "\n")
+                # bytes, as the rows are formatted (UTF-8, no newline translation): no decoding and re-encoding
+                self._csv = open(self.csv_path, "wb")
+                self._csv.write((",".join(ESTIMATES_CSV_COLUMNS) + "\n").encode("utf-8"))
         except OSError as exc:
             raise RecordingError(f"cannot create the session files in {self.out_dir}: {exc}") from exc
         self._started = True
@@ -219,12 +220,12 @@ class SessionRecorder:
             raise RecordingError(f"recording to {self.xdf_path} failed: {exc}") from exc
 
     # -- writer thread -------------------------------------------------------------------------------
-    def _rows(self, ests: list[Estimate]) -> str:
-        """The CSV rows of intervals ``ests``, formatted column by column with numpy (as :meth:`_rows_by_row`
-        writes them)."""
+    def _rows(self, ests: list[Estimate]) -> bytes:
+        """The CSV rows of intervals ``ests`` in UTF-8, formatted column by column with numpy (as
+        :meth:`_rows_by_row` writes them)."""
         names = self._csv_channels
         if any("\0" in name for name in names):  # a NUL is the vectorised formatter's filler byte
-            return "".join(self._rows_by_row(est) for est in ests)
+            return "".join(self._rows_by_row(est) for est in ests).encode("utf-8")
         if self._name_field is None:
             self._name_field = numtext.text_field([_empty_nonfinite("," + _csv_text(name))[1:] for name in names])
         n_ch, n_iv = len(names), len(ests)
@@ -242,7 +243,7 @@ class SessionRecorder:
             if c in at:
                 fields.append(g_text[:, at[c] * n : (at[c] + 1) * n])
         fields += [comma, numtext.format_e(e), end]
-        return numtext.join_fields(fields).decode("utf-8")
+        return numtext.join_fields(fields)
 
     def _rows_by_row(self, est: Estimate) -> str:
         """The CSV rows of one interval: one ``%`` formatting per row (NaN becomes an empty cell)."""
