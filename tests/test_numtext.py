@@ -84,6 +84,62 @@ def test_any_float64_is_formatted_as_python_does(x):
     assert _texts(numtext.format_e(x)) == _python(x, "%.6e")
 
 
+def _usual_range(rng, n: int, nd: int) -> list[np.ndarray]:
+    """Blocks of numbers whose rounding to ``nd`` digits takes one exact multiplication (``10**(nd-23) <= |x|
+    < 10**nd``, with zeros and non-finite ones set aside): random ones, short decimals, exact ties (sample
+    periods in ms, halves), ones rounded up to a power of ten; in the last block numbers next to powers of
+    ten (log10 may be one off there)."""
+    lo = nd - 22
+    blocks = [
+        rng.standard_normal(n) * 10.0 ** rng.integers(lo, nd - 1, n),
+        rng.integers(-(10**7), 10**7, n) / 10.0 ** rng.integers(max(0, 7 - nd), 9, n),
+        np.arange(1, n) / 2048 * 10.0 ** (nd - 3),
+        (np.arange(1, n) + 0.5) * 10.0 ** rng.integers(-4, nd - 3, n - 1),
+        np.arange(1, n) * 2.0 ** rng.integers(-40, 3 * nd - 12, n - 1),
+        (1.0 - rng.uniform(0, 0.5, n) * 10.0**-nd) * 10.0 ** rng.integers(lo + 1, nd + 1, n),  # 9.9999996 -> 10
+        np.concatenate(
+            (
+                np.nextafter(10.0 ** np.arange(lo + 1, nd), 0),
+                np.nextafter(10.0 ** np.arange(lo, nd), np.inf),
+                10.0 ** np.arange(lo, nd),
+                [10.0**nd - 0.5, 10.0**nd - 0.51],
+            )
+        ),
+    ]
+    blocks = [x[(np.abs(x) >= 10.0**lo) & (np.abs(x) < 10.0**nd)] for x in blocks]
+    return [np.concatenate((x, -x[:100], [0.0, -0.0, np.nan, np.inf])) for x in blocks]
+
+
+@pytest.mark.parametrize("precision", [1, 3, 6, 7])
+def test_numbers_rounded_with_one_multiplication_are_formatted_as_python_does(precision, monkeypatch):
+    """The usual case, every power of ten exact and k >= 0, has a shorter path; it gives what % gives."""
+    rng = np.random.default_rng(precision)
+    g_blocks, e_blocks = _usual_range(rng, 4000, precision), _usual_range(rng, 4000, precision + 1)
+    near_powers = g_blocks.pop(), e_blocks.pop()
+    assert _texts(numtext.format_g(near_powers[0], precision)) == _python(near_powers[0], f"%.{precision}g")
+    assert _texts(numtext.format_e(near_powers[1], precision)) == _python(near_powers[1], f"%.{precision}e")
+    monkeypatch.setattr(numtext, "_significant_digits_general", None)  # the other blocks take the short path
+    for x in g_blocks:
+        assert _texts(numtext.format_g(x, precision)) == _python(x, f"%.{precision}g")
+    for x in e_blocks:
+        assert _texts(numtext.format_e(x, precision)) == _python(x, f"%.{precision}e")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hnp.arrays(
+        np.float64,
+        st.integers(1, 50),
+        elements=st.floats(1e-16, 999999.0)
+        | st.floats(-999999.0, -1e-16)
+        | st.integers(-(2**30), 2**30).map(lambda i: i / 1024),
+    )
+)
+def test_any_float64_in_the_usual_range_is_formatted_as_python_does(x):
+    assert _texts(numtext.format_g(x)) == _python(x, "%.6g")
+    assert _texts(numtext.format_e(x)) == _python(x, "%.6e")
+
+
 def _estimate(rng, k: int, n_ch: int) -> Estimate:
     def col(scale: float) -> np.ndarray:
         v = rng.standard_normal(n_ch) * scale

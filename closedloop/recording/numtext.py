@@ -37,6 +37,7 @@ _EXACT_POW10 = 22  # 10**k is exact in float64 up to here
 _K_MAX = _MAX_EXPONENT + MAX_DIGITS + 2
 _MUL = np.concatenate((np.ones(_K_MAX), 10.0 ** np.arange(0, _K_MAX + 1)))  # at k + _K_MAX: 10**k for k >= 0
 _DIV = np.concatenate((10.0 ** np.arange(_K_MAX, 0, -1), np.ones(_K_MAX + 1)))  # 10**-k for k < 0
+_POW10 = _MUL[_K_MAX : _K_MAX + _EXACT_POW10 + 1]  # 10**k, exact, for 0 <= k <= 22
 _DIGITS3 = np.array([[ord(c) for c in f"{i:03d}"] for i in range(1000)], dtype=np.uint8).T  # (3, 1000)
 _TRAILING3 = np.array([3 - len(f"{i:03d}".rstrip("0")) for i in range(1000)], dtype=np.int64)  # zeros ending i
 
@@ -52,6 +53,34 @@ def _significant(a: np.ndarray, nd: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def _significant_digits(a: np.ndarray, nd: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     e = np.floor(np.log10(a)).astype(np.int64)
+    if a.size and nd - 1 - _EXACT_POW10 <= e.min() and e.max() <= nd - 1:
+        # the usual case (all |x| from 10**(nd-23) to below 10**nd): 0 <= k <= 22, one exact multiplication
+        scaled = a * _POW10.take(nd - 1 - e)
+        if scaled.min() >= 10.0 ** (nd - 1) and scaled.max() < 10.0**nd:  # else log10 was one off somewhere
+            return _rounded_once(a, scaled, e, nd)
+    return _significant_digits_general(a, e, nd)
+
+
+def _rounded_once(
+    a: np.ndarray, scaled: np.ndarray, e: np.ndarray, nd: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_significant_digits_general` where all ``0 <= k <= 22`` and ``10**(nd-1) <= scaled < 10**nd``:
+    every number rounded once, only exact half-integers in doubt, no exponent beyond the range."""
+    s = np.rint(scaled)  # ties to even, as Python
+    unsure = np.zeros(a.size, dtype=bool)
+    doubt = scaled - np.floor(scaled) == 0.5
+    if doubt.any():
+        unsure[doubt] = ~_exact_tie(a[doubt], (nd - 1 - e)[doubt])
+    if s.max() >= 10.0**nd:
+        carry = s >= 10.0**nd  # 9999999.6 -> 10000000: one digit more
+        s[carry] = 10.0 ** (nd - 1)
+        e = e + carry
+    if unsure.any():
+        s[unsure] = 10.0 ** (nd - 1)
+    return s, e, unsure
+
+
+def _significant_digits_general(a: np.ndarray, e: np.ndarray, nd: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     unsure = np.abs(e) > _MAX_EXPONENT
     if unsure.any():
         e[unsure] = 0
