@@ -140,6 +140,9 @@ def test_any_float64_in_the_usual_range_is_formatted_as_python_does(x):
     assert _texts(numtext.format_e(x)) == _python(x, "%.6e")
 
 
+_CHANNEL_COLUMNS = [f.name for f in dataclasses.fields(Estimate) if f.name.startswith("channel_")]
+
+
 def _estimate(rng, k: int, n_ch: int) -> Estimate:
     def col(scale: float) -> np.ndarray:
         v = rng.standard_normal(n_ch) * scale
@@ -169,19 +172,87 @@ def _estimate(rng, k: int, n_ch: int) -> Estimate:
     )
 
 
+def _recorder(tmp_path, names, t_zero: float = 99.0) -> SessionRecorder:
+    rec = SessionRecorder(tmp_path, threaded=False, t_zero=t_zero)
+    rec.set_estimate_channels(names)
+    return rec
+
+
+def _by_row(rec: SessionRecorder, ests) -> bytes:
+    with np.errstate(over="ignore"):  # a latency beyond 1.8e305 s is inf in ms
+        return "".join(rec._rows_by_row(e) for e in ests).encode()
+
+
 def test_csv_rows_of_a_batch_equal_the_row_by_row_formatting(tmp_path):
     names = ("EMG1", "biceps, long head", 'say "hi"', "nancy", "inf", "-infra", "100%", "Ünicode")
-    rec = SessionRecorder(tmp_path, threaded=False, t_zero=99.0)
-    rec.set_estimate_channels(names)
+    rec = _recorder(tmp_path, names)
     rng = np.random.default_rng(3)
     ests = [_estimate(rng, k, len(names)) for k in range(40)]
-    assert rec._rows(ests) == "".join(rec._rows_by_row(e) for e in ests).encode()
-    assert rec._rows(ests[:1]) == rec._rows_by_row(ests[0]).encode()
+    assert bytes(rec._rows(ests[:1])) == _by_row(rec, ests[:1])
+    assert bytes(rec._rows(ests)) == _by_row(rec, ests)  # a larger batch after a small one (a larger buffer)
     # no MVC, no pulses: whole columns without a number
     blank = [
         dataclasses.replace(e, amplitude_ma=np.nan, channel_effort_pct_mvc=np.full(len(names), np.nan)) for e in ests
     ]
-    assert rec._rows(blank) == "".join(rec._rows_by_row(e) for e in blank).encode()
+    assert bytes(rec._rows(blank)) == _by_row(rec, blank)
+
+
+def test_csv_rows_of_other_dtypes_and_a_nul_in_a_name(tmp_path):
+    """float32 and integer arrays are written as the row-by-row formatting writes them (the latency in ms is
+    computed in the array's own type there); a NUL in a name is not taken for filler."""
+    rec = _recorder(tmp_path / "plain", ("EMG1", "c"))
+    rng = np.random.default_rng(4)
+    ests = [_estimate(rng, k, 2) for k in range(5)]
+    ests = [
+        dataclasses.replace(
+            e,
+            index=np.int64(e.index),
+            amplitude_ma=np.float32(2.2),
+            channel_mwave_latency_s=np.array([0.04975095, 0.0072405650], dtype=np.float32),  # 49.7509 vs 49.751 ms
+            channel_mwave_ptp_uv=np.array([3, -40], dtype=np.int64),
+            channel_mdf_hz=e.channel_mdf_hz.astype(np.float32),
+        )
+        for e in ests
+    ]
+    assert bytes(rec._rows(ests)) == _by_row(rec, ests)
+    nul = _recorder(tmp_path / "nul", ("a\0b", "c"))
+    assert bytes(nul._rows(ests)) == _by_row(nul, ests)
+    with pytest.raises(ValueError):
+        rec._rows([dataclasses.replace(ests[0], channel_mnf_hz=np.zeros(3))])
+
+
+_ANY_NUMBER = (
+    st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([0.0, -0.0, 0.5, 123456.5, 1234565.0, 9.765625, 999999.5, 9999995.0, 1e-5, 1e16, 1e100, 1e-300])
+    | st.integers(-(2**24), 2**24).map(lambda i: i / 1024)
+    | st.floats(-1e7, 1e7)
+)
+_NAMES = st.lists(st.text(st.sampled_from(list('ab,"\n\r%naif-0Ü€ \0')), max_size=8), min_size=1, max_size=5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), names=_NAMES, n_iv=st.integers(1, 4), t_zero=st.floats(-1e3, 1e3))
+def test_any_csv_rows_equal_the_row_by_row_formatting(tmp_path_factory, data, names, n_iv, t_zero):
+    """Any numbers (NaN, inf, zeros, ties, tiny and huge), any names (commas, quotes, line ends, % signs, NaN-like
+    text, non-ASCII, NUL): the bytes of the row-by-row ``%`` formatting."""
+    n_ch = len(names)
+    column = hnp.arrays(np.float64, n_ch, elements=_ANY_NUMBER)
+    ests = [
+        Estimate(
+            index=data.draw(st.integers(-(10**6), 10**12)),
+            t_start=data.draw(st.floats(allow_nan=True, allow_infinity=True, width=64)),
+            t_end=0.0,
+            amplitude_ma=data.draw(_ANY_NUMBER),
+            effort_uv=1.0,
+            effort_smooth_uv=1.0,
+            effort_pct_mvc=np.nan,
+            mwave_ptp_uv=np.nan,
+            **{name: data.draw(column) for name in _CHANNEL_COLUMNS},
+        )
+        for _ in range(n_iv)
+    ]
+    rec = _recorder(tmp_path_factory.mktemp("rows"), tuple(names), t_zero)
+    assert bytes(rec._rows(ests)) == _by_row(rec, ests)
 
 
 @pytest.mark.parametrize("threaded", [False, True])

@@ -9,6 +9,7 @@ The estimates.csv rows of all the intervals handed over together are formatted i
 
 from __future__ import annotations
 
+import operator
 import queue
 import threading
 import time
@@ -82,16 +83,25 @@ _G_COLUMNS = (
 )
 
 
+#: An interval's numbers of estimates.csv after the amplitude: the ``%.6g`` columns, then the ``%.6e`` one.
+_CSV_NUMBERS = operator.attrgetter(*_G_COLUMNS, "channel_fi_nsm5")
+_LATENCY = _G_COLUMNS.index("channel_mwave_latency_s")
+
+
 def _csv_columns(ests: list[Estimate], n_channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``%.6g`` columns ``(10, n_intervals, n_channels)`` and the ``%.6e`` one of estimates.csv."""
-    g = np.empty((1 + len(_G_COLUMNS), len(ests), n_channels))
-    g[0] = np.array([est.amplitude_ma for est in ests], dtype=np.float64)[:, None]
-    for row, name in enumerate(_G_COLUMNS, start=1):
-        if name == "channel_mwave_latency_s":
-            g[row] = [est.channel_mwave_latency_s * 1e3 for est in ests]  # ms, as each interval's row says
+    """The amplitude of each interval ``(n_intervals,)`` and the other numbers of estimates.csv
+    ``(n_intervals, 10, n_channels)``: the ``%.6g`` columns of :data:`_G_COLUMNS`, then fi_nsm5 (``%.6e``)."""
+    numbers = list(map(_CSV_NUMBERS, ests))
+    x = np.array(numbers, dtype=np.float64)
+    if x.shape != (len(ests), len(_G_COLUMNS) + 1, n_channels):
+        raise ValueError(f"estimates of {n_channels} channels expected, got arrays making {x.shape}")
+    # ms, as each interval's row says (est.channel_mwave_latency_s * 1e3): the same product where it is float64
+    with np.errstate(over="ignore"):  # beyond 1.8e305 s: inf, an empty cell
+        if all(type(v[_LATENCY]) is np.ndarray and v[_LATENCY].dtype == np.float64 for v in numbers):
+            x[:, _LATENCY] *= 1e3
         else:
-            g[row] = [getattr(est, name) for est in ests]
-    return g, np.array([est.channel_fi_nsm5 for est in ests], dtype=np.float64)
+            x[:, _LATENCY] = [est.channel_mwave_latency_s * 1e3 for est in ests]
+    return np.array([est.amplitude_ma for est in ests], dtype=np.float64), x
 
 
 class SessionRecorder:
@@ -151,6 +161,7 @@ class SessionRecorder:
     def set_estimate_channels(self, channel_names: tuple[str, ...]) -> None:
         """Enable estimates.csv with one row per channel per interval."""
         self._csv_channels = tuple(channel_names)
+        self._name_field = None
 
     def start(self) -> None:
         """Open the files, write the headers and start the writer thread."""
@@ -224,25 +235,31 @@ class SessionRecorder:
         """The CSV rows of intervals ``ests`` in UTF-8, formatted column by column with numpy (as
         :meth:`_rows_by_row` writes them)."""
         names = self._csv_channels
+        if not ests:
+            return b""
+        amp, x = _csv_columns(ests, len(names))
+        heads = [b"%.6f,%d," % (est.t_start - self.t_zero, est.index) for est in ests]
         if any("\0" in name for name in names):  # a NUL is the vectorised formatter's filler byte
-            return "".join(self._rows_by_row(est) for est in ests).encode("utf-8")
+            with np.errstate(over="ignore"):  # as above, a latency beyond 1.8e305 s is inf in ms
+                return "".join(self._rows_by_row(est) for est in ests).encode("utf-8")
         if self._name_field is None:
             self._name_field = numtext.text_field([_empty_nonfinite("," + _csv_text(name))[1:] for name in names])
-        n_ch, n_iv = len(names), len(ests)
+        n_ch, n_iv, n_g = len(names), len(ests), len(_G_COLUMNS)
         n = n_ch * n_iv
-        g, e = _csv_columns(ests, n_ch)
-        heads = [f"{est.t_start - self.t_zero:.6f},{est.index:d}," for est in ests]
-        # columns without a finite number (e.g. % MVC without calibration) are empty cells: no formatting
-        filled = np.flatnonzero(np.isfinite(g).any(axis=(1, 2)))
-        g_text = numtext.format_g(g[filled])  # column after column, each interval after interval
         comma, end = numtext.constant_field(",", n), numtext.constant_field("\n", n)
-        fields = [np.repeat(numtext.text_field(heads), n_ch, axis=1), np.tile(self._name_field, n_iv)]
+        fields = [np.repeat(numtext.text_field([h.decode() for h in heads]), n_ch, axis=1)]
+        fields += [np.tile(self._name_field, n_iv), comma]
+        if np.isfinite(amp).any():
+            fields.append(np.repeat(numtext.format_g(amp), n_ch, axis=1))
+        # columns without a finite number (e.g. % MVC without calibration) are empty cells: no formatting
+        filled = np.flatnonzero(np.isfinite(x[:, :n_g]).any(axis=(0, 2)))
+        g_text = numtext.format_g(x[:, filled].transpose(1, 0, 2))  # column after column, interval after interval
         at = {c: k for k, c in enumerate(filled)}
-        for c in range(g.shape[0]):
+        for c in range(n_g):
             fields.append(comma)
             if c in at:
                 fields.append(g_text[:, at[c] * n : (at[c] + 1) * n])
-        fields += [comma, numtext.format_e(e), end]
+        fields += [comma, numtext.format_e(x[:, n_g]), end]
         return numtext.join_fields(fields)
 
     def _rows_by_row(self, est: Estimate) -> str:
