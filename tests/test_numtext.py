@@ -1,6 +1,9 @@
 """Vectorised number formatting (estimates.csv): byte for byte what Python's ``%`` writes."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from closedloop.recording import numtext
+from closedloop.recording import csvkernel, numtext
 from closedloop.recording.session import ESTIMATES_CSV_COLUMNS, SessionRecorder
 from closedloop.types import Estimate
 
@@ -172,9 +175,18 @@ def _estimate(rng, k: int, n_ch: int) -> Estimate:
     )
 
 
-def _recorder(tmp_path, names, t_zero: float = 99.0) -> SessionRecorder:
-    rec = SessionRecorder(tmp_path, threaded=False, t_zero=t_zero)
+#: The two ways the recorder formats rows: numpy (numtext) and the compiled kernel (csvkernel), where numba is.
+K = csvkernel.load()
+PATHS = [
+    pytest.param(False, id="numpy"),
+    pytest.param(True, id="compiled", marks=pytest.mark.skipif(K is None, reason="numba missing or CLOSEDLOOP_JIT=0")),
+]
+
+
+def _recorder(tmp_path, names, compiled: bool, t_zero: float = 99.0) -> SessionRecorder:
+    rec = SessionRecorder(tmp_path, threaded=False, t_zero=t_zero, compiled=compiled)
     rec.set_estimate_channels(names)
+    assert (rec._compiled_rows() is not None) == compiled
     return rec
 
 
@@ -183,9 +195,10 @@ def _by_row(rec: SessionRecorder, ests) -> bytes:
         return "".join(rec._rows_by_row(e) for e in ests).encode()
 
 
-def test_csv_rows_of_a_batch_equal_the_row_by_row_formatting(tmp_path):
+@pytest.mark.parametrize("compiled", PATHS)
+def test_csv_rows_of_a_batch_equal_the_row_by_row_formatting(tmp_path, compiled):
     names = ("EMG1", "biceps, long head", 'say "hi"', "nancy", "inf", "-infra", "100%", "Ünicode")
-    rec = _recorder(tmp_path, names)
+    rec = _recorder(tmp_path, names, compiled)
     rng = np.random.default_rng(3)
     ests = [_estimate(rng, k, len(names)) for k in range(40)]
     assert bytes(rec._rows(ests[:1])) == _by_row(rec, ests[:1])
@@ -197,10 +210,11 @@ def test_csv_rows_of_a_batch_equal_the_row_by_row_formatting(tmp_path):
     assert bytes(rec._rows(blank)) == _by_row(rec, blank)
 
 
-def test_csv_rows_of_other_dtypes_and_a_nul_in_a_name(tmp_path):
+@pytest.mark.parametrize("compiled", PATHS)
+def test_csv_rows_of_other_dtypes_and_a_nul_in_a_name(tmp_path, compiled):
     """float32 and integer arrays are written as the row-by-row formatting writes them (the latency in ms is
-    computed in the array's own type there); a NUL in a name is not taken for filler."""
-    rec = _recorder(tmp_path / "plain", ("EMG1", "c"))
+    computed in the array's own type there); a NUL in a name is no filler to either path."""
+    rec = _recorder(tmp_path / "plain", ("EMG1", "c"), compiled)
     rng = np.random.default_rng(4)
     ests = [_estimate(rng, k, 2) for k in range(5)]
     ests = [
@@ -215,7 +229,7 @@ def test_csv_rows_of_other_dtypes_and_a_nul_in_a_name(tmp_path):
         for e in ests
     ]
     assert bytes(rec._rows(ests)) == _by_row(rec, ests)
-    nul = _recorder(tmp_path / "nul", ("a\0b", "c"))
+    nul = _recorder(tmp_path / "nul", ("a\0b", "c"), compiled)
     assert bytes(nul._rows(ests)) == _by_row(nul, ests)
     with pytest.raises(ValueError):
         rec._rows([dataclasses.replace(ests[0], channel_mnf_hz=np.zeros(3))])
@@ -234,7 +248,7 @@ _NAMES = st.lists(st.text(st.sampled_from(list('ab,"\n\r%naif-0Ü€ \0')), max_
 @given(data=st.data(), names=_NAMES, n_iv=st.integers(1, 4), t_zero=st.floats(-1e3, 1e3))
 def test_any_csv_rows_equal_the_row_by_row_formatting(tmp_path_factory, data, names, n_iv, t_zero):
     """Any numbers (NaN, inf, zeros, ties, tiny and huge), any names (commas, quotes, line ends, % signs, NaN-like
-    text, non-ASCII, NUL): the bytes of the row-by-row ``%`` formatting."""
+    text, non-ASCII, NUL): both paths write the bytes of the row-by-row ``%`` formatting."""
     n_ch = len(names)
     column = hnp.arrays(np.float64, n_ch, elements=_ANY_NUMBER)
     ests = [
@@ -251,8 +265,9 @@ def test_any_csv_rows_equal_the_row_by_row_formatting(tmp_path_factory, data, na
         )
         for _ in range(n_iv)
     ]
-    rec = _recorder(tmp_path_factory.mktemp("rows"), tuple(names), t_zero)
-    assert bytes(rec._rows(ests)) == _by_row(rec, ests)
+    for compiled in (False, True) if K is not None else (False,):
+        rec = _recorder(tmp_path_factory.mktemp("rows"), tuple(names), compiled, t_zero)
+        assert bytes(rec._rows(ests)) == _by_row(rec, ests)
 
 
 @pytest.mark.parametrize("threaded", [False, True])
@@ -271,3 +286,17 @@ def test_estimates_csv_file_holds_the_row_by_row_bytes(tmp_path, threaded):
     rec.close()
     header = ",".join(ESTIMATES_CSV_COLUMNS) + "\n"
     assert (tmp_path / "estimates.csv").read_bytes() == (header + "".join(rec._rows_by_row(e) for e in ests)).encode()
+
+
+def test_the_compiled_writer_is_for_fast_replays_only(tmp_path):
+    """A live recorder (threaded) never starts numba; CLOSEDLOOP_JIT=0 turns the compiled writer off."""
+    code = (
+        "import sys; from closedloop.recording.session import SessionRecorder\n"
+        "r = SessionRecorder(sys.argv[1] + '/live'); r.set_estimate_channels(('a',)); r.start(); r.close()\n"
+        "f = SessionRecorder(sys.argv[1] + '/fast', threaded=False); f.set_estimate_channels(('a',))\n"
+        "print(r._compiled_rows(), 'numba' in sys.modules, f._compiled_rows() is not None)"
+    )
+    for jit, expected in ((None, ["None", "False", str(K is not None)]), ("0", ["None", "False", "False"])):
+        run = [sys.executable, "-c", code, str(tmp_path / str(jit))]
+        env = {**os.environ, "CLOSEDLOOP_JIT": jit} if jit else None
+        assert subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout.split() == expected

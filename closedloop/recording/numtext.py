@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["MAX_DIGITS", "constant_field", "format_e", "format_g", "join_fields", "text_field"]
+__all__ = ["MAX_DIGITS", "constant_field", "format_e", "format_g", "join_fields", "significands", "text_field"]
 
 #: Most significant digits formatted with numpy (beyond, a few units in the last place reach 1e-6).
 MAX_DIGITS = 8
@@ -248,6 +248,39 @@ def format_e(x: np.ndarray, precision: int = 6) -> np.ndarray:
     rows += list(digits[1:])
     rows += _exponent_rows(e, np.ones(v.size, dtype=bool))  # two exponent digits at least, as Python's
     return _field(rows, x, where, unsure, f"%.{p}e")
+
+
+def significands(x: np.ndarray, digits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``|x|`` rounded to ``digits`` significant digits as ``%`` rounds them, for a writer that lays out the text
+    itself (:mod:`closedloop.recording.csvkernel`).
+
+    Parameters
+    ----------
+    x:
+        Numbers, any shape.
+    digits:
+        Significant digits, 1 to :data:`MAX_DIGITS` (``%.6g``: 6, ``%.6e``: 7).
+
+    Returns
+    -------
+    s, e, unsure:
+        Arrays in the shape of ``x``: the digits as an integer ``10**(digits-1) <= s < 10**digits`` (float64),
+        the decimal exponent (``|x| ~= s * 10**(e - digits + 1)``, int64), and where the rounding is not certain
+        here (the numbers to format with Python). For zeros, NaN and inf, ``s`` and ``e`` mean nothing and
+        ``unsure`` is False.
+    """
+    if not 1 <= digits <= MAX_DIGITS:
+        raise ValueError(f"digits must be 1 to {MAX_DIGITS}, not {digits}")
+    x = np.asarray(x, dtype=np.float64)
+    a = np.abs(x)
+    usual = (a > 0) & (a < np.inf)  # not zero, NaN or inf
+    every = bool(usual.all())
+    if not every:
+        a = np.where(usual, a, 1.0)
+    s, e, unsure = _significant(a.reshape(-1), digits)
+    if not every:
+        unsure &= usual.reshape(-1)
+    return s.reshape(x.shape), e.reshape(x.shape), unsure.reshape(x.shape)
 
 
 def _python_field(x: np.ndarray, fmt: str) -> np.ndarray:
