@@ -52,26 +52,28 @@ def _significant(a: np.ndarray, nd: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def _significant_digits(a: np.ndarray, nd: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    e = np.floor(np.log10(a)).astype(np.int64)
+    lg = np.log10(a)
+    e = np.floor(lg, out=lg).astype(np.int64)
     if a.size and nd - 1 - _EXACT_POW10 <= e.min() and e.max() <= nd - 1:
         # the usual case (all |x| from 10**(nd-23) to below 10**nd): 0 <= k <= 22, one exact multiplication
         scaled = a * _POW10.take(nd - 1 - e)
-        if scaled.min() >= 10.0 ** (nd - 1) and scaled.max() < 10.0**nd:  # else log10 was one off somewhere
-            return _rounded_once(a, scaled, e, nd)
+        top = scaled.max()
+        if scaled.min() >= 10.0 ** (nd - 1) and top < 10.0**nd:  # else log10 was one off somewhere
+            return _rounded_once(a, scaled, e, nd, top)
     return _significant_digits_general(a, e, nd)
 
 
 def _rounded_once(
-    a: np.ndarray, scaled: np.ndarray, e: np.ndarray, nd: int
+    a: np.ndarray, scaled: np.ndarray, e: np.ndarray, nd: int, top: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_significant_digits_general` where all ``0 <= k <= 22`` and ``10**(nd-1) <= scaled < 10**nd``:
-    every number rounded once, only exact half-integers in doubt, no exponent beyond the range."""
+    """:func:`_significant_digits_general` where all ``0 <= k <= 22`` and ``10**(nd-1) <= scaled <= top <
+    10**nd``: every number rounded once, only exact half-integers in doubt, no exponent beyond the range."""
     s = np.rint(scaled)  # ties to even, as Python
     unsure = np.zeros(a.size, dtype=bool)
     doubt = scaled - np.floor(scaled) == 0.5
     if doubt.any():
         unsure[doubt] = ~_exact_tie(a[doubt], (nd - 1 - e)[doubt])
-    if s.max() >= 10.0**nd:
+    if top >= 10.0**nd - 0.5:  # else nothing rounds up to 10**nd
         carry = s >= 10.0**nd  # 9999999.6 -> 10000000: one digit more
         s[carry] = 10.0 ** (nd - 1)
         e = e + carry
