@@ -185,6 +185,7 @@ PATHS = [
 
 def _recorder(tmp_path, names, compiled: bool, t_zero: float = 99.0) -> SessionRecorder:
     rec = SessionRecorder(tmp_path, threaded=False, t_zero=t_zero, compiled=compiled)
+    rec._by_row_below = 0  # the vectorised formatting, even of a few rows
     rec.set_estimate_channels(names)
     assert (rec._compiled_rows() is not None) == compiled
     return rec

@@ -99,7 +99,7 @@ def _csv_columns(ests: list[Estimate], n_channels: int) -> tuple[np.ndarray, np.
     if x.shape != (len(ests), len(_G_COLUMNS) + 1, n_channels):
         raise ValueError(f"estimates of {n_channels} channels expected, got arrays making {x.shape}")
     # ms, as each interval's row says (est.channel_mwave_latency_s * 1e3): the same product where it is float64
-    with np.errstate(over="ignore"):  # beyond 1.8e305 s: inf, an empty cell
+    with np.errstate(over="ignore"):  # a latency beyond 1.8e305 s is inf in ms: an empty cell
         if all(type(v[_LATENCY]) is np.ndarray and v[_LATENCY].dtype == np.float64 for v in numbers):
             x[:, _LATENCY] *= 1e3
         else:
@@ -126,6 +126,9 @@ class SessionRecorder:
         numba is there: the same bytes in about a third of the time, but starting numba takes about a second
         (at :meth:`start`). None: when not ``threaded`` (fast replays, which start numba anyway).
     """
+
+    #: Batches of fewer rows are formatted row by row on the numpy path (the same bytes; fewer instructions).
+    _by_row_below = 96
 
     def __init__(
         self,
@@ -264,15 +267,17 @@ class SessionRecorder:
         names = self._csv_channels
         if not ests:
             return b""
+        writer = self._compiled_rows()
+        # numpy: a NUL is the vectorised formatter's filler byte; below ~100 rows (a live session's batch of one
+        # or two intervals) its fixed cost (~40 numpy calls) exceeds one % formatting per row
+        if writer is None and (len(ests) * len(names) < self._by_row_below or any("\0" in name for name in names)):
+            with np.errstate(over="ignore"):  # as below, a latency beyond 1.8e305 s is inf in ms
+                return "".join(self._rows_by_row(est) for est in ests).encode("utf-8")
         amp, x = _csv_columns(ests, len(names))
         heads = [b"%.6f,%d," % (est.t_start - self.t_zero, est.index) for est in ests]
-        writer = self._compiled_rows()
         if writer is not None:
             tails = [b",%.6g" % a if math.isfinite(a) else b"," for a in amp.tolist()]
             return writer.rows(heads, tails, x, len(_G_COLUMNS))
-        if any("\0" in name for name in names):  # a NUL is the vectorised formatter's filler byte
-            with np.errstate(over="ignore"):  # as above, a latency beyond 1.8e305 s is inf in ms
-                return "".join(self._rows_by_row(est) for est in ests).encode("utf-8")
         if self._name_field is None:
             self._name_field = numtext.text_field([_empty_nonfinite("," + _csv_text(name))[1:] for name in names])
         n_ch, n_iv, n_g = len(names), len(ests), len(_G_COLUMNS)
