@@ -143,6 +143,33 @@ def test_any_float64_in_the_usual_range_is_formatted_as_python_does(x):
     assert _texts(numtext.format_e(x)) == _python(x, "%.6e")
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    hnp.arrays(
+        np.float64,
+        hnp.array_shapes(max_dims=3, max_side=6),
+        elements=st.floats() | st.floats(-1e7, 1e7) | st.integers(-(2**30), 2**30).map(lambda i: i / 1024),
+    ),
+    st.integers(1, numtext.MAX_DIGITS),
+)
+def test_significands_are_the_digits_and_exponent_python_writes(x, digits):
+    """Where not flagged, ``s`` and ``e`` are the mantissa digits and exponent of ``"%.{digits-1}e" % |x|``."""
+    s, e, unsure = numtext.significands(x, digits)
+    assert s.shape == e.shape == unsure.shape == x.shape
+    usual = np.isfinite(x) & (x != 0)
+    assert not unsure[~usual].any()
+    sure = usual & ~unsure
+    for v, si, ei in zip(x[sure].tolist(), s[sure].tolist(), e[sure].tolist(), strict=True):
+        mantissa, exponent = (f"%.{digits - 1}e" % abs(v)).split("e")
+        assert (mantissa.replace(".", ""), int(exponent)) == (str(int(si)), ei)
+
+
+def test_significands_take_1_to_max_digits():
+    for digits in (0, numtext.MAX_DIGITS + 1):
+        with pytest.raises(ValueError):
+            numtext.significands(np.ones(3), digits)
+
+
 _CHANNEL_COLUMNS = [f.name for f in dataclasses.fields(Estimate) if f.name.startswith("channel_")]
 
 

@@ -17,6 +17,9 @@ of ``%`` (correctly rounded, ties to even). Precisions above :data:`MAX_DIGITS` 
 formatted by Python altogether.
 
 Non-finite numbers (NaN, inf) give an empty field, as estimates.csv writes them.
+
+:func:`significands` gives the rounding alone (digits, exponents, the numbers left to Python), for a writer
+that lays out the text itself (:mod:`closedloop.recording.csvkernel`).
 """
 
 from __future__ import annotations
