@@ -17,6 +17,9 @@ of ``%`` (correctly rounded, ties to even). Precisions above :data:`MAX_DIGITS` 
 formatted by Python altogether.
 
 Non-finite numbers (NaN, inf) give an empty field, as estimates.csv writes them.
+
+:func:`significands` gives the rounding alone (digits, exponents, the numbers left to Python), for a writer
+that lays out the text itself (:mod:`closedloop.recording.csvkernel`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["MAX_DIGITS", "constant_field", "format_e", "format_g", "join_fields", "text_field"]
+__all__ = ["MAX_DIGITS", "constant_field", "format_e", "format_g", "join_fields", "significands", "text_field"]
 
 #: Most significant digits formatted with numpy (beyond, a few units in the last place reach 1e-6).
 MAX_DIGITS = 8
@@ -37,6 +40,7 @@ _EXACT_POW10 = 22  # 10**k is exact in float64 up to here
 _K_MAX = _MAX_EXPONENT + MAX_DIGITS + 2
 _MUL = np.concatenate((np.ones(_K_MAX), 10.0 ** np.arange(0, _K_MAX + 1)))  # at k + _K_MAX: 10**k for k >= 0
 _DIV = np.concatenate((10.0 ** np.arange(_K_MAX, 0, -1), np.ones(_K_MAX + 1)))  # 10**-k for k < 0
+_POW10 = _MUL[_K_MAX : _K_MAX + _EXACT_POW10 + 1]  # 10**k, exact, for 0 <= k <= 22
 _DIGITS3 = np.array([[ord(c) for c in f"{i:03d}"] for i in range(1000)], dtype=np.uint8).T  # (3, 1000)
 _TRAILING3 = np.array([3 - len(f"{i:03d}".rstrip("0")) for i in range(1000)], dtype=np.int64)  # zeros ending i
 
@@ -51,7 +55,37 @@ def _significant(a: np.ndarray, nd: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def _significant_digits(a: np.ndarray, nd: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    e = np.floor(np.log10(a)).astype(np.int64)
+    lg = np.log10(a)
+    e = np.floor(lg, out=lg).astype(np.int64)
+    if a.size and nd - 1 - _EXACT_POW10 <= e.min() and e.max() <= nd - 1:
+        # the usual case (all |x| from 10**(nd-23) to below 10**nd): 0 <= k <= 22, one exact multiplication
+        scaled = a * _POW10.take(nd - 1 - e)
+        top = scaled.max()
+        if scaled.min() >= 10.0 ** (nd - 1) and top < 10.0**nd:  # else log10 was one off somewhere
+            return _rounded_once(a, scaled, e, nd, top)
+    return _significant_digits_general(a, e, nd)
+
+
+def _rounded_once(
+    a: np.ndarray, scaled: np.ndarray, e: np.ndarray, nd: int, top: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_significant_digits_general` where all ``0 <= k <= 22`` and ``10**(nd-1) <= scaled <= top <
+    10**nd``: every number rounded once, only exact half-integers in doubt, no exponent beyond the range."""
+    s = np.rint(scaled)  # ties to even, as Python
+    unsure = np.zeros(a.size, dtype=bool)
+    doubt = scaled - np.floor(scaled) == 0.5
+    if doubt.any():
+        unsure[doubt] = ~_exact_tie(a[doubt], (nd - 1 - e)[doubt])
+    if top >= 10.0**nd - 0.5:  # else nothing rounds up to 10**nd
+        carry = s >= 10.0**nd  # 9999999.6 -> 10000000: one digit more
+        s[carry] = 10.0 ** (nd - 1)
+        e = e + carry
+    if unsure.any():
+        s[unsure] = 10.0 ** (nd - 1)
+    return s, e, unsure
+
+
+def _significant_digits_general(a: np.ndarray, e: np.ndarray, nd: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     unsure = np.abs(e) > _MAX_EXPONENT
     if unsure.any():
         e[unsure] = 0
@@ -219,6 +253,39 @@ def format_e(x: np.ndarray, precision: int = 6) -> np.ndarray:
     rows += list(digits[1:])
     rows += _exponent_rows(e, np.ones(v.size, dtype=bool))  # two exponent digits at least, as Python's
     return _field(rows, x, where, unsure, f"%.{p}e")
+
+
+def significands(x: np.ndarray, digits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``|x|`` rounded to ``digits`` significant digits as ``%`` rounds them, for a writer that lays out the text
+    itself (:mod:`closedloop.recording.csvkernel`).
+
+    Parameters
+    ----------
+    x:
+        Numbers, any shape.
+    digits:
+        Significant digits, 1 to :data:`MAX_DIGITS` (``%.6g``: 6, ``%.6e``: 7).
+
+    Returns
+    -------
+    s, e, unsure:
+        Arrays in the shape of ``x``: the digits as an integer ``10**(digits-1) <= s < 10**digits`` (float64),
+        the decimal exponent (``|x| ~= s * 10**(e - digits + 1)``, int64), and where the rounding is not certain
+        here (the numbers to format with Python). For zeros, NaN and inf, ``s`` and ``e`` mean nothing and
+        ``unsure`` is False.
+    """
+    if not 1 <= digits <= MAX_DIGITS:
+        raise ValueError(f"digits must be 1 to {MAX_DIGITS}, not {digits}")
+    x = np.asarray(x, dtype=np.float64)
+    a = np.abs(x)
+    usual = (a > 0) & (a < np.inf)  # not zero, NaN or inf
+    every = bool(usual.all())
+    if not every:
+        a = np.where(usual, a, 1.0)
+    s, e, unsure = _significant(a.reshape(-1), digits)
+    if not every:
+        unsure &= usual.reshape(-1)
+    return s.reshape(x.shape), e.reshape(x.shape), unsure.reshape(x.shape)
 
 
 def _python_field(x: np.ndarray, fmt: str) -> np.ndarray:

@@ -3,12 +3,16 @@
 The pipeline only enqueues (``push``, ``push_estimate``: a few microseconds, never blocking on the disk);
 a dedicated thread owns the files and writes as data comes. A write failure (disk full, permission)
 surfaces as :class:`RecordingError` at the next ``push`` so the orchestrator can turn output off.
-The estimates.csv rows of all the intervals handed over together are formatted in one vectorised step
-(:mod:`closedloop.recording.numtext`), byte for byte as ``%`` formatting would write them.
+The estimates.csv rows of all the intervals handed over together are formatted in one vectorised step, byte
+for byte as ``%`` formatting would write them: rounded with numpy and laid out by a compiled kernel in fast
+replays (:mod:`closedloop.recording.csvkernel`), else formatted column by column with numpy
+(:mod:`closedloop.recording.numtext`).
 """
 
 from __future__ import annotations
 
+import math
+import operator
 import queue
 import threading
 import time
@@ -18,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from closedloop.errors import ClosedLoopError
-from closedloop.recording import numtext
+from closedloop.recording import csvkernel, numtext
 from closedloop.recording.xdf import XDFWriter
 from closedloop.types import Estimate, StreamInfo
 
@@ -83,16 +87,25 @@ _G_COLUMNS = (
 )
 
 
+#: An interval's numbers of estimates.csv after the amplitude: the ``%.6g`` columns, then the ``%.6e`` one.
+_CSV_NUMBERS = operator.attrgetter(*_G_COLUMNS, "channel_fi_nsm5")
+_LATENCY = _G_COLUMNS.index("channel_mwave_latency_s")
+
+
 def _csv_columns(ests: list[Estimate], n_channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``%.6g`` columns ``(10, n_intervals, n_channels)`` and the ``%.6e`` one of estimates.csv."""
-    g = np.empty((1 + len(_G_COLUMNS), len(ests), n_channels))
-    g[0] = np.array([est.amplitude_ma for est in ests], dtype=np.float64)[:, None]
-    for row, name in enumerate(_G_COLUMNS, start=1):
-        if name == "channel_mwave_latency_s":
-            g[row] = [est.channel_mwave_latency_s * 1e3 for est in ests]  # ms, as each interval's row says
+    """The amplitude of each interval ``(n_intervals,)`` and the other numbers of estimates.csv
+    ``(n_intervals, 10, n_channels)``: the ``%.6g`` columns of :data:`_G_COLUMNS`, then fi_nsm5 (``%.6e``)."""
+    numbers = list(map(_CSV_NUMBERS, ests))
+    x = np.array(numbers, dtype=np.float64)
+    if x.shape != (len(ests), len(_G_COLUMNS) + 1, n_channels):
+        raise ValueError(f"estimates of {n_channels} channels expected, got arrays making {x.shape}")
+    # ms, as each interval's row says (est.channel_mwave_latency_s * 1e3): the same product where it is float64
+    with np.errstate(over="ignore"):  # a latency beyond 1.8e305 s is inf in ms: an empty cell
+        if all(type(v[_LATENCY]) is np.ndarray and v[_LATENCY].dtype == np.float64 for v in numbers):
+            x[:, _LATENCY] *= 1e3
         else:
-            g[row] = [getattr(est, name) for est in ests]
-    return g, np.array([est.channel_fi_nsm5 for est in ests], dtype=np.float64)
+            x[:, _LATENCY] = [est.channel_mwave_latency_s * 1e3 for est in ests]
+    return np.array([est.amplitude_ma for est in ests], dtype=np.float64), x
 
 
 class SessionRecorder:
@@ -109,10 +122,22 @@ class SessionRecorder:
     threaded:
         Write from a thread of its own (live sessions: the pulse loop never waits for the disk), or in the
         caller's thread (replays as fast as possible: no thread handing over the GIL for every item).
+    compiled:
+        Lay out the estimates.csv rows with the compiled kernel (:mod:`closedloop.recording.csvkernel`) where
+        numba is there: the same bytes in about a third of the time, but starting numba takes about a second
+        (at :meth:`start`). None: when not ``threaded`` (fast replays, which start numba anyway).
     """
 
+    #: Batches of fewer rows are formatted row by row on the numpy path (the same bytes; fewer instructions).
+    _by_row_below = 96
+
     def __init__(
-        self, out_dir: str | Path, flush_interval_s: float = 0.5, t_zero: float = 0.0, threaded: bool = True
+        self,
+        out_dir: str | Path,
+        flush_interval_s: float = 0.5,
+        t_zero: float = 0.0,
+        threaded: bool = True,
+        compiled: bool | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +154,8 @@ class SessionRecorder:
         self._csv_channels: tuple[str, ...] = ()
         self._row_formats: list[str] | None = None
         self._name_field: np.ndarray | None = None
+        self._compiled = (not threaded) if compiled is None else compiled
+        self._row_writer: csvkernel.RowWriter | None = None
         self.error: BaseException | None = None
         self._closed = False
         self.threaded = threaded
@@ -152,6 +179,7 @@ class SessionRecorder:
     def set_estimate_channels(self, channel_names: tuple[str, ...]) -> None:
         """Enable estimates.csv with one row per channel per interval."""
         self._csv_channels = tuple(channel_names)
+        self._name_field = self._row_writer = None
 
     def start(self) -> None:
         """Open the files, write the headers and start the writer thread."""
@@ -171,8 +199,10 @@ class SessionRecorder:
             self._writer.flush()
             self._csv = None
             if self._csv_channels:
-                self._csv = open(self.csv_path, "w", encoding="utf-8", newline="")
-                self._csv.write(",".join(ESTIMATES_CSV_COLUMNS) + "\n")
+                # bytes, as the rows are formatted (UTF-8, no newline translation): no decoding and re-encoding
+                self._csv = open(self.csv_path, "wb")
+                self._csv.write((",".join(ESTIMATES_CSV_COLUMNS) + "\n").encode("utf-8"))
+                self._compiled_rows()  # numba's start, if this recorder uses it, before any data
         except OSError as exc:
             raise RecordingError(f"cannot create the session files in {self.out_dir}: {exc}") from exc
         self._started = True
@@ -225,30 +255,54 @@ class SessionRecorder:
             raise RecordingError(f"recording to {self.xdf_path} failed: {exc}") from exc
 
     # -- writer thread -------------------------------------------------------------------------------
-    def _rows(self, ests: list[Estimate]) -> str:
-        """The CSV rows of intervals ``ests``, formatted column by column with numpy (as :meth:`_rows_by_row`
-        writes them)."""
+    def _compiled_rows(self) -> csvkernel.RowWriter | None:
+        """The compiled row writer where this recorder uses one (see ``compiled``), made on first use."""
+        if self._row_writer is None and self._compiled:
+            kernel = csvkernel.load()
+            if kernel is None:
+                self._compiled = False
+            else:
+                names = [_empty_nonfinite("," + _csv_text(name))[1:].encode("utf-8") for name in self._csv_channels]
+                self._row_writer = csvkernel.RowWriter(kernel, names)
+        return self._row_writer
+
+    def _rows(self, ests: list[Estimate]) -> bytes | memoryview:
+        """The CSV rows of intervals ``ests`` in UTF-8, as :meth:`_rows_by_row` writes them: laid out by the
+        compiled kernel where this recorder uses it (a view of its buffer, valid until the next call), else
+        formatted column by column with numpy."""
         names = self._csv_channels
-        if any("\0" in name for name in names):  # a NUL is the vectorised formatter's filler byte
-            return "".join(self._rows_by_row(est) for est in ests)
+        if not ests:
+            return b""
+        writer = self._compiled_rows()
+        # numpy: a NUL is the vectorised formatter's filler byte; below ~100 rows (a live session's batch of one
+        # or two intervals) its fixed cost (~40 numpy calls) exceeds one % formatting per row
+        if writer is None and (len(ests) * len(names) < self._by_row_below or any("\0" in name for name in names)):
+            with np.errstate(over="ignore"):  # as below, a latency beyond 1.8e305 s is inf in ms
+                return "".join(self._rows_by_row(est) for est in ests).encode("utf-8")
+        amp, x = _csv_columns(ests, len(names))
+        heads = [b"%.6f,%d," % (est.t_start - self.t_zero, est.index) for est in ests]
+        if writer is not None:
+            tails = [b",%.6g" % a if math.isfinite(a) else b"," for a in amp.tolist()]
+            return writer.rows(heads, tails, x, len(_G_COLUMNS))
         if self._name_field is None:
             self._name_field = numtext.text_field([_empty_nonfinite("," + _csv_text(name))[1:] for name in names])
-        n_ch, n_iv = len(names), len(ests)
+        n_ch, n_iv, n_g = len(names), len(ests), len(_G_COLUMNS)
         n = n_ch * n_iv
-        g, e = _csv_columns(ests, n_ch)
-        heads = [f"{est.t_start - self.t_zero:.6f},{est.index:d}," for est in ests]
-        # columns without a finite number (e.g. % MVC without calibration) are empty cells: no formatting
-        filled = np.flatnonzero(np.isfinite(g).any(axis=(1, 2)))
-        g_text = numtext.format_g(g[filled])  # column after column, each interval after interval
         comma, end = numtext.constant_field(",", n), numtext.constant_field("\n", n)
-        fields = [np.repeat(numtext.text_field(heads), n_ch, axis=1), np.tile(self._name_field, n_iv)]
+        fields = [np.repeat(numtext.text_field([h.decode() for h in heads]), n_ch, axis=1)]
+        fields += [np.tile(self._name_field, n_iv), comma]
+        if np.isfinite(amp).any():
+            fields.append(np.repeat(numtext.format_g(amp), n_ch, axis=1))
+        # columns without a finite number (e.g. % MVC without calibration) are empty cells: no formatting
+        filled = np.flatnonzero(np.isfinite(x[:, :n_g]).any(axis=(0, 2)))
+        g_text = numtext.format_g(x[:, filled].transpose(1, 0, 2))  # column after column, interval after interval
         at = {c: k for k, c in enumerate(filled)}
-        for c in range(g.shape[0]):
+        for c in range(n_g):
             fields.append(comma)
             if c in at:
                 fields.append(g_text[:, at[c] * n : (at[c] + 1) * n])
-        fields += [comma, numtext.format_e(e), end]
-        return numtext.join_fields(fields).decode("utf-8")
+        fields += [comma, numtext.format_e(x[:, n_g]), end]
+        return numtext.join_fields(fields)
 
     def _rows_by_row(self, est: Estimate) -> str:
         """The CSV rows of one interval: one ``%`` formatting per row (NaN becomes an empty cell)."""
