@@ -1,5 +1,6 @@
 """Vectorised number formatting (estimates.csv): byte for byte what Python's ``%`` writes."""
 
+import csv
 import dataclasses
 import os
 import subprocess
@@ -328,3 +329,28 @@ def test_the_compiled_writer_is_for_fast_replays_only(tmp_path):
         run = [sys.executable, "-c", code, str(tmp_path / str(jit))]
         env = {**os.environ, "CLOSEDLOOP_JIT": jit} if jit else None
         assert subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout.split() == expected
+
+
+@pytest.mark.parametrize("compiled", PATHS)
+def test_channel_names_are_written_as_they_are_and_only_number_cells_left_empty(tmp_path, compiled):
+    """Read back with the csv module (independent of the formatting code): every channel name verbatim, even
+    those that begin like a non-finite number, and an empty cell exactly where a value is NaN or inf."""
+    names = ("nancy", "infraspinatus", "-inf", "nan", "inf,x", "EMG1")
+    rec = SessionRecorder(tmp_path, threaded=False, t_zero=99.0, compiled=compiled)
+    rec.set_estimate_channels(names)
+    rng = np.random.default_rng(7)
+    ests = [_estimate(rng, k, len(names)) for k in range(130)]  # above the row-by-row cut-off, and 2 below it
+    rec.start()
+    rec.push_estimates(ests[:128])
+    rec.hand_over()
+    for e in ests[128:]:
+        rec.push_estimate(e)
+    rec.close()
+    with open(tmp_path / "estimates.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["channel"] for r in rows] == list(names) * len(ests)
+    for r, (e, c) in zip(rows, ((e, c) for e in ests for c in range(len(names))), strict=True):
+        value = e.channel_mdf_hz[c]
+        assert (r["mdf_hz"] == "") == (not np.isfinite(value))
+        if np.isfinite(value):
+            assert float(r["mdf_hz"]) == pytest.approx(value, rel=1e-5)

@@ -59,7 +59,8 @@ def _csv_text(name: str) -> str:
 
 
 def _empty_nonfinite(text: str) -> str:
-    """estimates.csv leaves NaN and inf cells empty (applied to whole rows: also to a name after a comma)."""
+    """estimates.csv leaves NaN and inf cells empty: ``text`` is a row's number cells, each after a comma (not its
+    channel name, which may well begin with 'inf' or 'nan')."""
     return text.replace(",nan", ",").replace(",inf", ",").replace(",-inf", ",")
 
 
@@ -262,7 +263,7 @@ class SessionRecorder:
             if kernel is None:
                 self._compiled = False
             else:
-                names = [_empty_nonfinite("," + _csv_text(name))[1:].encode("utf-8") for name in self._csv_channels]
+                names = [_csv_text(name).encode("utf-8") for name in self._csv_channels]
                 self._row_writer = csvkernel.RowWriter(kernel, names)
         return self._row_writer
 
@@ -285,7 +286,7 @@ class SessionRecorder:
             tails = [b",%.6g" % a if math.isfinite(a) else b"," for a in amp.tolist()]
             return writer.rows(heads, tails, x, len(_G_COLUMNS))
         if self._name_field is None:
-            self._name_field = numtext.text_field([_empty_nonfinite("," + _csv_text(name))[1:] for name in names])
+            self._name_field = numtext.text_field([_csv_text(name) for name in names])
         n_ch, n_iv, n_g = len(names), len(ests), len(_G_COLUMNS)
         n = n_ch * n_iv
         comma, end = numtext.constant_field(",", n), numtext.constant_field("\n", n)
@@ -307,10 +308,7 @@ class SessionRecorder:
     def _rows_by_row(self, est: Estimate) -> str:
         """The CSV rows of one interval: one ``%`` formatting per row (NaN becomes an empty cell)."""
         if self._row_formats is None:
-            self._row_formats = [
-                f"%.6f,%d,{_csv_text(name).replace('%', '%%')},%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6e\n"
-                for name in self._csv_channels
-            ]
+            self._row_formats = [f"%.6f,%d,{_csv_text(name).replace('%', '%%')}" for name in self._csv_channels]
         t = est.t_start - self.t_zero
         table = np.column_stack(
             (
@@ -327,8 +325,11 @@ class SessionRecorder:
                 est.channel_fi_nsm5,
             )
         ).tolist()
-        text = "".join(fmt % (t, est.index, *row) for fmt, row in zip(self._row_formats, table, strict=True))
-        return _empty_nonfinite(text)
+        cells = ",%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6e\n"
+        return "".join(
+            head % (t, est.index) + _empty_nonfinite(cells % tuple(row))
+            for head, row in zip(self._row_formats, table, strict=True)
+        )
 
     def _write(self, batch: list[tuple]) -> None:
         """Write a handed-over batch: one Samples chunk per stream, the estimates.csv rows together."""
