@@ -656,9 +656,11 @@ class Session:
         self._lookahead = getattr(self.estimator, "lookahead", None) if cfg.segmentation == "grid" else None
         self._replay = cfg.pulses_from == "source"
         self._n_source_pulses = 0
-        # replays as fast as possible write in this thread: no writer thread to hand the GIL to per item
+        # replays as fast as possible write in this thread: no writer thread to hand the GIL to per item; their
+        # estimates.csv rows are laid out by compiled code where the estimator runs compiled code too
         threaded = not (self._replay and getattr(self.source, "speed", 1.0) is None)
-        self.recorder = rec = SessionRecorder(self.out_dir, threaded=threaded)
+        compiled = not threaded and getattr(self.estimator, "kernels", None) is not None
+        self.recorder = rec = SessionRecorder(self.out_dir, threaded=threaded, compiled=compiled)
         if cfg.record_emg:
             emg_fmt = "float32" if np.dtype(getattr(self.source, "dtype", np.float32)) == np.float32 else "double64"
             rec.add_stream(

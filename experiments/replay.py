@@ -30,6 +30,7 @@ from closedloop.errors import ClosedLoopError, ConfigError
 from closedloop.estimation import kernels
 from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
 from closedloop.pipeline import ESTIMATE_HEAD, Phase, Session, SessionConfig
+from closedloop.recording import csvkernel
 from closedloop.safety import SafetyLayer, SafetyLimits
 from closedloop.stimulators import ShadowStimulator
 
@@ -311,8 +312,9 @@ def _file_source(path: Path, options: ReplayOptions, speed: float | None):
 async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayResult:
 
     result = ReplayResult(str(path), out_dir=str(out_dir))
-    if options.compiled:
-        kernels.load()  # numba's start (and a first compile) before the clock starts: once per process
+    if options.compiled:  # numba's start (and a first compile) before the clock starts: once per process
+        kernels.load()
+        csvkernel.load()
     source = _file_source(path, options, options.speed)
     t0 = time.perf_counter()
     async with source:  # opens the file: format errors surface here, before any output is written
