@@ -25,7 +25,7 @@ extension               read with                           EMG channels, units,
 .hea (WFDB)             wfdb (lazy: ``rdrecord(sampfrom,    channels in a voltage unit (``mV`` ...)
                         sampto)``; optional dependency)
 .mat (MATLAB v4-v7)     scipy.io.loadmat (whole file)       Ninapro-style ``emg`` or the single signal
-                                                            array; see "MATLAB files" below
+.mat (MATLAB v7.3)      h5py (whole file)                   array; see "MATLAB files" below
 .h5 .hdf5 (OpenSignals) h5py (lazy)                         ``raw/channel_N`` with ``sensor == 'EMG'``;
                                                             the PLUX EMG transfer function
 ======================  ==================================  ===========================================
@@ -1171,32 +1171,35 @@ def _open_mat(path: Path, fmt: str, opts: _Options) -> RecordingReader:
     with open(path, "rb") as f:
         head = f.read(1032)
     hdf5 = any(head[o : o + 8] == b"\x89HDF\r\n\x1a\n" for o in (0, 512, 1024))  # HDF5 superblock positions
-    if head.startswith(b"MATLAB 7.3") or hdf5:
-        raise _fail(
-            path,
-            "MATLAB v7.3 (HDF5) files are not read: save it in MATLAB with save(..., '-v7'), or read it with h5py",
-        )
-    from scipy.io import loadmat
-    from scipy.io.matlab import MatReadError
-
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            m = loadmat(str(path))
-    except NotImplementedError as exc:  # scipy's message for v7.3
-        raise _fail(path, f"{exc}: save it in MATLAB with save(..., '-v7'), or read it with h5py") from exc
-    except MatReadError as exc:
-        raise _fail(path, _library_problem("not a readable MATLAB file", exc)) from exc
     extra: dict[str, Any] = {}
-    _note_warnings(extra, caught)
-    variables = {k: v for k, v in m.items() if not k.startswith("__")}
+    if head.startswith(b"MATLAB 7.3") or hdf5:
+        variables = _mat73_variables(path)
+        extra["mat_version"] = "7.3 (HDF5)"
+    else:
+        from scipy.io import loadmat
+        from scipy.io.matlab import MatReadError
+
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                m = loadmat(str(path))
+        except NotImplementedError as exc:  # scipy's message for a format it does not read
+            raise _fail(path, _library_problem("not a readable MATLAB file", exc)) from exc
+        except MatReadError as exc:
+            raise _fail(path, _library_problem("not a readable MATLAB file", exc)) from exc
+        _note_warnings(extra, caught)
+        variables = {k: v for k, v in m.items() if not k.startswith("__")}
 
     def numeric(v: Any) -> bool:
         return isinstance(v, np.ndarray) and v.dtype.kind in "iuf" and v.size > 0
 
     def listing() -> str:
         parts = [
-            f"{k} {v.dtype}{list(v.shape)}" if isinstance(v, np.ndarray) else f"{k} ({type(v).__name__})"
+            f"{k} {v.dtype}{list(v.shape)}"
+            if isinstance(v, np.ndarray)
+            else f"{k} {v}"
+            if isinstance(v, str)
+            else f"{k} ({type(v).__name__})"  # str: a v7.3 placeholder
             for k, v in variables.items()
         ]
         return ", ".join(parts) or "none"
@@ -1272,6 +1275,34 @@ def _open_mat(path: Path, fmt: str, opts: _Options) -> RecordingReader:
             break
     info, clock = _finish(path, fmt, rate, n, names, orig, pulses, None, source, extra=extra)
     return _ArrayReader(info, clock, x * scale)
+
+
+def _mat73_variables(path: Path) -> dict[str, Any]:
+    """The top-level variables of a MATLAB v7.3 file (HDF5, read with h5py) as ``loadmat`` gives those of older
+    ones: numeric arrays in MATLAB's shape (HDF5 stores them transposed), char arrays as str arrays; structs,
+    cells and other classes as a placeholder naming their class (listed in errors, never used as signals)."""
+    import h5py
+
+    out: dict[str, Any] = {}
+    try:
+        with h5py.File(path, "r") as f:
+            for name, item in f.items():
+                if name.startswith("#"):  # '#refs#', '#subsystem#': MATLAB's internal groups
+                    continue
+                cls = item.attrs.get("MATLAB_class", b"")
+                cls = cls.decode("ascii", "replace") if isinstance(cls, bytes) else str(cls)
+                if not isinstance(item, h5py.Dataset) or item.attrs.get("MATLAB_empty", 0):
+                    out[name] = f"<{cls or 'group'}>"
+                elif cls == "char":
+                    codes = np.asarray(item[()], dtype=np.uint16).T
+                    out[name] = np.array(["".join(map(chr, row)) for row in np.atleast_2d(codes)])
+                elif item.dtype.kind in "iuf":
+                    out[name] = np.asarray(item[()]).T
+                else:
+                    out[name] = f"<{cls or item.dtype}>"
+    except OSError as exc:
+        raise _fail(path, _library_problem("not a readable MATLAB v7.3 (HDF5) file", exc)) from exc
+    return out
 
 
 # -------------------------------------------------------------------------------------- OpenSignals

@@ -701,16 +701,57 @@ def test_files_without_emg(tmp_path: Path) -> None:
     assert "no EMG stream" in msg and "'Events' (type 'Markers'" in msg
 
 
-def test_mat_v73_is_refused_with_advice(tmp_path: Path) -> None:
+def _write_mat73(path: Path, variables: dict) -> None:
+    """A MATLAB v7.3 file as MATLAB writes one: HDF5 behind a 512-byte text header, each variable a dataset
+    stored transposed (MATLAB is column-major) with its MATLAB_class; char arrays as uint16 codes."""
     import h5py
 
-    path = tmp_path / "v73.mat"
     with h5py.File(path, "w", userblock_size=512) as f:
-        f["emg"] = np.zeros((10, 3))
+        for name, v in variables.items():
+            if isinstance(v, str):
+                ds = f.create_dataset(name, data=np.array([[ord(c)] for c in v], dtype=np.uint16))
+                ds.attrs["MATLAB_class"] = np.bytes_("char")
+            elif isinstance(v, dict):
+                g = f.create_group(name)
+                g.attrs["MATLAB_class"] = np.bytes_("struct")
+            else:
+                a = np.atleast_2d(np.asarray(v, dtype=np.float64))
+                ds = f.create_dataset(name, data=a.T)
+                ds.attrs["MATLAB_class"] = np.bytes_("double")
     with open(path, "r+b") as f:
-        f.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64")
+        f.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Dec  7 12:00:00 2026 HDF5 schema 1.00 .")
+
+
+def test_mat_v73_reads_like_older_versions(tmp_path: Path) -> None:
+    """A v7.3 (HDF5) file gives the same samples, rate, names, units and pulses as the same variables saved by
+    scipy's savemat (v5), which test_mat_ninapro_style checks against what was written."""
+    from scipy.io import savemat
+
+    uv = _signal(rate=2000.0, seed=12)
+    variables = {"emg": uv * 1e-3, "frequency": 2000.0, "pulses": np.array(PULSES_S), "units": "mV", "info": {}}
+    v73, v5 = tmp_path / "v73.mat", tmp_path / "v5.mat"
+    _write_mat73(v73, variables)
+    savemat(v5, {k: v for k, v in variables.items() if k != "info"})
+    with open_recording(v73) as a, open_recording(v5) as b:
+        assert a.info.extra["mat_version"] == "7.3 (HDF5)"
+        assert (a.info.rate_hz, a.info.channel_names, a.info.original_units) == (2000.0, NAMES, ("mV",) * 3)
+        assert (a.info.channel_names, a.info.original_units, a.info.pulse_source) == (
+            b.info.channel_names,
+            b.info.original_units,
+            b.info.pulse_source,
+        )
+        np.testing.assert_array_equal(a.read(0, a.info.n_samples), b.read(0, b.info.n_samples))
+        np.testing.assert_allclose(a.info.pulse_times_s, PULSES_S, atol=1e-12)
+    np.testing.assert_allclose(open_recording(v73).read(100, 200), uv[100:200] * 1e-6, rtol=1e-12)
+
+
+def test_mat_v73_without_a_signal_lists_what_it_holds(tmp_path: Path) -> None:
+    path = tmp_path / "structs.mat"
+    _write_mat73(path, {"trial": {}, "fs": 1000.0})
     msg = _message(path)
-    assert "v7.3" in msg and "-v7" in msg and "h5py" in msg
+    assert "structs.mat" in msg and "no signal variable" in msg and "trial <struct>" in msg
+    path.write_bytes(b"MATLAB 7.3 MAT-file" + bytes(600))  # the header, and no HDF5 behind it
+    assert "not a readable MATLAB v7.3 (HDF5) file" in _message(path)
 
 
 def test_wrong_arguments() -> None:
