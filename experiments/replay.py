@@ -29,7 +29,7 @@ import numpy as np
 from closedloop.errors import ClosedLoopError, ConfigError
 from closedloop.estimation import kernels
 from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
-from closedloop.pipeline import ESTIMATE_HEAD, Phase, Session, SessionConfig
+from closedloop.pipeline import ESTIMATE_HEAD, Phase, Session, SessionConfig, collector_frozen
 from closedloop.recording import csvkernel
 from closedloop.safety import SafetyLayer, SafetyLimits
 from closedloop.stimulators import ShadowStimulator
@@ -317,15 +317,16 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
         csvkernel.load()
     source = _file_source(path, options, options.speed)
     t0 = time.perf_counter()
-    async with source:  # opens the file: format errors surface here, before any output is written
-        session = _build(path, options, source, out_dir)
-        bar = _Progress(path.name, source, options.progress)
-        if bar.enabled:  # a callback per interval only when there is a bar to draw
-            session.progress = bar
-        try:
-            res = await session.run()
-        finally:
-            bar.close()
+    with collector_frozen():  # no full garbage collection over the libraries' objects while MNE opens the file
+        async with source:  # opens the file: format errors surface here, before any output is written
+            session = _build(path, options, source, out_dir)
+            bar = _Progress(path.name, source, options.progress)
+            if bar.enabled:  # a callback per interval only when there is a bar to draw
+                session.progress = bar
+            try:
+                res = await session.run()
+            finally:
+                bar.close()
     elapsed = time.perf_counter() - t0
     rec = source.recording
     if options.report and (out_dir / "session.xdf").exists():

@@ -373,3 +373,19 @@ def test_controller_time_counts_from_the_phase_first_decision(tmp_path, offset_s
     chunk_s = 8 / 2048  # a pulse leaves when the chunk that completed its interval has arrived
     np.testing.assert_allclose(np.diff(t), 3 / 25.0, atol=chunk_s)  # every third decision of the 25 Hz grid
     assert t[0] - max(offset_s, 0.0) < 1 / 25.0 + chunk_s  # the first at the phase's first decision
+
+
+def test_collector_frozen_nests_and_unfreezes_at_the_outermost_end():
+    import gc
+
+    from closedloop.pipeline import collector_frozen
+
+    before = [object() for _ in range(10)]
+    assert gc.get_freeze_count() == 0
+    with collector_frozen():
+        frozen = gc.get_freeze_count()
+        assert frozen >= len(before)  # what existed is out of the collector's scans
+        with collector_frozen():
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen  # the inner end does not unfreeze
+    assert gc.get_freeze_count() == 0
