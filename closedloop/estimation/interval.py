@@ -743,7 +743,7 @@ class IntervalEstimator:
     ) -> Estimate:
         c = self.config.control_channel
         e = float(effort[c])
-        self._smooth(e, interval.samples.shape[0])
+        self._smooth([e], [interval.samples.shape[0]])
         mvc = self.mvc_uv
         pct = self.effort_smooth_uv / mvc[c] * 100.0 if mvc is not None else math.nan
         ref_p, ref_a = self.mwave_ref_ptp, self.mwave_ref_area
@@ -1311,9 +1311,7 @@ class IntervalEstimator:
             self._resp_used[lag] = True
             self._resp_rows = np.flatnonzero(self._resp_used)
 
-    def _response_weights(
-        self, ts: list[int], resp_n: list[float], resp_any: list[bool], at: list[int]
-    ) -> np.ndarray:
+    def _response_weights(self, ts: list[int], resp_n: list[float], resp_any: list[bool], at: list[int]) -> np.ndarray:
         """``(F, U, C)`` what :meth:`_flush_response` at each stream sample of ``ts`` (increasing) followed by
         :meth:`_response_psd_weight` would give, the sample-weighted counts then being ``resp_n[at[u]]`` and
         ``resp_any[at[u]]``: the same arithmetic, with the queued terms of all of them decayed and summed per
@@ -1439,54 +1437,57 @@ class IntervalEstimator:
         values are rows of ``(K, C)`` arrays."""
         c = self.config.control_channel
         mvc = self.mvc_uv
-        mvc_c = mvc[c] if mvc is not None else math.nan
         pct = effort / mvc * 100.0 if mvc is not None else np.full_like(effort, np.nan)
+        effort_c = effort[:, c].tolist()
+        smooth = self._smooth(effort_c, [iv.samples.shape[0] for iv in ivs])
+        pct_c = [v / mvc[c] * 100.0 for v in smooth] if mvc is not None else [math.nan] * len(ivs)
         per_interval = zip(
             ivs,
             first.tolist(),
             t_first,
             amps,
-            effort[:, c].tolist(),
+            effort_c,
+            smooth,
+            pct_c,
             ptp[:, c].tolist(),
-            effort,
-            ptp,
-            area,
-            latency,
-            pct,
-            ptp / ref_p,
-            area / ref_a,
+            list(effort),
+            list(ptp),
+            list(area),
+            list(latency),
+            list(pct),
+            list(ptp / ref_p),
+            list(area / ref_a),
             spectral,
             warns,
             strict=True,
         )
-        out = []
-        for iv, p, t_p, amp, e, ptp_c, eff, ptp_k, area_k, lat, pct_k, rel_p, rel_a, (mdf, mnf, fi), w in per_interval:
-            self._smooth(e, iv.samples.shape[0])
-            out.append(
-                Estimate(
-                    index=iv.index,
-                    t_start=t_p if p >= 0 else float(iv.timestamps[0]),
-                    t_end=float(iv.timestamps[-1]),
-                    amplitude_ma=amp,
-                    effort_uv=e,
-                    effort_smooth_uv=self.effort_smooth_uv,
-                    effort_pct_mvc=self.effort_smooth_uv / mvc_c * 100.0 if mvc is not None else math.nan,
-                    mwave_ptp_uv=ptp_c,
-                    channel_effort_uv=eff,
-                    channel_mwave_ptp_uv=ptp_k,
-                    channel_mwave_area_uvs=area_k,
-                    channel_mwave_latency_s=lat,
-                    channel_effort_pct_mvc=pct_k,
-                    channel_mwave_ptp_rel=rel_p,
-                    channel_mwave_area_rel=rel_a,
-                    channel_mdf_hz=mdf,
-                    channel_mnf_hz=mnf,
-                    channel_fi_nsm5=fi,
-                    warnings=tuple(w),
-                    has_pulse=p >= 0,
-                )
+        return [
+            Estimate(
+                index=iv.index,
+                t_start=t_p if p >= 0 else float(iv.timestamps[0]),
+                t_end=float(iv.timestamps[-1]),
+                amplitude_ma=amp,
+                effort_uv=e,
+                effort_smooth_uv=e_s,
+                effort_pct_mvc=pct_s,
+                mwave_ptp_uv=ptp_c,
+                channel_effort_uv=eff,
+                channel_mwave_ptp_uv=ptp_k,
+                channel_mwave_area_uvs=area_k,
+                channel_mwave_latency_s=lat,
+                channel_effort_pct_mvc=pct_k,
+                channel_mwave_ptp_rel=rel_p,
+                channel_mwave_area_rel=rel_a,
+                channel_mdf_hz=spec[0],
+                channel_mnf_hz=spec[1],
+                channel_fi_nsm5=spec[2],
+                warnings=tuple(w),
+                has_pulse=p >= 0,
             )
-        return out
+            for iv, p, t_p, amp, e, e_s, pct_s, ptp_c, eff, ptp_k, area_k, lat, pct_k, rel_p, rel_a, spec, w in (
+                per_interval
+            )
+        ]
 
     # -- shared by both -----------------------------------------------------------------------------------
     def _window_text(self, after: int) -> str:
@@ -1514,19 +1515,25 @@ class IntervalEstimator:
                 self.mwave_ref_ptp = np.mean(self._ref_ptp, axis=0)
                 self.mwave_ref_area = np.mean(self._ref_area, axis=0)
 
-    def _smooth(self, effort_uv: float, n: int) -> None:
-        """Fold an interval's effort (control channel, uV; ``n`` samples) into the smoothed effort: in the
-        power domain, the square root of the averaged mean square, so that short, noisy RMS values do not
-        bias the average low (the mean of RMS values underestimates the RMS)."""
-        if not math.isfinite(effort_uv):
-            return
-        smoothing_s = self.config.smoothing_s
-        if math.isnan(self.effort_smooth_uv) or smoothing_s == 0:
-            self._power_smooth = effort_uv * effort_uv
-        else:
-            alpha = 1.0 - math.exp(-(n / self._fs) / smoothing_s)
-            self._power_smooth += alpha * (effort_uv * effort_uv - self._power_smooth)
-        self.effort_smooth_uv = math.sqrt(self._power_smooth)
+    def _smooth(self, efforts_uv: list[float], lens: list[int]) -> list[float]:
+        """Fold consecutive intervals' efforts (control channel, uV; ``lens`` samples each) into the smoothed
+        effort and return it after each: in the power domain, the square root of the averaged mean square, so
+        that short, noisy RMS values do not bias the average low (the mean of RMS values underestimates the
+        RMS). Non-finite efforts leave it as it is."""
+        smoothing_s, fs = self.config.smoothing_s, self._fs
+        power, smooth = self._power_smooth, self.effort_smooth_uv
+        out = []
+        for e, n in zip(efforts_uv, lens, strict=True):
+            if math.isfinite(e):
+                if math.isnan(smooth) or smoothing_s == 0:
+                    power = e * e
+                else:
+                    alpha = 1.0 - math.exp(-(n / fs) / smoothing_s)
+                    power += alpha * (e * e - power)
+                smooth = math.sqrt(power)
+            out.append(smooth)
+        self._power_smooth, self.effort_smooth_uv = power, smooth
+        return out
 
     def _recompute_spectral(self, due: int, t: int) -> None:
         """Spectral indices of the Welch estimate, with the filters' and the predictions' responses divided
