@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -1285,37 +1285,24 @@ class IntervalEstimator:
         """Bring the running response to stream sample ``t``: decayed by ``exp(-samples / window)`` (the
         spectral window), with the queued terms of intervals ending by ``t`` added, each decayed from the end
         of its own interval."""
-        rows = self._resp_rows
-        if t != self._resp_t and rows.size:
-            self._resp_lag[rows] *= math.exp(-(t - self._resp_t) / self._resp_tau)
-        self._resp_t = t
-        if self._resp_raw:
-            raw, self._resp_raw = self._resp_raw, []
-            self._queue_terms(*(np.concatenate(v) for v in zip(*raw, strict=True)))
-        if not self._resp_terms:
-            return
-        if len(self._resp_terms) == 1:
-            ends, lag, val = self._resp_terms[0]
-        else:
-            ends, lag, val = (np.concatenate(v) for v in zip(*self._resp_terms, strict=True))
-        now = int(np.searchsorted(ends, t, side="right"))  # queued in time order
-        self._resp_terms = [(ends[now:], lag[now:], val[now:])] if now < ends.size else []
-        if not now:
-            return
-        val = val[:now] * np.exp(-(t - ends[:now]) / self._resp_tau)[:, None]
-        order = np.argsort(lag[:now], kind="stable")  # the terms of each lag together, in their order
-        lag = lag[:now][order]
-        first = np.flatnonzero(np.concatenate(([True], lag[1:] != lag[:-1])))
-        self._resp_lag[lag[first]] += np.add.reduceat(val[order], first, axis=0)
-        if not self._resp_used[lag].all():
-            self._resp_used[lag] = True
-            self._resp_rows = np.flatnonzero(self._resp_used)
+        for _ in self._advance_response([t]):
+            pass
 
     def _response_weights(self, ts: list[int], resp_n: list[float], resp_any: list[bool], at: list[int]) -> np.ndarray:
         """``(F, U, C)`` what :meth:`_flush_response` at each stream sample of ``ts`` (increasing) followed by
         :meth:`_response_psd_weight` would give, the sample-weighted counts then being ``resp_n[at[u]]`` and
-        ``resp_any[at[u]]``: the same arithmetic, with the queued terms of all of them decayed and summed per
-        lag together. The running response is left at ``ts[-1]``."""
+        ``resp_any[at[u]]``. The running response is left at ``ts[-1]``."""
+        out = np.empty((self._psd_weight.shape[0], len(ts), self.info.n_channels))
+        for u in self._advance_response(ts):
+            self._resp_n, self._resp_any = resp_n[at[u]], resp_any[at[u]]
+            out[:, u] = self._response_psd_weight()
+        return out
+
+    def _advance_response(self, ts: list[int]) -> Iterator[int]:
+        """Bring the running response to each stream sample of ``ts`` (increasing) in turn (see
+        :meth:`_flush_response`), yielding ``u`` when it is at ``ts[u]``. The queued terms of all of them are
+        decayed to the time they are added at and summed per lag together, in queue order: the arithmetic of
+        one flush after the other."""
         if self._resp_raw:
             raw, self._resp_raw = self._resp_raw, []
             self._queue_terms(*(np.concatenate(v) for v in zip(*raw, strict=True)))
@@ -1324,19 +1311,21 @@ class IntervalEstimator:
         else:
             ends, lag, val = np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, self.info.n_channels))
         t = np.array(ts, dtype=np.int64)
-        u_of = np.searchsorted(t, ends, side="left")  # the first update each term is added at (end <= t)
-        now = int(np.searchsorted(u_of, len(ts)))  # queued in time order: the rest waits for a later update
+        u_of = np.searchsorted(t, ends, side="left")  # the first time each term is added at (end <= t)
+        now = int(np.searchsorted(u_of, len(ts)))  # queued in time order: the rest waits for a later time
         self._resp_terms = [(ends[now:], lag[now:], val[now:])] if now < ends.size else []
-        u_of, lag = u_of[:now], lag[:now]
-        val = val[:now] * np.exp(-(t[u_of] - ends[:now]) / self._resp_tau)[:, None]
-        key = u_of * self._resp_lag.shape[0] + lag
-        order = np.argsort(key, kind="stable")  # by update, the terms of each lag together, in their order
-        key = key[order]
-        first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1]))) if now else np.empty(0, np.int64)
-        sums = np.add.reduceat(val[order], first, axis=0) if now else val
-        group_u, group_lag = key[first] // self._resp_lag.shape[0], key[first] % self._resp_lag.shape[0]
-        bounds = np.searchsorted(group_u, np.arange(len(ts) + 1))
-        out = np.empty((self._psd_weight.shape[0], len(ts), self.info.n_channels))
+        n_lags = self._resp_lag.shape[0]
+        if now:
+            val = val[:now] * np.exp(-(t[u_of[:now]] - ends[:now]) / self._resp_tau)[:, None]
+            key = u_of[:now] * n_lags + lag[:now]
+            order = np.argsort(key, kind="stable")  # by time, the terms of each lag together, in their order
+            key = key[order]
+            first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+            sums = np.add.reduceat(val[order], first, axis=0)
+            group_u, group_lag = key[first] // n_lags, key[first] % n_lags
+            bounds = np.searchsorted(group_u, np.arange(len(ts) + 1))
+        else:
+            bounds = np.zeros(len(ts) + 1, np.int64)
         for u, tu in enumerate(ts):
             rows = self._resp_rows
             if tu != self._resp_t and rows.size:
@@ -1349,9 +1338,7 @@ class IntervalEstimator:
                 if not self._resp_used[lags_u].all():
                     self._resp_used[lags_u] = True
                     self._resp_rows = np.flatnonzero(self._resp_used)
-            self._resp_n, self._resp_any = resp_n[at[u]], resp_any[at[u]]
-            out[:, u] = self._response_psd_weight()
-        return out
+            yield u
 
     def _lag_terms(self, lags: np.ndarray, weights: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The lag coefficients of predicted segments: a prediction with weights ``w_j`` at lags ``l_j`` has

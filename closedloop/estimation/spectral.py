@@ -452,10 +452,6 @@ class StreamingWelch:
         if self.ring_pos < n_new:  # wrapped: recompute the running sum exactly (no drift)
             self._ring_sum = self._ring[: self._n_in_ring].sum(axis=0)
 
-    def segments_completed_by(self, n: np.ndarray) -> np.ndarray:
-        """How many segments ``n`` more samples would complete (pushed or rejected), elementwise."""
-        return np.maximum(0, (self.n_samples + np.asarray(n) - self._next_end) // self.hop + 1)
-
     def psd(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(freqs, psd)``: ``(n_freqs,)`` Hz and the ``(n_freqs, n_channels)`` mean periodogram over the ring.
 
