@@ -10,7 +10,7 @@ fatigue index) over simulated EMG with pulses at ``--stim-hz``:
 * live, left at the interval's end: ``step`` after the interval went through ``lookahead`` in chunks of 8
   samples, as in the live loop (the decision waits for this much);
 * batched: ``--batch`` seconds of consecutive pulse intervals per ``step_many`` call, as a replay feeds
-  them (``--batch 0``: per interval only);
+  them, with the compiled kernels a replay uses and with numpy only (``--batch 0``: per interval only);
 
 and in the same run a baseline doing the least a hand-written loop would do per interval: ``sosfilt`` with
 carried ``zi`` (the same 4th-order band-pass) and an RMS, per interval and over the same batches (one
@@ -39,6 +39,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import signal  # noqa: E402
 
+from closedloop.estimation import kernels  # noqa: E402
 from closedloop.estimation.filters import bandpass_sos  # noqa: E402
 from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator  # noqa: E402
 from closedloop.estimation.segmenter import Interval  # noqa: E402
@@ -116,9 +117,9 @@ def batches(ivs, rate: float, batch_s: float) -> list[tuple[list, list, list]]:
     return [([iv for iv, _ in g], [pt for _, pt in g], [10.0] * len(g)) for g in out]
 
 
-def time_batched(groups, info: StreamInfo, method: str) -> float:
-    """Seconds for all ``step_many`` calls."""
-    est = IntervalEstimator(info, EstimatorConfig(method=method))
+def time_batched(groups, info: StreamInfo, method: str, compiled: bool = True) -> float:
+    """Seconds for all ``step_many`` calls (with the compiled kernels, as a replay uses them, or numpy only)."""
+    est = IntervalEstimator(info, EstimatorConfig(method=method), compiled=compiled)
     t0 = time.perf_counter()
     for g in groups:
         est.step_many(*g)
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows: list[dict] = []
     rate = args.rate
+    kernels.load()  # numba's start and the loading of the kernels: not part of any timed run
     print(
         f"# estimators, {args.seconds:g} s per run at {rate:g} Hz, pulses at {args.stim_hz:g} Hz, batches of "
         f"{args.batch:g} s; {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
@@ -169,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "| channels | method | per interval median / p99 (ms) | live, left at the interval's end median / p99 (ms) | "
-        "per interval ch-samples/s | batched ch-samples/s | batched x real time | "
+        "per interval ch-samples/s | batched ch-samples/s | batched x real time | batched, numpy only | "
         "baseline sosfilt+RMS per interval / batched ch-samples/s | batched / baseline |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n_ch in (int(c) for c in args.channels.split(",")):
         x, pulses = make_signal(n_ch, rate, args.seconds, args.stim_hz)
         info = StreamInfo("bench", "EMG", rate, tuple(f"c{i}" for i in range(n_ch)), ("uV",))
@@ -189,14 +191,15 @@ def main(argv: list[str] | None = None) -> int:
             t = min((time_estimator(ivs, info, method) for _ in range(args.repeat)), key=np.sum)
             thr = n_cs / t.sum()
             live = min((time_live(ivs, info, method) for _ in range(args.repeat)), key=np.sum)
-            thr_b = None
+            thr_b = thr_np = None
             if groups:
                 tb = min(time_batched(groups, info, method) for _ in range(args.repeat))
                 thr_b = n_cs / tb
-                batched = f"{thr_b / 1e6:.2f} M | {n_cs / n_ch / rate / tb:.0f}x"
+                thr_np = n_cs / min(time_batched(groups, info, method, False) for _ in range(args.repeat))
+                batched = f"{thr_b / 1e6:.2f} M | {n_cs / n_ch / rate / tb:.0f}x | {thr_np / 1e6:.2f} M"
                 ratio = f"{thr_b / base_thr:.2f}"
             else:
-                batched, ratio = "- | -", "-"
+                batched, ratio = "- | - | -", "-"
             print(
                 f"| {n_ch} | {method} | {np.median(t) * 1e3:.3f} / {np.percentile(t, 99) * 1e3:.3f} | "
                 f"{np.median(live) * 1e3:.3f} / {np.percentile(live, 99) * 1e3:.3f} | "
@@ -211,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                     "live_end_ms": _summary_ms(live),
                     "per_interval_ch_samples_s": thr,
                     "batched_ch_samples_s": thr_b,
+                    "batched_numpy_ch_samples_s": thr_np,
                 }
             )
     if args.json:
