@@ -927,6 +927,8 @@ class Session:
     def _runs(self, intervals: list, phases: list[Phase | None] | None) -> list[tuple[int, int]]:
         """``(start, stop)`` runs of the intervals, each ending with the interval that ends a calibration (or
         with the last). ``phases``: the intervals' phases if known (:meth:`_phases_of`)."""
+        if len(intervals) == 1:  # the live loop's usual case: nothing to split
+            return [(0, 1)]
         runs: list[tuple[int, int]] = []
         calibrating = self._in_calibration
         start = 0
