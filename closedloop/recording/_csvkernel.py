@@ -17,19 +17,30 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["warm_up", "write_rows"]
+from closedloop.recording import numtext
+
+__all__ = ["significands", "warm_up", "write_rows"]
 
 _U8 = numba.uint8[::1]
 _I8 = numba.int64[::1]
 _F8_3D = numba.float64[:, :, ::1]
 _I8_3D = numba.int64[:, :, ::1]
 _B_3D = numba.boolean[:, :, ::1]
+_U8_3D = numba.uint64[:, :, ::1]
 
 _COMMA, _DOT, _MINUS, _PLUS, _ZERO, _E, _NL = (np.uint8(ord(c)) for c in ",.-+0e\n")
 #: ASCII digits of 0-999, three per number ("007"), and how many zeros end each (3 for 0).
 _DIGITS3 = np.array([[ord(c) for c in f"{i:03d}"] for i in range(1000)], dtype=np.uint8).ravel()
 _TRAILING3 = np.array([3 - len(f"{i:03d}".rstrip("0")) for i in range(1000)], dtype=np.uint64)
 _0, _1, _2, _3, _4, _5, _6, _7, _8 = (np.uint64(k) for k in range(9))
+# numtext's rounding: 10**k at k + _K (to multiply by for k >= 0; _DIV: to divide by for k < 0), exact to 10**22
+_K = numtext._K_MAX
+_MUL, _DIV = numtext._MUL, numtext._DIV
+_EXACT = numtext._EXACT_POW10
+_POW5 = np.array([5**k for k in range(_EXACT + 1)], dtype=np.int64)
+_MAX_E = numtext._MAX_EXPONENT
+_TIE = numtext._TIE_TOLERANCE
+_52, _EXP_MASK = np.uint64(52), np.uint64(0x7FF)
 _100, _1000, _1M = np.uint64(100), np.uint64(1000), np.uint64(1000000)
 
 
@@ -121,6 +132,81 @@ def _e6(out, p, s, e):  # pragma: no cover - compiled
     return _exponent(out, p + _8, e)
 
 
+@numba.njit(inline="always")
+def _exact_tie(a, k):  # pragma: no cover - compiled
+    """Whether ``a * 10**k`` (``|k| <= 22``, ``a`` normal) is exactly an integer plus one half: numtext's
+    ``_exact_tie`` for one number."""
+    mantissa, b = math.frexp(a)
+    m = np.int64(mantissa * 9007199254740992.0)  # * 2**53: the integer significand
+    t = math.frexp(np.float64(m & -m))[1] - 1  # the power of 2 in it
+    if k < 0 and m % _POW5[-k] != 0:
+        return False
+    return t + (b - 53) + k == -1
+
+
+@numba.njit(inline="always")
+def _scaled(a, k):  # pragma: no cover - compiled
+    """``a * 10**k`` as numtext's ``_scale`` computes it (a product for k >= 0, a quotient below)."""
+    return a * _MUL[_K + k] if k >= 0 else a / _DIV[_K + k]
+
+
+@numba.njit(
+    numba.void(_F8_3D, _U8_3D, numba.int64, numba.int64, numba.int64, _F8_3D, _I8_3D, _B_3D),
+    cache=True,
+    nogil=True,
+    boundscheck=False,
+    error_model="numpy",
+)
+def significands(x, bits, j0, j1, nd, s, e, unsure):
+    """numtext's ``significands(x[:, j0:j1], nd)`` written to ``s``, ``e`` and ``unsure`` (``(n_iv, j1 - j0,
+    n_ch)`` each): ``|x|`` rounded to ``nd`` significant digits (``10**(nd-1) <= s < 10**nd``, the decimal exponent
+    ``e``), ties to even, and the numbers too close to call flagged; for zeros, NaN and inf ``s`` and ``e`` mean
+    nothing. ``bits`` is ``x`` viewed as uint64. numtext's steps one number at a time, except the first guess of the
+    exponent: from the binary exponent (in the bits) and a comparison with a power of ten instead of ``log10``
+    (either guess may be one off next to a power of ten, which the range of the scaled number corrects: the digits
+    are the same)."""
+    n_iv, _, n_ch = x.shape
+    lo = _MUL[_K + nd - 1]
+    hi = _MUL[_K + nd]
+    for i in range(n_iv):
+        for j in range(j0, j1):
+            q = j - j0
+            for c in range(n_ch):
+                a = abs(x[i, j, c])
+                if not (0.0 < a < math.inf):
+                    s[i, q, c] = lo
+                    e[i, q, c] = 0
+                    unsure[i, q, c] = False
+                    continue
+                b = np.int64((bits[i, j, c] >> _52) & _EXP_MASK) - 1023  # 2**b <= a < 2**(b + 1) (normal numbers)
+                ee = (b * 78913) >> 18  # floor(b * log10(2)): 10**ee <= a, or one below (far below if subnormal)
+                if -_K <= ee + 1 <= _K and a >= _MUL[_K + ee + 1] / _DIV[_K + ee + 1]:
+                    ee += 1
+                if ee > _MAX_E or ee < -_MAX_E:  # 10**k may over- or underflow: Python formats it
+                    s[i, q, c] = lo
+                    e[i, q, c] = 0
+                    unsure[i, q, c] = True
+                    continue
+                k = nd - 1 - ee
+                scaled = _scaled(a, k)
+                if scaled < lo or scaled >= hi:  # one off next to a power of ten
+                    ee += 1 if scaled >= hi else -1
+                    k = nd - 1 - ee
+                    scaled = _scaled(a, k)
+                r = np.rint(scaled)  # ties to even, as Python
+                frac = scaled - math.floor(scaled)
+                if -_EXACT <= k <= _EXACT:  # rounded once: only an exact n + 1/2 is in doubt
+                    u = frac == 0.5 and not _exact_tie(a, k)
+                else:  # rounded twice: anything too close to call
+                    u = abs(frac - 0.5) < _TIE
+                if r >= hi:  # 9999999.6 -> 10000000: one digit more
+                    r = lo
+                    ee += 1
+                s[i, q, c] = lo if u else r
+                e[i, q, c] = ee
+                unsure[i, q, c] = u
+
+
 @numba.njit(
     numba.int64(_U8, numba.int64, _U8, _I8, _U8, _I8, _F8_3D, _F8_3D, _I8_3D, _B_3D, _F8_3D, _I8_3D, _B_3D, _I8),
     cache=True,
@@ -194,8 +280,10 @@ def write_rows(out, row_max, names, name_at, pieces, piece_at, x, sg, eg, ug, se
 
 def warm_up() -> None:
     """Call the kernel once on tiny inputs: numba's start-up and the loading of the compiled code happen here."""
-    x = np.array([[[1.5, -0.0, np.nan]]])
-    s, e, u = np.full((1, 2, 1), 150000.0), np.zeros((1, 2, 1), np.int64), np.zeros((1, 2, 1), bool)
-    se, ee, ue = np.full((1, 1, 1), 1500000.0), np.zeros((1, 1, 1), np.int64), np.zeros((1, 1, 1), bool)
+    x = np.array([[[1.5], [-0.0], [np.nan]]])  # one interval, three columns (two %.6g, one %.6e), one channel
+    s, e, u = np.empty((1, 2, 1)), np.empty((1, 2, 1), np.int64), np.empty((1, 2, 1), bool)
+    se, ee, ue = np.empty((1, 1, 1)), np.empty((1, 1, 1), np.int64), np.empty((1, 1, 1), bool)
+    significands(x, x.view(np.uint64), 0, 2, 6, s, e, u)
+    significands(x, x.view(np.uint64), 2, 3, 7, se, ee, ue)
     text, at = np.zeros(1, np.uint8), np.zeros(3, np.int64)
     write_rows(np.empty(64, np.uint8), 64, text, at[:2], text, at, x, s, e, u, se, ee, ue, at[:0])

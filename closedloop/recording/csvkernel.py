@@ -2,10 +2,10 @@
 
 :mod:`~closedloop.recording.numtext` formats whole columns with numpy, but putting the texts of each row side
 by side then costs as much again: a transpose of the whole table and a compaction dropping the filler bytes.
-Here numpy still does the rounding (:func:`~closedloop.recording.numtext.significands`: digits and exponents,
-correctly rounded, the cases it cannot decide flagged and formatted by Python), and one compiled loop writes
-every row's bytes where they go, in a buffer reused from batch to batch. A 60-interval x 64-channel batch
-takes about a third of the time of the numpy path.
+Here a compiled loop rounds the numbers as :func:`~closedloop.recording.numtext.significands` does (digits and
+exponents, correctly rounded, the cases it cannot decide flagged and formatted by Python; the same steps one
+number at a time, without numpy's temporary arrays), and another writes every row's bytes where they go, in a
+buffer reused from batch to batch.
 
 Only a recorder that asks for it uses it (fast replays, where the estimator's kernels have started numba
 anyway): :func:`load` starts numba (about a second, unless already started), compiles the first time on a
@@ -26,7 +26,6 @@ from types import ModuleType
 import numpy as np
 
 from closedloop.estimation import kernels
-from closedloop.recording import numtext
 
 __all__ = ["RowWriter", "load"]
 
@@ -91,8 +90,7 @@ class RowWriter:
         n_iv, n_col, n_ch = x.shape
         if len(heads) != n_iv or len(tails) != n_iv or n_ch != self._name_at.size - 1:
             raise ValueError(f"{len(heads)} heads, {len(tails)} tails, {self._name_at.size - 1} names for {x.shape}")
-        sg, eg, ug = numtext.significands(x[:, :n_g], 6)
-        se, ee, ue = numtext.significands(x[:, n_g:], 7)
+        (sg, eg, ug), (se, ee, ue) = self._rounded(x, n_g)
         unsure_at = np.zeros(0, dtype=np.int64)
         texts = [*heads, *tails]
         if ug.any() or ue.any():  # to Python, rarely (ties within an ulp, exponents beyond 290)
@@ -112,3 +110,15 @@ class RowWriter:
         if n < 0:  # pragma: no cover - row_max is an upper bound
             raise RuntimeError("estimates.csv rows overran their buffer")
         return memoryview(self._out)[:n]
+
+    def _rounded(self, x: np.ndarray, n_g: int) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """numtext's ``significands`` of ``x[:, :n_g]`` (6 digits) and ``x[:, n_g:]`` (7), by the compiled loop."""
+        n_iv, n_col, n_ch = x.shape
+        out = []
+        bits = x.view(np.uint64)
+        for j0, j1, digits in ((0, n_g, 6), (n_g, n_col, 7)):
+            shape = (n_iv, j1 - j0, n_ch)
+            s, e, u = np.empty(shape), np.empty(shape, np.int64), np.empty(shape, bool)
+            self._kernel.significands(x, bits, j0, j1, digits, s, e, u)
+            out.append((s, e, u))
+        return out[0], out[1]
