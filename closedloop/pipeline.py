@@ -32,7 +32,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -117,6 +117,19 @@ class Phase:
             raise ConfigError(f"phase {self.name!r}: mode {self.mode!r} not allowed; use rest, calibrate or control")
         if not self.duration_s > 0:
             raise ConfigError(f"phase {self.name!r}: duration_s = {self.duration_s!r} must be > 0")
+
+
+def _chunk_head(chunk: Chunk, n: int, rate_hz: float) -> Chunk:
+    """The first ``n`` samples of ``chunk``, with the pulses whose sample is among them."""
+    ts = chunk.timestamps[:n]
+    change: dict = {"samples": chunk.samples[:n], "timestamps": ts}
+    if chunk.pulse_times is not None:
+        keep = np.searchsorted(chunk.timestamps, np.asarray(chunk.pulse_times) - 0.5 / rate_hz) < n
+        change["pulse_times"] = np.asarray(chunk.pulse_times)[keep]
+        amps = getattr(chunk, "pulse_amplitudes_ma", None)
+        if amps is not None:
+            change["pulse_amplitudes_ma"] = np.asarray(amps)[keep]
+    return replace(chunk, **change)
 
 
 @dataclass(frozen=True)
@@ -787,14 +800,18 @@ class Session:
             )
         if x.shape[0] != chunk.timestamps.shape[0]:
             raise StreamMismatch(f"EMG chunk has {x.shape[0]} samples but {chunk.timestamps.shape[0]} timestamps")
-        if not np.isfinite(x).all():
-            bad = ~np.isfinite(x)
-            chans = [self.source.info.channel_names[i] for i in np.flatnonzero(bad.any(axis=0))]
-            t_bad = float(chunk.timestamps[np.flatnonzero(bad.any(axis=1))[0]])
-            msg = f"{int(bad.sum())} non-finite EMG samples (NaN/inf) in channel(s) {', '.join(chans)} at t={t_bad:.4f}"
-            if self.config.nonfinite_policy == "stop":
-                raise BadSamples(msg)
-            self._event("bad_samples", msg, t_bad)
+
+    def _nonfinite(self, chunk: Chunk) -> tuple[int, str] | None:
+        """Where a chunk's first non-finite sample is (its row) and what to say of them; None if there are none."""
+        x = chunk.samples
+        if np.isfinite(x).all():
+            return None
+        bad = ~np.isfinite(x)
+        chans = [self.source.info.channel_names[i] for i in np.flatnonzero(bad.any(axis=0))]
+        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        t_bad = float(chunk.timestamps[row])
+        what = f"{int(bad.sum())} non-finite EMG samples (NaN/inf) in channel(s) {', '.join(chans)} at t={t_bad:.4f}"
+        return row, what
 
     def _check_rate(self) -> None:
         span = self._t_last - self._t_first
@@ -853,6 +870,16 @@ class Session:
         cfg = self.config
         rec = self.recorder
         self._check_chunk(chunk)
+        bad = self._nonfinite(chunk)
+        if bad is not None:
+            row, msg = bad
+            if cfg.nonfinite_policy == "stop":
+                # the samples before the first bad one are good: they count, whatever the chunk size (a replay's
+                # chunk may hold minutes)
+                if row and self._process_chunk(_chunk_head(chunk, row, self._fs)):
+                    return True
+                raise BadSamples(msg)
+            self._event("bad_samples", msg, float(chunk.timestamps[row]))
         if cfg.record_emg:
             rec.push("EMG", chunk.samples, chunk.timestamps)
         n = len(chunk)

@@ -181,6 +181,10 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
         "window_s": options.window_s,
         "start_time": None,
         "stim_hz": 25.0,
+        # NaN/inf samples: a recording's bad stretch gives intervals flagged and without values, and the rest of
+        # the file is still analysed (a live session stops: it stimulates). A protocol or a live session's own
+        # setting applies where there is one.
+        "nonfinite_policy": "skip",
     }
     if live is not None:
         c = live["config"]
@@ -202,6 +206,7 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
             stim_channel=c["stim_channel"],
             start_time=live.get("t_start_lsl"),
             calibration_window_s=c.get("calibration_window_s", 0.5),
+            nonfinite_policy=c.get("nonfinite_policy", "stop"),
         )
     if options.protocol:
         from experiments.protocol import load_protocol
@@ -216,6 +221,8 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
             stim_hz=proto.stimulation.rate_hz,
             pulse_width_us=proto.stimulation.pulse_width_us,
             stim_channel=proto.stimulation.channel,
+            nonfinite_policy=proto.safety.nonfinite_policy,
+            deadline_policy=proto.safety.deadline_policy,
         )
     if controller is None and not phase_controllers:
         controller = _NoController()

@@ -438,3 +438,56 @@ def test_pulse_marker_picks_annotations_the_default_pattern_misses(tmp_path):
     assert bad.returncode != 0
     assert "--pulse-marker 'FES(' is not a regular expression" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def _fif_with_nan(path: Path) -> tuple[np.ndarray, float]:
+    """2 channels x 10 s at 2048 Hz, 25-Hz pulses as annotations, NaN in EMG1 from 3.0 s for 10 samples."""
+    fs = 2048.0
+    rng = np.random.default_rng(11)
+    x = rng.normal(0, 50e-6, (2, 10 * 2048))
+    onsets = np.arange(0.05, 9.99, 0.04)
+    x[0, 3 * 2048 : 3 * 2048 + 10] = np.nan
+    raw = mne.io.RawArray(x, mne.create_info(["EMG1", "EMG2"], fs, "emg"), verbose="error")
+    raw.set_annotations(mne.Annotations(onsets, 0.0, ["stim"] * onsets.size))
+    raw.save(path, overwrite=True, verbose="error")
+    return onsets, fs
+
+
+def _emg1_rows(out: Path) -> list[dict]:
+    with open(out / "estimates.csv", newline="") as f:
+        return [r for r in csv.DictReader(f) if r["channel"] == "EMG1"]
+
+
+def test_non_finite_samples_lose_nothing_whatever_the_chunk_size(tmp_path):
+    """A NaN stretch in a recording: by default the replay goes on (the interval holding it is flagged and has no
+    values, every other interval is estimated); under a protocol's nonfinite_policy "stop" it stops at the bad
+    sample with the intervals before it kept. Either way the result does not depend on the chunk size (a fast
+    replay's one chunk held the whole file, and the stop lost all of it)."""
+    path = tmp_path / "nan_raw.fif"
+    onsets, fs = _fif_with_nan(path)
+    t_bad = 3.0
+    csv_bytes = {}
+    for chunk in (None, 256):
+        out = tmp_path / f"skip{chunk}"
+        res = replay_file(path, out, ReplayOptions(report=False, chunk_size=chunk))
+        assert res.ok, res.error
+        assert res.values["pulses"] == onsets.size
+        rows = _emg1_rows(out)
+        assert len(rows) == onsets.size + 1  # the stretch before the first pulse, then one per pulse
+        empty = [float(r["t_s"]) for r in rows if r["effort_uv"] == ""]
+        holding = onsets[np.searchsorted(onsets, t_bad, side="right") - 1]
+        assert empty == [pytest.approx(holding, abs=1 / fs)]  # only the interval with the NaN samples
+        csv_bytes[chunk] = (out / "estimates.csv").read_bytes()
+    assert csv_bytes[None] == csv_bytes[256]
+
+    assert 'nonfinite_policy = "stop"' in _PROTOCOL.read_text()
+    kept = {}
+    for chunk in (None, 256):
+        out = tmp_path / f"stop{chunk}"
+        res = replay_file(path, out, ReplayOptions(report=False, chunk_size=chunk, protocol=str(_PROTOCOL)))
+        assert not res.ok and "non-finite" in res.error
+        rows = _emg1_rows(out)
+        kept[chunk] = [float(r["t_s"]) for r in rows]
+        # every interval that ended before the bad sample, none after it
+        assert len(kept[chunk]) == np.searchsorted(onsets, t_bad, side="right")
+    assert kept[None] == kept[256]
