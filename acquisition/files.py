@@ -641,6 +641,25 @@ def _finish(
         rel, pulse_clock = rel[inside], pulse_clock[inside]
         if amplitudes is not None:
             amplitudes = amplitudes[inside]
+    if rel.size > 1:  # pulses on one sample are one pulse (an annotation written twice, a doubled marker)
+        at = (
+            np.searchsorted(timestamps, pulse_clock - half)
+            if timestamps is not None
+            else np.ceil((rel - half) * rate_hz)  # FileSource's sample of a pulse time
+        )
+        again = np.concatenate(([False], at[1:] == at[:-1]))
+        if again.any():
+            n_again = int(np.count_nonzero(again))
+            extra.setdefault("warnings", []).append(
+                f"{n_again} pulse time(s) on the sample of the pulse before them counted once"
+            )
+            rel, pulse_clock = rel[~again], pulse_clock[~again]
+            if amplitudes is not None:
+                amplitudes = amplitudes[~again]
+    if n_out:
+        extra.setdefault("warnings", []).append(
+            f"{n_out} pulse time(s) outside the recording ignored" + (" (all of them)" if rel.size == 0 else "")
+        )
     if rel.size == 0:
         pulse_source, amplitudes = "none", None
     info = RecordingInfo(
@@ -891,8 +910,12 @@ def _mne_pulses(
         codes = np.rint(np.nan_to_num(v)).astype(np.int64)
         if fmt == "BDF":
             codes &= 0xFFFF  # BioSemi Status: trigger lines are the low 16 bits, the rest are status flags
+        # an event begins where the code changes to one other than the idle level (the commonest code: 0 on most
+        # systems, not on all); the return to idle is its end, not another event
+        values, counts = np.unique(codes, return_counts=True)
+        idle = values[np.argmax(counts)]
         prev = np.concatenate(([codes[0]], codes[:-1]))
-        onsets = np.flatnonzero((codes != prev) & (codes != 0))
+        onsets = np.flatnonzero((codes != prev) & (codes != idle))
         if onsets.size:
             return onsets / float(raw.info["sfreq"]), f"stim channel:{names[i]}"
     return np.empty(0), "none"

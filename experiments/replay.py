@@ -359,9 +359,18 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
         "x_real_time": round(duration / elapsed, 1) if elapsed > 0 else "",
     }
     notes = [str(a) for a in rec.extra.get("annotations") or ()]
-    if not s.get("pulses") and notes:  # events were there, none taken as pulses: say which, and how to pick
-        shown = ", ".join(repr(a) for a in notes[:8]) + (f" and {len(notes) - 8} more" if len(notes) > 8 else "")
-        result.hint = f"no pulses; the file's annotations are {shown} (--pulse-marker REGEX picks the pulses)"
+    shown = ", ".join(repr(a) for a in notes[:8]) + (f" and {len(notes) - 8} more" if len(notes) > 8 else "")
+    hints = []
+    if options.pulse_marker and not rec.pulse_source.startswith(("annotations", "markers")):
+        hints.append(
+            f"--pulse-marker {options.pulse_marker!r} matched no annotation or marker"
+            + (f" (the file's annotations are {shown})" if notes else "")
+            + f"; pulses: {rec.pulse_source}"
+        )
+    elif not s.get("pulses") and notes:  # events were there, none taken as pulses: say which, and how to pick
+        hints.append(f"no pulses; the file's annotations are {shown} (--pulse-marker REGEX picks the pulses)")
+    hints += [w for w in rec.extra.get("warnings") or () if "pulse time(s)" in str(w)]
+    result.hint = "; ".join(hints)
     return result
 
 

@@ -801,3 +801,62 @@ def test_real_opensignals_recording() -> None:
         x = reader.read(0, info.n_samples)
     assert np.all(np.abs(x) <= 1.5e-3)
     assert np.ptp(x) > 1e-4  # real EMG bursts, not a flat line
+
+
+def test_stim_channel_with_an_idle_level_counts_each_event_once(tmp_path: Path) -> None:
+    """A trigger line that rests at 255 and goes to 511 for each pulse: the rise is the pulse, the return to
+    the resting level is not another (it was: every pulse counted twice)."""
+    import mne
+
+    uv = _signal()
+    stim = np.full(uv.shape[0], 255.0)
+    starts = (np.asarray(PULSES_S) * RATE).astype(int)
+    for a in starts:
+        stim[a : a + 4] = 511.0
+    stim[starts[-1] + 200 : starts[-1] + 204] = 7.0  # another code: an event too
+    info = mne.create_info([*NAMES, "STI"], RATE, ["emg"] * len(NAMES) + ["stim"])
+    raw = mne.io.RawArray(np.vstack([uv.T * 1e-6, stim]), info, verbose="error")
+    path = tmp_path / "idle_raw.fif"
+    raw.save(path, verbose="error")
+    rec = open_recording(path).info
+    assert rec.pulse_source == "stim channel:STI"
+    np.testing.assert_allclose(rec.pulse_times_s, [*(starts / RATE), (starts[-1] + 200) / RATE])
+
+
+def test_pulse_times_on_one_sample_count_once_and_pulses_outside_are_noted(tmp_path: Path) -> None:
+    """An annotation written twice, or twice within a sample, is one pulse; pulse times outside the recording are
+    dropped with a note (they were dropped silently), as the replay's hint says."""
+    from scipy.io import savemat
+
+    from experiments.replay import ReplayOptions, replay_file
+
+    twice = [*PULSES_S, *PULSES_S, PULSES_S[0] + 0.1 / RATE]
+    path = tmp_path / "twice_raw.fif"
+    _mne_raw(_signal(), RATE, pulses=twice).save(path, verbose="error")
+    rec = open_recording(path).info
+    np.testing.assert_allclose(rec.pulse_times_s, PULSES_S)
+    assert rec.extra["warnings"] == ["4 pulse time(s) on the sample of the pulse before them counted once"]
+    res = replay_file(path, tmp_path / "out", ReplayOptions(report=False))
+    assert res.ok and res.values["pulses"] == len(PULSES_S) and "counted once" in res.hint
+    # MNE drops annotations beyond the data itself; a .mat file's pulse times are taken as they are
+    mat = tmp_path / "late.mat"
+    savemat(mat, {"emg": _signal() * 1e-6, "fs": RATE, "pulses": [*PULSES_S, DURATION_S + 5.0]})
+    rec = open_recording(mat, units="V").info
+    np.testing.assert_allclose(rec.pulse_times_s, PULSES_S)
+    assert rec.extra["warnings"] == ["1 pulse time(s) outside the recording ignored"]
+    savemat(mat, {"emg": _signal() * 1e-6, "fs": RATE, "pulses": np.asarray(PULSES_S) * RATE})  # in samples
+    rec = open_recording(mat, units="V").info
+    assert rec.pulse_source == "none" and rec.extra["warnings"] == [
+        "3 pulse time(s) outside the recording ignored (all of them)"
+    ]
+
+
+def test_a_pulse_marker_that_matches_nothing_is_said(tmp_path: Path) -> None:
+    from experiments.replay import ReplayOptions, replay_file
+
+    path = tmp_path / "a_raw.fif"
+    _mne_raw(_with_artifacts(_signal(), [int(t * RATE) for t in PULSES_S]), RATE).save(path, verbose="error")
+    res = replay_file(path, tmp_path / "out", ReplayOptions(report=False, pulse_marker="^FES$"))
+    assert res.ok
+    assert "--pulse-marker '^FES$' matched no annotation or marker" in res.hint
+    assert "the file's annotations are 'rest', 'stim'" in res.hint
