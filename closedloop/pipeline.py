@@ -1202,9 +1202,21 @@ class Session:
         self._in_calibration = False
         mvc = mvc_from_efforts(np.array(self._calib), 1.0 / self.config.stim_hz, self.config.calibration_window_s)
         self._calib = []
+        names = self.source.info.channel_names
+        none = ~(np.isfinite(mvc) & (mvc > 0))  # a channel without EMG (flat, disconnected): no % MVC for it
+        control = self.estimator.config.control_channel
+        if none[control]:
+            raise BadSamples(
+                f"calibration: no EMG on the control channel {names[control]} (MVC {mvc[control]:g} uV): check its "
+                "electrodes"
+            )
+        mvc = np.where(none, np.nan, mvc)
         self.estimator.set_mvc(mvc)
         self.result.mvc_uv = [float(v) for v in mvc]
-        self._event("calibrated", "MVC reference (uV) per channel: " + ", ".join(f"{v:.1f}" for v in mvc))
+        text = "MVC reference (uV) per channel: " + ", ".join(f"{v:.1f}" for v in mvc)
+        if none.any():
+            text += f"; none for {', '.join(names[i] for i in np.flatnonzero(none))} (no EMG during the calibration)"
+        self._event("calibrated", text)
 
     def _deliver(
         self,

@@ -404,7 +404,10 @@ def _write_html(d: Path, s: dict, metrics: dict, images: list[tuple[str, str]], 
         row("decision latency", _fmt_ms(s.get("decision_latency_ms"))),
         row("end-to-end latency", _fmt_ms(s.get("e2e_latency_ms"))),
         row("deadline misses", f"{s.get('deadline_misses', 0)} (deadline {s.get('deadline_s', 0) * 1e3:g} ms)"),
-        row("MVC reference (uV)", ", ".join(f"{v:.1f}" for v in s.get("mvc_uv") or []) or "not calibrated"),
+        row(
+            "MVC reference (uV)",
+            ", ".join("none" if v is None else f"{v:.1f}" for v in s.get("mvc_uv") or []) or "not calibrated",
+        ),
         row("safety events", "; ".join(f"{e['kind']}: {e['reason']}" for e in s.get("safety_events", [])[:20])),
     ]
     for k, v in metrics.items():

@@ -4,6 +4,7 @@ import asyncio
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 import threading
@@ -491,3 +492,41 @@ def test_non_finite_samples_lose_nothing_whatever_the_chunk_size(tmp_path):
         # every interval that ended before the bad sample, none after it
         assert len(kept[chunk]) == np.searchsorted(onsets, t_bad, side="right")
     assert kept[None] == kept[256]
+
+
+def test_a_flat_channel_gives_empty_cells_and_no_warnings(tmp_path):
+    """A dead channel (flat) beside a good one, with pulses and a protocol that calibrates: the good channel is
+    estimated as usual, the flat one's ratios (% MVC, relative M-wave) are empty, and nothing is printed from
+    numpy (warnings are errors in the tests)."""
+    fs = 2048.0
+    rng = np.random.default_rng(12)
+    x = rng.normal(0, 50e-6, (2, 10 * 2048))
+    x[1] = 0.0
+    onsets = np.arange(0.05, 9.99, 0.04)
+    for k in range(4):
+        x[0, np.round(onsets * fs).astype(int) + k] += 5e-3 * np.exp(-k)
+    raw = mne.io.RawArray(x, mne.create_info(["EMG1", "EMG2"], fs, "emg"), verbose="error")
+    raw.set_annotations(mne.Annotations(onsets, 0.0, ["stim"] * onsets.size))
+    path = tmp_path / "flat_raw.fif"
+    raw.save(path, verbose="error")
+    for protocol in (None, str(_PROTOCOL)):
+        out = tmp_path / f"out{protocol is None}"
+        res = replay_file(path, out, ReplayOptions(report=False, protocol=protocol))
+        assert res.ok, res.error
+        with open(out / "estimates.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        good = [r for r in rows if r["channel"] == "EMG1"][5:]
+        flat = [r for r in rows if r["channel"] == "EMG2"][5:]
+        assert all(float(r["effort_uv"]) > 0 and r["mwave_ptp_rel"] != "" for r in good)
+        assert all(float(r["effort_uv"]) == 0 and r["mwave_ptp_rel"] == "" for r in flat)
+        if protocol is not None:  # calibrated: % MVC where the MVC is not 0
+            assert any(r["effort_pct_mvc"] != "" for r in good)
+            assert all(r["effort_pct_mvc"] == "" for r in flat)
+            summary = json.loads((out / "summary.json").read_text())
+            assert summary["mvc_uv"][0] > 0 and summary["mvc_uv"][1] is None
+    # the report shows it
+    from closedloop.report import build_report
+
+    build_report(out)
+    html = (out / "report.html").read_text()
+    assert re.search(r"MVC reference \(uV\)</t[dh]><td>[0-9.]+, none<", html), html[html.find("MVC") :][:200]

@@ -391,10 +391,15 @@ class IntervalEstimator:
         self._pairs: dict[int, tuple[np.ndarray, ...]] = {}  # response terms by number of lags
 
     def set_mvc(self, mvc_uv: float | np.ndarray) -> None:
-        """Set the MVC reference (uV): one value for all channels or one per channel."""
+        """Set the MVC reference (uV): one value for all channels or one per channel. NaN: no reference for that
+        channel (its % MVC is NaN), allowed except for the control channel."""
         mvc = np.broadcast_to(np.asarray(mvc_uv, dtype=float), (self.info.n_channels,)).copy()
-        if not (np.isfinite(mvc).all() and (mvc > 0).all()):
-            raise ConfigError(f"MVC reference {mvc_uv!r} must be positive microvolts for every channel")
+        c = self.config.control_channel
+        if not (math.isfinite(mvc[c]) and mvc[c] > 0 and ((mvc > 0) | np.isnan(mvc)).all()):
+            raise ConfigError(
+                f"MVC reference {mvc_uv!r} must be positive microvolts for every channel (NaN: none, except for "
+                f"the control channel {c})"
+            )
         self.mvc_uv = mvc
 
     def reset_mwave_reference(self) -> None:
@@ -749,6 +754,11 @@ class IntervalEstimator:
         ref_p, ref_a = self.mwave_ref_ptp, self.mwave_ref_area
         nan = np.full_like(ptp, np.nan)
         mdf, mnf, fi = self._spectral
+        # a flat channel's references are 0 (or its M-wave is): no ratio, and no numpy warning on the console
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pct_k = effort / mvc * 100.0 if mvc is not None else np.full_like(effort, np.nan)
+            rel_p = ptp / ref_p if ref_p is not None else nan
+            rel_a = area / ref_a if ref_a is not None else nan
         return Estimate(
             index=interval.index,
             t_start=t_start,
@@ -762,9 +772,9 @@ class IntervalEstimator:
             channel_mwave_ptp_uv=ptp,
             channel_mwave_area_uvs=area,
             channel_mwave_latency_s=latency,
-            channel_effort_pct_mvc=effort / mvc * 100.0 if mvc is not None else np.full_like(effort, np.nan),
-            channel_mwave_ptp_rel=ptp / ref_p if ref_p is not None else nan,
-            channel_mwave_area_rel=area / ref_a if ref_a is not None else nan,
+            channel_effort_pct_mvc=pct_k,
+            channel_mwave_ptp_rel=rel_p,
+            channel_mwave_area_rel=rel_a,
             channel_mdf_hz=mdf,
             channel_mnf_hz=mnf,
             channel_fi_nsm5=fi,
@@ -1424,7 +1434,9 @@ class IntervalEstimator:
         values are rows of ``(K, C)`` arrays."""
         c = self.config.control_channel
         mvc = self.mvc_uv
-        pct = effort / mvc * 100.0 if mvc is not None else np.full_like(effort, np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):  # references of 0 (a flat channel): no ratio, no warning
+            pct = effort / mvc * 100.0 if mvc is not None else np.full_like(effort, np.nan)
+            rel_p, rel_a = ptp / ref_p, area / ref_a
         effort_c = effort[:, c].tolist()
         smooth = self._smooth(effort_c, [iv.samples.shape[0] for iv in ivs])
         pct_c = [v / mvc[c] * 100.0 for v in smooth] if mvc is not None else [math.nan] * len(ivs)
@@ -1442,8 +1454,8 @@ class IntervalEstimator:
             list(area),
             list(latency),
             list(pct),
-            list(ptp / ref_p),
-            list(area / ref_a),
+            list(rel_p),
+            list(rel_a),
             spectral,
             warns,
             strict=True,
