@@ -394,15 +394,29 @@ def replay_file(path: str | Path, out_dir: str | Path, options: ReplayOptions | 
 
 
 def _out_dirs(paths: list[Path], out_root: Path) -> list[Path]:
-    seen: dict[str, int] = {}
-    dirs = []
-    for p in paths:
-        stem = p.name[: -len("".join(p.suffixes))] if p.suffixes else p.name
+    """One folder per file under ``out_root``, named after the file, unique across the whole batch.
+
+    A name used again gets ``-2``, ``-3``, ... (in input order), skipping any name another file of the batch
+    has as its own, so a generated name never equals a file's name or another generated one. Names are compared
+    case-insensitively (folders on case-insensitive file systems must differ too).
+    """
+
+    def stem(p: Path) -> str:
         if p.name == "session.xdf":
-            stem = f"{p.parent.name}-replay"
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        dirs.append(out_root / (stem if n == 0 else f"{stem}-{n + 1}"))
+            return f"{p.parent.name}-replay"
+        return p.name[: -len("".join(p.suffixes))] if p.suffixes else p.name
+
+    stems = [stem(p) for p in paths]
+    own = {s.casefold() for s in stems}  # every file's own name: reserved for its first occurrence
+    used: set[str] = set()
+    dirs = []
+    for s in stems:
+        name, n = s, 1
+        while name.casefold() in used or (n > 1 and name.casefold() in own):
+            n += 1
+            name = f"{s}-{n}"
+        used.add(name.casefold())
+        dirs.append(out_root / name)
     return dirs
 
 

@@ -438,3 +438,43 @@ def test_pulse_marker_picks_annotations_the_default_pattern_misses(tmp_path):
     assert bad.returncode != 0
     assert "--pulse-marker 'FES(' is not a regular expression" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def _cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``closedloop replay ARGS`` in a subprocess (the worktree's code, whatever the working directory)."""
+    import os
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(
+        [sys.executable, "-m", "closedloop", "replay", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def test_out_dirs_are_unique_across_the_batch_and_follow_the_input_order(tmp_path):
+    from experiments.replay import _out_dirs
+
+    def names(*files: str) -> list[str]:
+        return [d.name for d in _out_dirs([Path(f) for f in files], tmp_path)]
+
+    # the second a.edf must not take a-2, which is a-2.edf's own name
+    assert names("a.edf", "a.edf", "a-2.edf") == ["a", "a-3", "a-2"]
+    assert names("a-2.edf", "a.edf", "a.edf", "a.edf", "a-3.fif") == ["a-2", "a", "a-4", "a-5", "a-3"]
+    assert names("x/session.xdf", "y/x-replay.edf", "z/x/session.xdf") == ["x-replay", "x-replay-2", "x-replay-3"]
+    assert names("A.edf", "a.edf") == ["A", "a-2"]  # distinct on a case-insensitive file system too
+
+
+def test_a_file_named_like_a_generated_folder_does_not_collide(tmp_path):
+    a, a2 = tmp_path / "a.edf", tmp_path / "a-2.edf"
+    _edf(a, 1)
+    _edf(a2, 2)
+    results = replay_batch([a, a, a2], tmp_path / "o", ReplayOptions(report=False), jobs=2)
+    assert [r.status for r in results] == ["completed"] * 3, [r.error for r in results]
+    assert len({r.out_dir for r in results}) == 3
+    assert Path(results[2].out_dir).name == "a-2"
+    assert json.loads((Path(results[2].out_dir) / "summary.json").read_text())["replay"]["file"] == str(a2)
