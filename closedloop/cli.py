@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import itertools
 import re
 import sys
 from collections.abc import Sequence
@@ -340,7 +341,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         n = publish_file(args.files[0], opts)
         print(f"closedloop replay: published {n} samples", flush=True)
         return 0
-    out = args.out or Path(f"closedloop-replay-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    out = args.out or _new_folder(f"closedloop-replay-{_dt.datetime.now():%Y%m%d-%H%M%S}")
 
     def show(r) -> None:
         if r.ok:
@@ -360,6 +361,23 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     _print_table(results)
     print(f"closedloop replay: {ok} of {len(results)} files replayed; summary table: {out / 'replay_summary.csv'}")
     return 0 if ok == len(results) else 1
+
+
+def _new_folder(base: str) -> Path:
+    """Create a new folder ``base`` (``base-2``, ``base-3``, ... if that exists) and return it.
+
+    Atomic (mkdir fails if the folder exists): two commands started in the same second never share one.
+    """
+    for n in itertools.count(1):
+        path = Path(base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ClosedLoopError(f"{path}: cannot create the output folder: {exc.strerror}") from None
+        return path
+    raise AssertionError("unreachable")
 
 
 def _print_table(results) -> None:

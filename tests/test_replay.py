@@ -478,3 +478,27 @@ def test_a_file_named_like_a_generated_folder_does_not_collide(tmp_path):
     assert len({r.out_dir for r in results}) == 3
     assert Path(results[2].out_dir).name == "a-2"
     assert json.loads((Path(results[2].out_dir) / "summary.json").read_text())["replay"]["file"] == str(a2)
+
+
+def test_replays_started_in_the_same_second_get_their_own_default_folders(tmp_path, monkeypatch):
+    import datetime
+
+    from closedloop import cli
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(cli._dt, "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    a, b = tmp_path / "a.edf", tmp_path / "b.edf"
+    _edf(a, 1)
+    _edf(b, 2)
+    assert cli.main(["replay", str(a), "--no-report", "--jobs", "1"]) == 0
+    assert cli.main(["replay", str(b), "--no-report", "--jobs", "1"]) == 0
+    first, second = tmp_path / "closedloop-replay-20260102-030405", tmp_path / "closedloop-replay-20260102-030405-2"
+    for folder, path in ((first, a), (second, b)):
+        with open(folder / "replay_summary.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [(r["file"], r["status"]) for r in rows] == [(str(path), "completed")]
