@@ -299,7 +299,7 @@ def _speed(text: str) -> float | None:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from experiments.replay import ReplayOptions, publish_file, replay_batch
+    from experiments.replay import ReplayOptions, make_out_root, publish_file, replay_batch
 
     detect = False if args.no_detect else "auto"
     if args.pulse_marker is not None:
@@ -341,6 +341,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         n = publish_file(args.files[0], opts)
         print(f"closedloop replay: published {n} samples", flush=True)
         return 0
+    if args.out is not None:
+        make_out_root(args.out, f"--out {args.out}")  # a folder that cannot be made stops here, one line
     out = args.out or _new_folder(f"closedloop-replay-{_dt.datetime.now():%Y%m%d-%H%M%S}")
 
     def show(r) -> None:

@@ -34,7 +34,16 @@ from closedloop.recording import csvkernel
 from closedloop.safety import SafetyLayer, SafetyLimits
 from closedloop.stimulators import ShadowStimulator
 
-__all__ = ["SUMMARY_COLUMNS", "ReplayOptions", "ReplayResult", "publish_file", "replay_batch", "replay_file"]
+__all__ = [
+    "SESSION_FILES",
+    "SUMMARY_COLUMNS",
+    "ReplayOptions",
+    "ReplayResult",
+    "make_out_root",
+    "publish_file",
+    "replay_batch",
+    "replay_file",
+]
 
 #: Columns of replay_summary.csv (one row per file).
 SUMMARY_COLUMNS = (
@@ -420,6 +429,36 @@ def _out_dirs(paths: list[Path], out_root: Path) -> list[Path]:
     return dirs
 
 
+#: What a replay writes in a file's folder: a batch refuses a folder that already holds any of them.
+SESSION_FILES = ("session.xdf", "estimates.csv", "summary.json", "report.html")
+
+
+def make_out_root(out: Path, label: str | None = None) -> None:
+    """Create the output folder ``out`` (and its parents) if needed; a :class:`ConfigError` naming ``label``
+    (default: the path) if it cannot be."""
+    label = label or str(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{label}: not a folder (a file of that name exists)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot create the folder: {exc.strerror or exc}") from None
+
+
+def _check_unused(out: Path, dirs: list[Path]) -> None:
+    """Refuse to write over an earlier replay's results (nothing of the user's is overwritten or deleted)."""
+    if (out / "replay_summary.csv").exists():
+        raise ConfigError(
+            f"{out}: already holds a replay's results (replay_summary.csv); choose another output folder or remove it"
+        )
+    for d in dirs:
+        held = [n for n in SESSION_FILES if (d / n).exists()]
+        if held:
+            raise ConfigError(
+                f"{d}: already holds session files ({', '.join(held)}); choose another output folder or remove it"
+            )
+
+
 def replay_batch(
     paths: list[str | Path],
     out_root: str | Path,
@@ -439,12 +478,16 @@ def replay_batch(
         the files run on its workers instead (needs ``pip install 'closedloop[dask]'``).
     on_result:
         Called with each result as it finishes.
+
+    Raises :class:`ConfigError` before any work if ``out_root`` cannot be created or already holds a replay's
+    results (replay_summary.csv, or session files in a folder this batch would write).
     """
     options = options or ReplayOptions()
     out = Path(out_root)
-    out.mkdir(parents=True, exist_ok=True)
     files = [Path(p) for p in paths]
     dirs = _out_dirs(files, out)
+    _check_unused(out, dirs)  # before any work: an earlier replay's results stay as they are
+    make_out_root(out)
     results: list[ReplayResult | None] = [None] * len(files)
     if scheduler is not None:
         try:

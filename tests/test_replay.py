@@ -17,6 +17,7 @@ import pytest
 from acquisition.simulator.muscle import MuscleParams
 from acquisition.simulator.profiles import demo_profile
 from acquisition.simulator.source import SimulatedParticipant
+from closedloop.errors import ConfigError
 from closedloop.estimation.interval import IntervalEstimator
 from closedloop.pipeline import Session, SessionConfig
 from closedloop.report import load_session
@@ -502,3 +503,42 @@ def test_replays_started_in_the_same_second_get_their_own_default_folders(tmp_pa
         with open(folder / "replay_summary.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         assert [(r["file"], r["status"]) for r in rows] == [(str(path), "completed")]
+
+
+def test_a_second_replay_into_the_same_out_stops_before_touching_the_first(tmp_path, capsys):
+    from closedloop.cli import main
+
+    a = tmp_path / "a.edf"
+    _edf(a, 1)
+    out = tmp_path / "o"
+    assert main(["replay", str(a), "--out", str(out), "--no-report", "--jobs", "1"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["replay", str(a), "--out", str(out), "--no-report", "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"closedloop replay: error: {out}: already holds a replay's results (replay_summary.csv); "
+        "choose another output folder or remove it"
+    )
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # no summary table, but the file's folder holds a session: refused too, and nothing is deleted
+    (out / "replay_summary.csv").unlink()
+    with pytest.raises(ConfigError, match=r"/o/a: already holds session files \(session.xdf, estimates.csv"):
+        replay_batch([a], out, ReplayOptions(report=False), jobs=1)
+    assert not (out / "replay_summary.csv").exists()
+    assert (out / "a" / "session.xdf").read_bytes() == before[out / "a" / "session.xdf"]
+
+
+@pytest.mark.parametrize(
+    "where, problem",
+    [("file", "not a folder (a file of that name exists)"), ("file/sub", "cannot create the folder: Not a directory")],
+)
+def test_an_out_folder_that_cannot_be_made_is_a_one_line_usage_error(tmp_path, where, problem):
+    a = tmp_path / "a.edf"
+    _edf(a, 1)
+    (tmp_path / "file").write_text("mine")
+    out = tmp_path / where
+    r = _cli(str(a), "--out", str(out), "--no-report")
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"closedloop replay: error: --out {out}: {problem}"
+    assert (tmp_path / "file").read_text() == "mine"
