@@ -532,6 +532,8 @@ def _options(
         chans = (channels,) if isinstance(channels, str) else tuple(str(c) for c in channels)
         if not chans:
             raise ConfigError("channels: give at least one channel name (or None for the EMG channels)")
+        if not all(c.strip() for c in chans):
+            raise ConfigError(f"channels: an empty channel name in {list(chans)}")
         dup = sorted({c for c in chans if chans.count(c) > 1})
         if dup:
             raise ConfigError(f"channels: {', '.join(dup)} given more than once")

@@ -298,6 +298,19 @@ def _speed(text: str) -> float | None:
     return v
 
 
+def _channel_names(text: str | None) -> tuple[str, ...] | None:
+    """--channels A,B as names; an empty list or an empty name is a usage error."""
+    if text is None:
+        return None
+    names = tuple(c.strip() for c in text.split(","))
+    if not all(names):
+        from closedloop.errors import ConfigError
+
+        problem = "an empty channel name" if any(names) else "no channel names"
+        raise ConfigError(f"--channels {text!r}: {problem}; give names separated by commas (e.g. EMG1,EMG2)")
+    return names
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from experiments.replay import ReplayOptions, make_out_root, publish_file, replay_batch
 
@@ -312,7 +325,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     opts = ReplayOptions(
         speed=_speed(args.speed),
         chunk_size=args.chunk,
-        channels=tuple(c.strip() for c in args.channels.split(",")) if args.channels else None,
+        channels=_channel_names(args.channels),
         stream=args.stream,
         rate_hz=args.rate,
         units=args.units,

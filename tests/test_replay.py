@@ -542,3 +542,23 @@ def test_an_out_folder_that_cannot_be_made_is_a_one_line_usage_error(tmp_path, w
     assert r.returncode == 2
     assert r.stderr.strip() == f"closedloop replay: error: --out {out}: {problem}"
     assert (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [(",", "no channel names"), ("", "no channel names"), ("EMG1,,EMG2", "an empty channel name")],
+)
+def test_an_empty_channel_list_or_name_says_so(tmp_path, capsys, text, problem):
+    from closedloop.cli import main
+
+    a = tmp_path / "a.edf"
+    _edf(a, 1)
+    assert main(["replay", str(a), "--channels", text, "--out", str(tmp_path / "o"), "--no-report"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"closedloop replay: error: --channels {text!r}: {problem}; give names separated by commas (e.g. EMG1,EMG2)"
+    )
+    assert not (tmp_path / "o").exists()
+    # the library says the same of a name list with an empty name (not 'given more than once')
+    r = replay_file(a, tmp_path / "lib", ReplayOptions(report=False, channels=("EMG1", "", "")))
+    assert not r.ok and r.error == "channels: an empty channel name in ['EMG1', '', '']"
