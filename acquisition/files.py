@@ -1212,7 +1212,14 @@ def _open_mat(path: Path, fmt: str, opts: _Options) -> RecordingReader:
             v = variables[k]
             vals = np.asarray(v).ravel() if numeric(v) else np.empty(0)
             if vals.size != 1 or not math.isfinite(float(vals[0])) or float(vals[0]) <= 0:
-                raise _fail(path, f"variable {k!r} should hold the sampling rate (a number > 0), got {listing()}")
+                got = (
+                    f"{float(vals[0]):g}"
+                    if vals.size == 1
+                    else f"{v.dtype}{list(v.shape)}"
+                    if isinstance(v, np.ndarray)
+                    else type(v).__name__
+                )
+                raise _fail(path, f"variable {k!r} should hold the sampling rate (one number > 0, in Hz), got {got}")
             rate = float(vals[0])
             extra["rate_variable"] = k
             break
