@@ -350,8 +350,23 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             raise ConfigError("--publish-lsl republishes one file at a time")
         if opts.speed is None:
             opts = ReplayOptions(**{**opts.__dict__, "speed": 1.0})
-        print(f"closedloop replay: publishing {args.files[0]} at {opts.speed:g}x real time", flush=True)
-        n = publish_file(args.files[0], opts)
+        opened = False
+
+        def started() -> None:
+            nonlocal opened
+            opened = True
+            print(f"closedloop replay: publishing {args.files[0]} at {opts.speed:g}x real time", flush=True)
+
+        try:
+            n = publish_file(args.files[0], opts, on_open=started)
+        except ClosedLoopError as exc:
+            from closedloop.errors import SourceError
+
+            if opened and not isinstance(exc, SourceError):  # not the file's fault (e.g. LSL): a usage error
+                raise
+            # a file that cannot be replayed: exit 1 as the batch does for a bad file
+            print(f"closedloop replay: error: {exc}", file=sys.stderr, flush=True)
+            return 1
         print(f"closedloop replay: published {n} samples", flush=True)
         return 0
     if args.out is not None:

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -533,16 +534,18 @@ def replay_batch(
     return final
 
 
-async def _publish(path: Path, options: ReplayOptions, name: str | None) -> int:
-    from acquisition.lsl import LSLPublisher
-    from closedloop.lslconfig import import_pylsl
-    from closedloop.types import StreamInfo
-
-    pylsl = import_pylsl()
+async def _publish(path: Path, options: ReplayOptions, name: str | None, on_open: Callable[[], None] | None) -> int:
     speed = options.speed or 1.0
     source = _file_source(path, options, speed)
     n = 0
-    async with source:
+    async with source:  # opens the file: a bad file fails here, before any outlet exists
+        if on_open is not None:
+            on_open()
+        from acquisition.lsl import LSLPublisher
+        from closedloop.lslconfig import import_pylsl
+        from closedloop.types import StreamInfo
+
+        pylsl = import_pylsl()
         info = source.info
         stem = name or info.name
         emg = LSLPublisher(
@@ -568,7 +571,15 @@ async def _publish(path: Path, options: ReplayOptions, name: str | None) -> int:
     return n
 
 
-def publish_file(path: str | Path, options: ReplayOptions | None = None, name: str | None = None) -> int:
+def publish_file(
+    path: str | Path,
+    options: ReplayOptions | None = None,
+    name: str | None = None,
+    on_open: Callable[[], None] | None = None,
+) -> int:
     """Republish a recording as live LSL outlets (EMG in microvolts, pulses as 'pulse' markers) at
-    ``options.speed`` (default real time); returns the samples published."""
-    return asyncio.run(_publish(Path(path), options or ReplayOptions(), name))
+    ``options.speed`` (default real time); returns the samples published.
+
+    ``on_open`` is called once the file has been opened and checked, before publishing starts (a bad file
+    raises before it is called)."""
+    return asyncio.run(_publish(Path(path), options or ReplayOptions(), name, on_open))

@@ -562,3 +562,16 @@ def test_an_empty_channel_list_or_name_says_so(tmp_path, capsys, text, problem):
     # the library says the same of a name list with an empty name (not 'given more than once')
     r = replay_file(a, tmp_path / "lib", ReplayOptions(report=False, channels=("EMG1", "", "")))
     assert not r.ok and r.error == "channels: an empty channel name in ['EMG1', '', '']"
+
+
+@pytest.mark.parametrize("bad", ["missing.edf", "corrupt.fif"])
+def test_publish_lsl_checks_the_file_before_announcing_and_exits_as_the_batch_does(tmp_path, bad):
+    path = tmp_path / bad
+    if bad == "corrupt.fif":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    batch = _cli(str(path), "--out", str(tmp_path / "o"), "--no-report")
+    published = _cli(str(path), "--publish-lsl", "--loopback")
+    assert batch.returncode == published.returncode == 1
+    assert "publishing" not in published.stdout
+    assert published.stderr.strip().startswith(f"closedloop replay: error: {path}: ")
+    assert len(published.stderr.strip().splitlines()) == 1 and "Traceback" not in published.stderr
