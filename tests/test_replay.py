@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import threading
+import types
 import uuid
 from pathlib import Path
 
@@ -491,7 +492,7 @@ def test_replays_started_in_the_same_second_get_their_own_default_folders(tmp_pa
         def now(cls, tz=None):
             return datetime.datetime(2026, 1, 2, 3, 4, 5)
 
-    monkeypatch.setattr(cli._dt, "datetime", Frozen)
+    monkeypatch.setattr(cli, "_dt", types.SimpleNamespace(datetime=Frozen))  # the CLI's clock only
     monkeypatch.chdir(tmp_path)
     a, b = tmp_path / "a.edf", tmp_path / "b.edf"
     _edf(a, 1)
