@@ -532,6 +532,8 @@ def _options(
         chans = (channels,) if isinstance(channels, str) else tuple(str(c) for c in channels)
         if not chans:
             raise ConfigError("channels: give at least one channel name (or None for the EMG channels)")
+        if not all(c.strip() for c in chans):
+            raise ConfigError(f"channels: an empty channel name in {list(chans)}")
         dup = sorted({c for c in chans if chans.count(c) > 1})
         if dup:
             raise ConfigError(f"channels: {', '.join(dup)} given more than once")
@@ -1233,7 +1235,14 @@ def _open_mat(path: Path, fmt: str, opts: _Options) -> RecordingReader:
             v = variables[k]
             vals = np.asarray(v).ravel() if numeric(v) else np.empty(0)
             if vals.size != 1 or not math.isfinite(float(vals[0])) or float(vals[0]) <= 0:
-                raise _fail(path, f"variable {k!r} should hold the sampling rate (a number > 0), got {listing()}")
+                got = (
+                    f"{float(vals[0]):g}"
+                    if vals.size == 1
+                    else f"{v.dtype}{list(v.shape)}"
+                    if isinstance(v, np.ndarray)
+                    else type(v).__name__
+                )
+                raise _fail(path, f"variable {k!r} should hold the sampling rate (one number > 0, in Hz), got {got}")
             rate = float(vals[0])
             extra["rate_variable"] = k
             break

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import itertools
 import re
 import sys
 from collections.abc import Sequence
@@ -297,8 +298,21 @@ def _speed(text: str) -> float | None:
     return v
 
 
+def _channel_names(text: str | None) -> tuple[str, ...] | None:
+    """--channels A,B as names; an empty list or an empty name is a usage error."""
+    if text is None:
+        return None
+    names = tuple(c.strip() for c in text.split(","))
+    if not all(names):
+        from closedloop.errors import ConfigError
+
+        problem = "an empty channel name" if any(names) else "no channel names"
+        raise ConfigError(f"--channels {text!r}: {problem}; give names separated by commas (e.g. EMG1,EMG2)")
+    return names
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from experiments.replay import ReplayOptions, publish_file, replay_batch
+    from experiments.replay import ReplayOptions, make_out_root, publish_file, replay_batch
 
     detect = False if args.no_detect else "auto"
     if args.pulse_marker is not None:
@@ -311,7 +325,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     opts = ReplayOptions(
         speed=_speed(args.speed),
         chunk_size=args.chunk,
-        channels=tuple(c.strip() for c in args.channels.split(",")) if args.channels else None,
+        channels=_channel_names(args.channels),
         stream=args.stream,
         rate_hz=args.rate,
         units=args.units,
@@ -336,11 +350,28 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             raise ConfigError("--publish-lsl republishes one file at a time")
         if opts.speed is None:
             opts = ReplayOptions(**{**opts.__dict__, "speed": 1.0})
-        print(f"closedloop replay: publishing {args.files[0]} at {opts.speed:g}x real time", flush=True)
-        n = publish_file(args.files[0], opts)
+        opened = False
+
+        def started() -> None:
+            nonlocal opened
+            opened = True
+            print(f"closedloop replay: publishing {args.files[0]} at {opts.speed:g}x real time", flush=True)
+
+        try:
+            n = publish_file(args.files[0], opts, on_open=started)
+        except ClosedLoopError as exc:
+            from closedloop.errors import SourceError
+
+            if opened and not isinstance(exc, SourceError):  # not the file's fault (e.g. LSL): a usage error
+                raise
+            # a file that cannot be replayed: exit 1 as the batch does for a bad file
+            print(f"closedloop replay: error: {exc}", file=sys.stderr, flush=True)
+            return 1
         print(f"closedloop replay: published {n} samples", flush=True)
         return 0
-    out = args.out or Path(f"closedloop-replay-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    if args.out is not None:
+        make_out_root(args.out, f"--out {args.out}")  # a folder that cannot be made stops here, one line
+    out = args.out or _new_folder(f"closedloop-replay-{_dt.datetime.now():%Y%m%d-%H%M%S}")
 
     def show(r) -> None:
         if r.ok:
@@ -360,6 +391,23 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     _print_table(results)
     print(f"closedloop replay: {ok} of {len(results)} files replayed; summary table: {out / 'replay_summary.csv'}")
     return 0 if ok == len(results) else 1
+
+
+def _new_folder(base: str) -> Path:
+    """Create a new folder ``base`` (``base-2``, ``base-3``, ... if that exists) and return it.
+
+    Atomic (mkdir fails if the folder exists): two commands started in the same second never share one.
+    """
+    for n in itertools.count(1):
+        path = Path(base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ClosedLoopError(f"{path}: cannot create the output folder: {exc.strerror}") from None
+        return path
+    raise AssertionError("unreachable")
 
 
 def _print_table(results) -> None:

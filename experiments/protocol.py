@@ -531,8 +531,12 @@ def load_protocol(path: str | Path, need_controller: bool = True) -> Protocol:
     p = Path(path)
     if not p.exists():
         raise ProtocolError(f"{p}: no such protocol file")
+    if p.is_dir():
+        raise ProtocolError(f"{p}: is a folder, not a protocol file (give a .toml file)")
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"{p}: not valid TOML: {exc}") from None
+    except OSError as exc:  # unreadable (permissions, a device): one line, not a traceback
+        raise ProtocolError(f"{p}: cannot read the protocol file: {exc.strerror or exc}") from None
     return parse_protocol(data, p, need_controller)

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,16 @@ from closedloop.recording import csvkernel
 from closedloop.safety import SafetyLayer, SafetyLimits
 from closedloop.stimulators import ShadowStimulator
 
-__all__ = ["SUMMARY_COLUMNS", "ReplayOptions", "ReplayResult", "publish_file", "replay_batch", "replay_file"]
+__all__ = [
+    "SESSION_FILES",
+    "SUMMARY_COLUMNS",
+    "ReplayOptions",
+    "ReplayResult",
+    "make_out_root",
+    "publish_file",
+    "replay_batch",
+    "replay_file",
+]
 
 #: Columns of replay_summary.csv (one row per file).
 SUMMARY_COLUMNS = (
@@ -410,16 +420,60 @@ def replay_file(path: str | Path, out_dir: str | Path, options: ReplayOptions | 
 
 
 def _out_dirs(paths: list[Path], out_root: Path) -> list[Path]:
-    seen: dict[str, int] = {}
-    dirs = []
-    for p in paths:
-        stem = p.name[: -len("".join(p.suffixes))] if p.suffixes else p.name
+    """One folder per file under ``out_root``, named after the file, unique across the whole batch.
+
+    A name used again gets ``-2``, ``-3``, ... (in input order), skipping any name another file of the batch
+    has as its own, so a generated name never equals a file's name or another generated one. Names are compared
+    case-insensitively (folders on case-insensitive file systems must differ too).
+    """
+
+    def stem(p: Path) -> str:
         if p.name == "session.xdf":
-            stem = f"{p.parent.name}-replay"
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        dirs.append(out_root / (stem if n == 0 else f"{stem}-{n + 1}"))
+            return f"{p.parent.name}-replay"
+        return p.name[: -len("".join(p.suffixes))] if p.suffixes else p.name
+
+    stems = [stem(p) for p in paths]
+    own = {s.casefold() for s in stems}  # every file's own name: reserved for its first occurrence
+    used: set[str] = set()
+    dirs = []
+    for s in stems:
+        name, n = s, 1
+        while name.casefold() in used or (n > 1 and name.casefold() in own):
+            n += 1
+            name = f"{s}-{n}"
+        used.add(name.casefold())
+        dirs.append(out_root / name)
     return dirs
+
+
+#: What a replay writes in a file's folder: a batch refuses a folder that already holds any of them.
+SESSION_FILES = ("session.xdf", "estimates.csv", "summary.json", "report.html")
+
+
+def make_out_root(out: Path, label: str | None = None) -> None:
+    """Create the output folder ``out`` (and its parents) if needed; a :class:`ConfigError` naming ``label``
+    (default: the path) if it cannot be."""
+    label = label or str(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{label}: not a folder (a file of that name exists)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot create the folder: {exc.strerror or exc}") from None
+
+
+def _check_unused(out: Path, dirs: list[Path]) -> None:
+    """Refuse to write over an earlier replay's results (nothing of the user's is overwritten or deleted)."""
+    if (out / "replay_summary.csv").exists():
+        raise ConfigError(
+            f"{out}: already holds a replay's results (replay_summary.csv); choose another output folder or remove it"
+        )
+    for d in dirs:
+        held = [n for n in SESSION_FILES if (d / n).exists()]
+        if held:
+            raise ConfigError(
+                f"{d}: already holds session files ({', '.join(held)}); choose another output folder or remove it"
+            )
 
 
 def replay_batch(
@@ -441,12 +495,16 @@ def replay_batch(
         the files run on its workers instead (needs ``pip install 'closedloop[dask]'``).
     on_result:
         Called with each result as it finishes.
+
+    Raises :class:`ConfigError` before any work if ``out_root`` cannot be created or already holds a replay's
+    results (replay_summary.csv, or session files in a folder this batch would write).
     """
     options = options or ReplayOptions()
     out = Path(out_root)
-    out.mkdir(parents=True, exist_ok=True)
     files = [Path(p) for p in paths]
     dirs = _out_dirs(files, out)
+    _check_unused(out, dirs)  # before any work: an earlier replay's results stay as they are
+    make_out_root(out)
     results: list[ReplayResult | None] = [None] * len(files)
     if scheduler is not None:
         try:
@@ -492,16 +550,18 @@ def replay_batch(
     return final
 
 
-async def _publish(path: Path, options: ReplayOptions, name: str | None) -> int:
-    from acquisition.lsl import LSLPublisher
-    from closedloop.lslconfig import import_pylsl
-    from closedloop.types import StreamInfo
-
-    pylsl = import_pylsl()
+async def _publish(path: Path, options: ReplayOptions, name: str | None, on_open: Callable[[], None] | None) -> int:
     speed = options.speed or 1.0
     source = _file_source(path, options, speed)
     n = 0
-    async with source:
+    async with source:  # opens the file: a bad file fails here, before any outlet exists
+        if on_open is not None:
+            on_open()
+        from acquisition.lsl import LSLPublisher
+        from closedloop.lslconfig import import_pylsl
+        from closedloop.types import StreamInfo
+
+        pylsl = import_pylsl()
         info = source.info
         stem = name or info.name
         emg = LSLPublisher(
@@ -527,7 +587,15 @@ async def _publish(path: Path, options: ReplayOptions, name: str | None) -> int:
     return n
 
 
-def publish_file(path: str | Path, options: ReplayOptions | None = None, name: str | None = None) -> int:
+def publish_file(
+    path: str | Path,
+    options: ReplayOptions | None = None,
+    name: str | None = None,
+    on_open: Callable[[], None] | None = None,
+) -> int:
     """Republish a recording as live LSL outlets (EMG in microvolts, pulses as 'pulse' markers) at
-    ``options.speed`` (default real time); returns the samples published."""
-    return asyncio.run(_publish(Path(path), options or ReplayOptions(), name))
+    ``options.speed`` (default real time); returns the samples published.
+
+    ``on_open`` is called once the file has been opened and checked, before publishing starts (a bad file
+    raises before it is called)."""
+    return asyncio.run(_publish(Path(path), options or ReplayOptions(), name, on_open))

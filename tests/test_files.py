@@ -436,6 +436,25 @@ def test_mat_ninapro_style(tmp_path: Path) -> None:
         np.testing.assert_allclose(reader.read(0, uv.shape[0]), uv * 1e-6, rtol=1e-15)
 
 
+@pytest.mark.parametrize(
+    "fs, got",
+    [
+        (-5, "got -5"),
+        (float("nan"), "got nan"),
+        (np.array([1000.0, 2000.0]), "got float64[1, 2]"),
+        ("fast", "got <U4[1]"),
+    ],
+)
+def test_mat_with_an_invalid_rate_says_what_the_rate_variable_holds(tmp_path: Path, fs, got) -> None:
+    from scipy.io import savemat
+
+    path = tmp_path / "badrate.mat"
+    savemat(path, {"emg": np.zeros((10000, 4)), "fs": fs})
+    with pytest.raises(FileFormatError) as err:
+        open_recording(path)
+    assert str(err.value) == (f"{path}: variable 'fs' should hold the sampling rate (one number > 0, in Hz), {got}")
+
+
 def test_mat_without_rate(tmp_path: Path) -> None:
     from scipy.io import savemat
 

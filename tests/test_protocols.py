@@ -205,6 +205,20 @@ def test_run_with_an_invalid_protocol_starts_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["run", "replay"])
+def test_a_folder_given_as_the_protocol_is_a_one_line_error(tmp_path, command):
+    folder = tmp_path / "protocols"
+    folder.mkdir()
+    out = tmp_path / "never"
+    args = (str(folder),) if command == "run" else ("nofile.edf", "--protocol", str(folder))
+    cp = _cli(command, *args, "--out", str(out))
+    assert cp.returncode == 2
+    assert cp.stderr.strip() == (
+        f"closedloop {command}: error: {folder}: is a folder, not a protocol file (give a .toml file)"
+    )
+    assert not out.exists()
+
+
 def test_fast_needs_simulate(tmp_path):
     cp = _cli("run", str(EXPERIMENTS / "recruitment_curve.toml"), "--fast", "--out", str(tmp_path / "x"))
     assert cp.returncode == 2 and "--fast needs --simulate" in cp.stderr

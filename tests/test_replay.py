@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+import types
 import uuid
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from acquisition.simulator.muscle import MuscleParams
 from acquisition.simulator.profiles import demo_profile
 from acquisition.simulator.source import SimulatedParticipant
+from closedloop.errors import ConfigError
 from closedloop.estimation.interval import IntervalEstimator
 from closedloop.pipeline import Session, SessionConfig
 from closedloop.report import load_session
@@ -530,3 +532,139 @@ def test_a_flat_channel_gives_empty_cells_and_no_warnings(tmp_path):
     build_report(out)
     html = (out / "report.html").read_text()
     assert re.search(r"MVC reference \(uV\)</t[dh]><td>[0-9.]+, none<", html), html[html.find("MVC") :][:200]
+
+
+def _cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``closedloop replay ARGS`` in a subprocess (the worktree's code, whatever the working directory)."""
+    import os
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(
+        [sys.executable, "-m", "closedloop", "replay", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def test_out_dirs_are_unique_across_the_batch_and_follow_the_input_order(tmp_path):
+    from experiments.replay import _out_dirs
+
+    def names(*files: str) -> list[str]:
+        return [d.name for d in _out_dirs([Path(f) for f in files], tmp_path)]
+
+    # the second a.edf must not take a-2, which is a-2.edf's own name
+    assert names("a.edf", "a.edf", "a-2.edf") == ["a", "a-3", "a-2"]
+    assert names("a-2.edf", "a.edf", "a.edf", "a.edf", "a-3.fif") == ["a-2", "a", "a-4", "a-5", "a-3"]
+    assert names("x/session.xdf", "y/x-replay.edf", "z/x/session.xdf") == ["x-replay", "x-replay-2", "x-replay-3"]
+    assert names("A.edf", "a.edf") == ["A", "a-2"]  # distinct on a case-insensitive file system too
+
+
+def test_a_file_named_like_a_generated_folder_does_not_collide(tmp_path):
+    a, a2 = tmp_path / "a.edf", tmp_path / "a-2.edf"
+    _edf(a, 1)
+    _edf(a2, 2)
+    results = replay_batch([a, a, a2], tmp_path / "o", ReplayOptions(report=False), jobs=2)
+    assert [r.status for r in results] == ["completed"] * 3, [r.error for r in results]
+    assert len({r.out_dir for r in results}) == 3
+    assert Path(results[2].out_dir).name == "a-2"
+    assert json.loads((Path(results[2].out_dir) / "summary.json").read_text())["replay"]["file"] == str(a2)
+
+
+def test_replays_started_in_the_same_second_get_their_own_default_folders(tmp_path, monkeypatch):
+    import datetime
+
+    from closedloop import cli
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(cli, "_dt", types.SimpleNamespace(datetime=Frozen))  # the CLI's clock only
+    monkeypatch.chdir(tmp_path)
+    a, b = tmp_path / "a.edf", tmp_path / "b.edf"
+    _edf(a, 1)
+    _edf(b, 2)
+    assert cli.main(["replay", str(a), "--no-report", "--jobs", "1"]) == 0
+    assert cli.main(["replay", str(b), "--no-report", "--jobs", "1"]) == 0
+    first, second = tmp_path / "closedloop-replay-20260102-030405", tmp_path / "closedloop-replay-20260102-030405-2"
+    for folder, path in ((first, a), (second, b)):
+        with open(folder / "replay_summary.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [(r["file"], r["status"]) for r in rows] == [(str(path), "completed")]
+
+
+def test_a_second_replay_into_the_same_out_stops_before_touching_the_first(tmp_path, capsys):
+    from closedloop.cli import main
+
+    a = tmp_path / "a.edf"
+    _edf(a, 1)
+    out = tmp_path / "o"
+    assert main(["replay", str(a), "--out", str(out), "--no-report", "--jobs", "1"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["replay", str(a), "--out", str(out), "--no-report", "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"closedloop replay: error: {out}: already holds a replay's results (replay_summary.csv); "
+        "choose another output folder or remove it"
+    )
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # no summary table, but the file's folder holds a session: refused too, and nothing is deleted
+    (out / "replay_summary.csv").unlink()
+    with pytest.raises(ConfigError, match=r"/o/a: already holds session files \(session.xdf, estimates.csv"):
+        replay_batch([a], out, ReplayOptions(report=False), jobs=1)
+    assert not (out / "replay_summary.csv").exists()
+    assert (out / "a" / "session.xdf").read_bytes() == before[out / "a" / "session.xdf"]
+
+
+@pytest.mark.parametrize(
+    "where, problem",
+    [("file", "not a folder (a file of that name exists)"), ("file/sub", "cannot create the folder: Not a directory")],
+)
+def test_an_out_folder_that_cannot_be_made_is_a_one_line_usage_error(tmp_path, where, problem):
+    a = tmp_path / "a.edf"
+    _edf(a, 1)
+    (tmp_path / "file").write_text("mine")
+    out = tmp_path / where
+    r = _cli(str(a), "--out", str(out), "--no-report")
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"closedloop replay: error: --out {out}: {problem}"
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [(",", "no channel names"), ("", "no channel names"), ("EMG1,,EMG2", "an empty channel name")],
+)
+def test_an_empty_channel_list_or_name_says_so(tmp_path, capsys, text, problem):
+    from closedloop.cli import main
+
+    a = tmp_path / "a.edf"
+    _edf(a, 1)
+    assert main(["replay", str(a), "--channels", text, "--out", str(tmp_path / "o"), "--no-report"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"closedloop replay: error: --channels {text!r}: {problem}; give names separated by commas (e.g. EMG1,EMG2)"
+    )
+    assert not (tmp_path / "o").exists()
+    # the library says the same of a name list with an empty name (not 'given more than once')
+    r = replay_file(a, tmp_path / "lib", ReplayOptions(report=False, channels=("EMG1", "", "")))
+    assert not r.ok and r.error == "channels: an empty channel name in ['EMG1', '', '']"
+
+
+@pytest.mark.parametrize("bad", ["missing.edf", "corrupt.fif"])
+def test_publish_lsl_checks_the_file_before_announcing_and_exits_as_the_batch_does(tmp_path, bad):
+    path = tmp_path / bad
+    if bad == "corrupt.fif":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    batch = _cli(str(path), "--out", str(tmp_path / "o"), "--no-report")
+    published = _cli(str(path), "--publish-lsl", "--loopback")
+    assert batch.returncode == published.returncode == 1
+    assert "publishing" not in published.stdout
+    assert published.stderr.strip().startswith(f"closedloop replay: error: {path}: ")
+    assert len(published.stderr.strip().splitlines()) == 1 and "Traceback" not in published.stderr
