@@ -380,6 +380,9 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
     elif not s.get("pulses") and notes:  # events were there, none taken as pulses: say which, and how to pick
         hints.append(f"no pulses; the file's annotations are {shown} (--pulse-marker REGEX picks the pulses)")
     hints += [w for w in rec.extra.get("warnings") or () if "pulse time(s)" in str(w)]
+    assumed = sorted({u for u in rec.original_units if u.startswith("assumed")})
+    if assumed:  # e.g. a .mat file's bare numbers
+        hints.append(f"the file states no unit: samples taken as {', '.join(u.split()[-1] for u in assumed)} (--units)")
     result.hint = "; ".join(hints)
     return result
 

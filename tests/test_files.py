@@ -429,11 +429,15 @@ def test_mat_ninapro_style(tmp_path: Path) -> None:
     assert rec.format == "MAT" and rec.original_units == ("V",) * 3
     assert rec.pulse_source == "variable:pulses"
     np.testing.assert_allclose(pulses, PULSES_S, atol=1e-12)
-    # (C, n) is transposed; without units the values are taken as microvolts
+    # (C, n) is transposed; without units the values are taken as microvolts, and a replay says so
     savemat(path, {"emg": uv.T, "frequency": 2000.0})
     with open_recording(path) as reader:
         assert reader.info.original_units == ("assumed uV",) * 3 and reader.info.n_samples == uv.shape[0]
         np.testing.assert_allclose(reader.read(0, uv.shape[0]), uv * 1e-6, rtol=1e-15)
+    from experiments.replay import ReplayOptions, replay_file
+
+    res = replay_file(path, tmp_path / "out", ReplayOptions(report=False))
+    assert res.ok and "the file states no unit: samples taken as uV (--units)" in res.hint
 
 
 @pytest.mark.parametrize(
