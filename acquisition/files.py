@@ -1471,6 +1471,17 @@ _OPENERS: dict[str, Callable[[Path, str, _Options], RecordingReader]] = {
 # ----------------------------------------------------------------------------------------- replay
 
 
+def _missed_in_train(pulse_samples: np.ndarray) -> int:
+    """How many pulses a steady detected train seems to lack: gaps within 10 % of 2, 3 or 4 times its median
+    interval hold 1, 2 or 3 undetected pulses (longer gaps are pauses)."""
+    d = np.diff(np.unique(pulse_samples)).astype(float)
+    if d.size == 0:
+        return 0
+    k = d / float(np.median(d))
+    whole = np.rint(k)
+    return int(np.sum(np.where((whole >= 2) & (whole <= 4) & (np.abs(k - whole) <= 0.1 * whole), whole - 1, 0)))
+
+
 @dataclass(frozen=True, eq=False)
 class FileChunk(Chunk):
     """A :class:`~closedloop.types.Chunk` of a replayed recording, with the amplitudes of its pulses.
@@ -1669,6 +1680,12 @@ class FileSource:
             if is_pulse_train(found, rec.rate_hz):
                 self._pulse_t = rec.timestamps[found] if rec.timestamps is not None else found / rec.rate_hz
                 rec = dataclasses.replace(rec, pulse_source="detected", pulse_times_s=self._pulse_t - self._t_first)
+                missed = _missed_in_train(found)
+                if missed > max(2, 0.02 * found.size):
+                    rec.extra.setdefault("warnings", []).append(
+                        f"about {missed} pulses of the detected train seem missed (gaps of 2 to 4 periods): their "
+                        "artifacts are in other intervals' EMG; give the pulse times if the file has them elsewhere"
+                    )
             else:
                 self._pulse_t = None
                 note = f"none ({found.size} irregular artifact-like events ignored)" if found.size else "none"

@@ -175,6 +175,10 @@ class SessionConfig:
         (replays of other recordings).
     window_s:
         Window length without pulses for ``segmentation="pulses"`` (s).
+    pulse_lead_s:
+        ``segmentation="pulses"``: each interval begins this long before its pulse (s), for pulse markers that
+        may be late; give the estimator the same (``EstimatorConfig.pulse_lead_s``) so that it looks for the
+        artifact there.
     record_emg:
         Record the EMG stream in session.xdf (replays leave it in the original file).
     nan_tolerance_s:
@@ -197,6 +201,7 @@ class SessionConfig:
     pulses_from: Literal["delivered", "source"] = "delivered"
     segmentation: Literal["grid", "pulses"] = "grid"
     window_s: float = 0.1
+    pulse_lead_s: float = 0.0
     record_emg: bool = True
     nan_tolerance_s: float | None = 0.5
 
@@ -688,7 +693,9 @@ class Session:
             raise StreamMismatch(f"EMG stream {info.name!r} has no regular sampling rate")
         self.estimator = self.estimator_factory(info)
         if cfg.segmentation == "pulses":
-            self.segmenter = PulseSegmenter(info.n_channels, info.rate_hz, cfg.window_s, max(cfg.window_s, 0.5))
+            self.segmenter = PulseSegmenter(
+                info.n_channels, info.rate_hz, cfg.window_s, max(cfg.window_s, 0.5), lead_s=cfg.pulse_lead_s
+            )
         else:
             self.segmenter = IntervalSegmenter(info.n_channels, info.rate_hz, 1.0 / cfg.stim_hz)
         # on the pulse grid the estimator starts on each interval as its chunks arrive (see

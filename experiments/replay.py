@@ -69,6 +69,12 @@ SUMMARY_COLUMNS = (
 )
 
 
+#: How long before each pulse a file replay's intervals begin, and the artifact is looked for (s): pulse markers
+#: up to this late (software triggers, some amplifiers' event channels) leave the artifact out of the volitional
+#: EMG. 2 ms: 4 samples at 2048 Hz; the pulses' own samples before it belong to no interval's volitional EMG.
+PULSE_LEAD_S = 0.002
+
+
 @dataclass(frozen=True)
 class ReplayOptions:
     """How files are replayed (the CLI flags).
@@ -196,6 +202,7 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
         # setting applies where there is one.
         "nonfinite_policy": "skip",
     }
+    lead = PULSE_LEAD_S  # a file's pulse markers may be late: see docs/replay.md
     if live is not None:
         c = live["config"]
         est_cfg = _estimator_config(live.get("estimator") or {})
@@ -242,6 +249,9 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
     total = sum(p.duration_s for p in phases)
     if total < duration:  # the recording outlasts the phases: keep measuring to its end
         phases = (*phases, Phase("after protocol", duration - total + 1.0, "rest"))
+    if cfg_kw["segmentation"] == "pulses":  # (a closedloop session replays on its own pulse grid)
+        est_cfg = dataclasses.replace(est_cfg, pulse_lead_s=lead)
+        cfg_kw["pulse_lead_s"] = lead
     cfg_kw["duration_s"] = None
     config = SessionConfig(phases=phases, **cfg_kw)
     safety = SafetyLayer(limits, ShadowStimulator(source.clock))
@@ -379,7 +389,7 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
         )
     elif not s.get("pulses") and notes:  # events were there, none taken as pulses: say which, and how to pick
         hints.append(f"no pulses; the file's annotations are {shown} (--pulse-marker REGEX picks the pulses)")
-    hints += [w for w in rec.extra.get("warnings") or () if "pulse time(s)" in str(w)]
+    hints += [w for w in rec.extra.get("warnings") or () if "pulse time(s)" in str(w) or "seem missed" in str(w)]
     assumed = sorted({u for u in rec.original_units if u.startswith("assumed")})
     if assumed:  # e.g. a .mat file's bare numbers
         hints.append(f"the file states no unit: samples taken as {', '.join(u.split()[-1] for u in assumed)} (--units)")

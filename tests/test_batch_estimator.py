@@ -52,6 +52,7 @@ def scenarios(draw):
         history=draw(st.integers(1, 3)),
         comb_scale=draw(st.booleans()),
         pulse_search_s=draw(st.sampled_from([0.0, 0.002, 0.005])),
+        pulse_lead_s=draw(st.sampled_from([0.0, 0.0, 0.002])),
         blank_s=draw(st.sampled_from([0.0, 0.0005, 0.003])),
         mwave_window_s=draw(st.sampled_from([(0.003, 0.020), (0.004, 0.006), (0.003, 0.0035)])),
         fit_window_s=draw(st.sampled_from([None, None, (0.003, 0.005)])),

@@ -883,3 +883,22 @@ def test_a_pulse_marker_that_matches_nothing_is_said(tmp_path: Path) -> None:
     assert res.ok
     assert "--pulse-marker '^FES$' matched no annotation or marker" in res.hint
     assert "the file's annotations are 'rest', 'stim'" in res.hint
+
+
+def test_a_detected_train_with_gaps_says_pulses_seem_missed(tmp_path: Path) -> None:
+    """Artifacts at 25 Hz with every third one absent from the data (as when detection misses them): the train is
+    taken, and the replay says about how many pulses it lacks; a complete train says nothing."""
+    from experiments.replay import ReplayOptions, replay_file
+
+    period = round(RATE / 25)
+    every = list(range(200, round(8 * RATE) - 200, period))
+    for name, kept, missed in (("full", every, 0), ("gaps", [k for i, k in enumerate(every) if i % 3 != 2], None)):
+        path = tmp_path / f"{name}_raw.fif"
+        _mne_raw(_with_artifacts(_signal(duration_s=8.0, seed=15), kept), RATE, pulses=()).save(path, verbose="error")
+        res = replay_file(path, tmp_path / name, ReplayOptions(report=False))
+        assert res.ok and res.values["pulse_source"] == "detected" and res.values["pulses"] == len(kept)
+        if missed == 0:
+            assert "seem missed" not in res.hint
+        else:
+            absent = len([k for k in every if kept[0] < k < kept[-1] and k not in kept])  # gaps inside the train
+            assert f"about {absent} pulses of the detected train seem missed" in res.hint

@@ -668,3 +668,30 @@ def test_publish_lsl_checks_the_file_before_announcing_and_exits_as_the_batch_do
     assert "publishing" not in published.stdout
     assert published.stderr.strip().startswith(f"closedloop replay: error: {path}: ")
     assert len(published.stderr.strip().splitlines()) == 1 and "Traceback" not in published.stderr
+
+
+@pytest.mark.parametrize("late", ["jitter 0-1 sample", "2 samples", "4 samples"])
+def test_late_pulse_markers_leave_the_artifact_out_of_the_effort(tmp_path, late):
+    """Markers stamped up to 2 ms after the stimulator fired (software triggers): the artifact's first samples are
+    no longer left at the end of the previous interval, where they counted as volitional EMG (one sample of jitter
+    made the median effort ~9 times too large). The effort is that of the recording with exact markers."""
+    fs = 2048.0
+    rng = np.random.default_rng(13)
+    x = rng.normal(0, 50e-6, (2, 10 * 2048))
+    onsets = np.arange(0.05, 9.99, 0.04)
+    at = np.round(onsets * fs).astype(int)
+    for k in range(4):
+        x[:, at + k] += 5e-3 * np.exp(-k)
+    delay = {"jitter 0-1 sample": rng.integers(0, 2, at.size), "2 samples": 2, "4 samples": 4}[late]
+    medians = {}
+    for name, times in (("exact", at / fs), ("late", (at + delay) / fs)):
+        raw = mne.io.RawArray(x, mne.create_info(["EMG1", "EMG2"], fs, "emg"), verbose="error")
+        raw.set_annotations(mne.Annotations(times, 0.0, ["stim"] * times.size))
+        path = tmp_path / f"{name}_raw.fif"
+        raw.save(path, verbose="error")
+        res = replay_file(path, tmp_path / name, ReplayOptions(report=False))
+        assert res.ok and res.values["pulses"] == onsets.size
+        medians[name] = res.values["effort_median_uv"]
+    # the noise's RMS is 50 uV before the band-pass; the artifact's 5 mV would dominate any window it enters
+    assert 20 < medians["exact"] < 60
+    assert medians["late"] == pytest.approx(medians["exact"], rel=0.1)

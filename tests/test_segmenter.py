@@ -62,23 +62,32 @@ def test_too_short_interval_is_refused():
         IntervalSegmenter(1, 100.0, 0.01)
 
 
-def _pulse_reference(n: int, pulses: list[int], window: int, longest: int) -> list[tuple[int, int, bool]]:
-    """Independent expectation for PulseSegmenter: (start, stop, opened by a pulse) of every complete interval."""
+def _pulse_reference(
+    n: int, pulses: list[int], window: int, longest: int, lead: int = 0
+) -> list[tuple[int, int, int | None]]:
+    """Independent expectation for PulseSegmenter: (start, stop, the pulse opening it or None) of every complete
+    interval, an interval beginning ``lead`` samples before its pulse but after the previous pulse (and not before
+    the previous interval's end)."""
     out = []
     pulses = sorted(set(pulses))
-    cur, cur_pulse, k = 0, False, 0
-    if pulses and pulses[0] == 0:
-        cur_pulse, k = True, 1
+    cur, opener, k = 0, None, 0
+    if pulses and pulses[0] - lead <= 0:
+        opener, k = pulses[0], 1
     while True:
         nxt = pulses[k] if k < len(pulses) else None
-        end = cur + (longest if cur_pulse else window)
-        if nxt is not None and nxt <= end:
-            end = nxt
-        if end > n:
+        end = cur + (longest if opener is not None else window)
+        cut = None if nxt is None else max(nxt - lead, cur if opener is None else opener + 1)
+        if cut is not None and cut <= end:
+            end = cut
+        if end == cur:  # the pulse opens the window begun here
+            opener, k = nxt, k + 1
+            continue
+        if end > n or (end != cut and end + lead > n):  # not final before the stream has gone past it
             return out
-        out.append((cur, end, cur_pulse))
-        cur, cur_pulse = end, nxt is not None and end == nxt
-        k += cur_pulse
+        out.append((cur, end, opener))
+        cur = end
+        opener = nxt if end == cut else None
+        k += end == cut
 
 
 @settings(max_examples=80, deadline=None)
@@ -86,26 +95,28 @@ def _pulse_reference(n: int, pulses: list[int], window: int, longest: int) -> li
     n=st.integers(2, 2000),
     pulses=st.lists(st.integers(0, 1999), max_size=60),
     cuts=st.lists(st.integers(0, 2000), max_size=30),
+    lead=st.sampled_from([0, 0, 1, 3, 25]),
 )
-def test_pulse_segmenter_intervals_whatever_the_chunking(n, pulses, cuts):
+def test_pulse_segmenter_intervals_whatever_the_chunking(n, pulses, cuts, lead):
     from closedloop.estimation.segmenter import PulseSegmenter
 
     rate = 1000.0
     x = np.arange(n * 2, dtype=float).reshape(n, 2)
     ts = 100.0 + np.arange(n) / rate
-    seg = PulseSegmenter(2, rate, window_s=0.02, max_interval_s=0.05)
+    seg = PulseSegmenter(2, rate, window_s=0.02, max_interval_s=0.05, lead_s=lead / rate)
     p = np.array(sorted({q for q in pulses if q < n}), dtype=np.int64)
     out = []
     for a, b in itertools.pairwise([0, *sorted(c for c in cuts if c < n), n]):
         out += seg.push(x[a:b], ts[a:b], p[(p >= a) & (p < b)])
-    expected = _pulse_reference(n, p.tolist(), 20, 50)
-    assert [(iv.start_sample, iv.start_sample + iv.samples.shape[0], bool(t)) for iv, t in out] == expected
-    for k, (iv, times) in enumerate(out):
+    expected = _pulse_reference(n, p.tolist(), 20, 50, lead)
+    assert [(iv.start_sample, iv.start_sample + iv.samples.shape[0]) for iv, _ in out] == [e[:2] for e in expected]
+    for k, ((iv, times), (_, _, opener)) in enumerate(zip(out, expected, strict=True)):
         a, b = iv.start_sample, iv.start_sample + iv.samples.shape[0]
         assert iv.index == k
         np.testing.assert_array_equal(iv.samples, x[a:b])
         np.testing.assert_array_equal(iv.timestamps, ts[a:b])
-        assert times == ([ts[a]] if times else [])
+        assert times == ([] if opener is None else [ts[opener]])  # the pulse's own time, inside the interval
+        assert opener is None or a <= opener < b
     rest = seg.flush()
     done = out[-1][0].start_sample + out[-1][0].samples.shape[0] if out else 0
     assert [iv.start_sample for iv, _ in rest] == ([done] if n - done >= 2 else [])

@@ -120,6 +120,11 @@ class EstimatorConfig:
         None until calibrated.
     pulse_search_s:
         How far after its delivery time a pulse's artifact is looked for (0: trust the delivery time).
+    pulse_lead_s:
+        How far *before* its time a pulse's artifact is also looked for, within its interval: for replays of
+        recordings whose pulse markers may be late (a replay's intervals then begin this long before each pulse,
+        see :class:`~closedloop.estimation.segmenter.PulseSegmenter`). 0 (the default, live sessions): from the
+        pulse's time on.
     artifact_factor:
         An artifact is a jump larger than this many times the interval's median sample-to-sample jump.
     history_reset_s:
@@ -147,6 +152,7 @@ class EstimatorConfig:
     control_channel: int = 0
     mvc_uv: float | tuple[float, ...] | None = None
     pulse_search_s: float = 0.005
+    pulse_lead_s: float = 0.0
     artifact_factor: float = 10.0
     history_reset_s: float = 0.25
 
@@ -172,8 +178,8 @@ class EstimatorConfig:
             raise ConfigError("min_volitional_s and spectral_window_s must be > 0 and smoothing_s >= 0")
         if not self.spectral_update_s > 0:
             raise ConfigError(f"spectral_update_s = {self.spectral_update_s}: must be > 0")
-        if self.pulse_search_s < 0 or self.artifact_factor <= 1:
-            raise ConfigError("pulse_search_s must be >= 0 and artifact_factor > 1")
+        if self.pulse_search_s < 0 or self.pulse_lead_s < 0 or self.artifact_factor <= 1:
+            raise ConfigError("pulse_search_s and pulse_lead_s must be >= 0 and artifact_factor > 1")
         if self.mwave_reference_pulses < 1:
             raise ConfigError(f"mwave_reference_pulses = {self.mwave_reference_pulses}: need >= 1")
         if self.mvc_uv is not None:
@@ -313,6 +319,7 @@ class IntervalEstimator:
         self._pre = max(2, round(0.002 * fs))  # raw samples before a pulse that give the M-wave baseline
         self._latency_s = (np.arange(self._m1 - self._m0) + self._m0) / fs  # by sample in the M-wave window
         self._search = round(cfg.pulse_search_s * fs)
+        self._lead = round(cfg.pulse_lead_s * fs) if self._search else 0
         filters = []
         if cfg.notch_hz is not None and cfg.notch_hz < self.band_hz[1]:
             filters.append(SOSFilter(notch_sos(cfg.notch_hz, fs, cfg.notch_q, up_to_hz=self.band_hz[1]), n_ch))
@@ -643,9 +650,10 @@ class IntervalEstimator:
             floor = self.config.artifact_factor * float(np.partition(jump, half)[half]) + 1e-12
             above = jump > floor
             for k, i in enumerate(idx):
-                hit = int(above[i : i + self._search + 1].argmax())  # the first jump above the floor, if any
-                if above[i + hit]:
-                    idx[k] = i + hit
+                a = max(i - self._lead, 0)
+                hit = int(above[a : i + self._search + 1].argmax())  # the first jump above the floor, if any
+                if above[a + hit]:
+                    idx[k] = a + hit
         if len(idx) == 1:
             return idx
         return self._merge(np.sort(idx), warnings)
@@ -991,11 +999,13 @@ class IntervalEstimator:
     def _refine(
         self, jump: np.ndarray, start: np.ndarray, n: np.ndarray, loc: np.ndarray, floor: np.ndarray
     ) -> np.ndarray:
-        """Each pulse moved to the first sample up to ``pulse_search_s`` later (in its interval) whose jump
-        exceeds its interval's ``floor``; kept where there is none."""
-        at = (start + loc)[:, None] + np.arange(self._search + 1)
-        above = (jump[np.minimum(at, jump.size - 1)] > floor[:, None]) & (at < (start + n)[:, None])
-        return loc + np.where(above.any(axis=1), above.argmax(axis=1), 0)
+        """Each pulse moved to the first sample from ``pulse_lead_s`` earlier to ``pulse_search_s`` later (in its
+        interval) whose jump exceeds its interval's ``floor``; kept where there is none."""
+        a = np.maximum(loc - self._lead, 0)
+        at = (start + a)[:, None] + np.arange(loc.size and int((loc - a).max()) + self._search + 1)
+        stop = start + np.minimum(n, loc + self._search + 1)  # each search's end, within the interval
+        above = (jump[np.minimum(at, jump.size - 1)] > floor[:, None]) & (at < stop[:, None])
+        return np.where(above.any(axis=1), a + above.argmax(axis=1), loc)
 
     def _merge(self, loc: np.ndarray, warns: list[str]) -> list[int]:
         """The pulses located in one interval (sorted), a pulse inside the blanking window of the previous one

@@ -143,6 +143,10 @@ class PulseSegmenter:
     absolute sample indices with the chunk that holds them (a pulse must be known by the time its sample
     arrives). The boundaries are the same whatever the chunking.
 
+    With ``lead_s`` an interval begins that long before its pulse (at most up to the previous pulse): a pulse
+    marked late (a software trigger sent after the stimulator fired) then has the first samples of its artifact
+    in its own interval, before the pulse, instead of at the end of the previous interval's volitional EMG.
+
     Parameters
     ----------
     n_channels, rate_hz:
@@ -151,10 +155,18 @@ class PulseSegmenter:
         Window length without pulses (s).
     max_interval_s:
         Longest interval opened by a pulse (s).
+    lead_s:
+        How long before its pulse an interval begins (s; 0: on the pulse).
     """
 
     def __init__(
-        self, n_channels: int, rate_hz: float, window_s: float = 0.1, max_interval_s: float = 0.5, dtype=np.float64
+        self,
+        n_channels: int,
+        rate_hz: float,
+        window_s: float = 0.1,
+        max_interval_s: float = 0.5,
+        dtype=np.float64,
+        lead_s: float = 0.0,
     ) -> None:
         if rate_hz <= 0:
             raise ConfigError(f"PulseSegmenter needs a regular stream, got rate_hz={rate_hz}")
@@ -164,10 +176,14 @@ class PulseSegmenter:
         self.longest = max(self.window, round(max_interval_s * rate_hz))
         if self.window < 2:
             raise ConfigError(f"window of {window_s} s is shorter than 2 samples at {rate_hz:g} Hz")
+        if not lead_s >= 0:
+            raise ConfigError(f"lead_s = {lead_s}: must be >= 0")
+        self.lead = round(lead_s * rate_hz)
         self.dtype = dtype
         self.index = 0
         self._cur = 0  # first sample of the open interval
         self._cur_pulse = False
+        self._cur_p = 0  # the sample of the pulse that opened it (when _cur_pulse)
         self._pending: list[int] = []  # pulse samples not yet opening an interval, sorted
         self._buf = np.empty((0, n_channels), dtype=dtype)
         self._ts = np.empty(0)
@@ -185,40 +201,46 @@ class PulseSegmenter:
         are consecutive, disjoint views of that copy (no further copy per interval)."""
         n = samples.shape[0]
         pending = self._pending
+        lead = self.lead
         for p in pulse_samples.tolist() if isinstance(pulse_samples, np.ndarray) else pulse_samples:
             p = int(p)
-            if p >= self._cur and (not pending or p > pending[-1]):
-                if p == self._cur and not self._cur_pulse and self._buf.shape[0] == 0:
-                    self._cur_pulse = True  # a pulse on the first sample of the open interval opens it
-                elif p > self._cur or not self._cur_pulse:
+            if p >= self._cur and (not pending or p > pending[-1]) and not (self._cur_pulse and p <= self._cur_p):
+                if p - lead <= self._cur and not self._cur_pulse and self._buf.shape[0] == 0:
+                    self._cur_pulse, self._cur_p = True, p  # a pulse at the start of the open interval opens it
+                else:
                     pending.append(p)
         buf = _joined(self._buf, samples, self.dtype)
         ts = np.concatenate([self._ts, timestamps])
         self._n_seen += n
         n_seen, window, longest = self._n_seen, self.window, self.longest
-        cur, cur_pulse, index = self._cur, self._cur_pulse, self.index
+        cur, cur_pulse, cur_p, index = self._cur, self._cur_pulse, self._cur_p, self.index
         base = cur  # the stream's sample at buf[0]
         at = 0  # next pending pulse
         out = []
         while True:
             limit = cur + (longest if cur_pulse else window)
             nxt = pending[at] if at < len(pending) else None
-            end = limit if nxt is None or limit < nxt else nxt
+            # where the next pulse's interval begins: lead samples before it, after the open interval's pulse
+            cut = None if nxt is None else max(nxt - lead, cur_p + 1 if cur_pulse else cur)
+            end = limit if cut is None or limit < cut else cut
             if end == cur:  # a pulse at the start of a window: it opens the interval instead
+                cur_pulse, cur_p = True, nxt
                 at += 1
-                cur_pulse = True
                 continue
-            if n_seen < end:
+            # a limit is final once any pulse that would begin an interval before it has arrived
+            if n_seen < (end if end == cut else end + lead):
                 break
             a, b = cur - base, end - base
-            out.append((Interval(index, cur, buf[a:b], ts[a:b]), [float(ts[a])] if cur_pulse else []))
+            opening = [float(ts[cur_p - base])] if cur_pulse else []
+            out.append((Interval(index, cur, buf[a:b], ts[a:b]), opening))
             index += 1
             cur = end
-            cur_pulse = end == nxt
+            cur_pulse = end == cut
             if cur_pulse:
+                cur_p = nxt
                 at += 1
         del pending[:at]
-        self._cur, self._cur_pulse, self.index = cur, cur_pulse, index
+        self._cur, self._cur_pulse, self._cur_p, self.index = cur, cur_pulse, cur_p, index
         self._buf, self._ts = buf[cur - base :], ts[cur - base :]
         return out
 
@@ -228,7 +250,8 @@ class PulseSegmenter:
             return []
         iv = Interval(self.index, self._cur, self._buf.copy(), self._ts.copy())
         self.index += 1
-        out = [(iv, [float(self._ts[0])] if self._cur_pulse else [])]
+        p = self._cur_p - self._cur
+        out = [(iv, [float(self._ts[p])] if self._cur_pulse and p < self._ts.shape[0] else [])]
         self._buf, self._ts = self._buf[:0], self._ts[:0]
         self._cur += iv.samples.shape[0]
         return out
