@@ -7,6 +7,7 @@ with status 2; an interrupted command exits with 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import itertools
 import re
@@ -213,18 +214,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     use_loopback()
     from experiments.demo import DemoConfig, run_demo
 
-    out = args.out or Path(f"closedloop-demo-{_dt.datetime.now():%Y%m%d-%H%M%S}")
-    cfg = DemoConfig(
-        out_dir=out,
-        duration_s=args.duration,
-        channels=args.channels,
-        rate_hz=args.rate,
-        stim_hz=args.stim_hz,
-        seed=args.seed,
-        report=not args.no_report,
-        mqtt_url=args.mqtt,
-    )
-    res = run_demo(cfg, progress=not args.quiet)
+    with _default_out(args.out, f"closedloop-demo-{_dt.datetime.now():%Y%m%d-%H%M%S}") as out:
+        cfg = DemoConfig(
+            out_dir=out,
+            duration_s=args.duration,
+            channels=args.channels,
+            rate_hz=args.rate,
+            stim_hz=args.stim_hz,
+            seed=args.seed,
+            report=not args.no_report,
+            mqtt_url=args.mqtt,
+        )
+        res = run_demo(cfg, progress=not args.quiet)
     s = res.summary
     dl, el = s["decision_latency_ms"], s["e2e_latency_ms"]
     lat = "n/a" if dl["median"] is None else f"median {dl['median']:.2f} ms, p99 {dl['p99']:.2f} ms"
@@ -410,6 +411,22 @@ def _new_folder(base: str) -> Path:
     raise AssertionError("unreachable")
 
 
+@contextlib.contextmanager
+def _default_out(given: Path | None, base: str):
+    """The output folder: ``given``, else a new one named ``base`` (:func:`_new_folder`), removed again if the
+    command fails before writing anything into it."""
+    if given is not None:
+        yield given
+        return
+    out = _new_folder(base)
+    try:
+        yield out
+    except BaseException:
+        with contextlib.suppress(OSError):  # not empty (a session's files tell what happened): kept
+            out.rmdir()
+        raise
+
+
 def _print_table(results) -> None:
     cols = ("file", "status", "duration_s", "pulses", "effort_median_uv", "mdf_first_hz", "mdf_last_hz", "x_real_time")
     rows = [[str(r.row()[c]) if c != "file" else Path(r.file).name for c in cols] for r in results]
@@ -433,18 +450,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         use_loopback()
     from experiments.run import run_protocol
 
-    out = args.out or Path(f"{proto.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}")
     mqtt = proto.mqtt_config(args.mqtt) if args.mqtt else None
-    res = run_protocol(
-        proto,
-        out,
-        simulate=args.simulate,
-        fast=args.fast,
-        progress=not args.quiet,
-        report=not args.no_report or None,
-        mqtt=mqtt,
-        wait_for_start=True if args.wait_start else None,
-    )
+    with _default_out(args.out, f"{proto.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}") as out:
+        res = run_protocol(
+            proto,
+            out,
+            simulate=args.simulate,
+            fast=args.fast,
+            progress=not args.quiet,
+            report=not args.no_report or None,
+            mqtt=mqtt,
+            wait_for_start=True if args.wait_start else None,
+        )
     s = res.summary
     where = "simulated participant" + (", virtual time" if args.fast else "") if args.simulate else "live"
     print(f"closedloop run {proto.name} ({where}): {res.status}" + (f" ({res.error})" if res.error else ""))
@@ -497,10 +514,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from experiments.analyze import analyze_recruitment, summary_lines
 
-    out = args.out or Path(f"recruitment-{_dt.datetime.now():%Y%m%d-%H%M%S}")
-    res = analyze_recruitment(
-        args.file, out, channel=args.channel, m_window_ms=args.m_window, h_window_ms=args.h_window
-    )
+    with _default_out(args.out, f"recruitment-{_dt.datetime.now():%Y%m%d-%H%M%S}") as out:
+        res = analyze_recruitment(
+            args.file, out, channel=args.channel, m_window_ms=args.m_window, h_window_ms=args.h_window
+        )
     print("\n".join(summary_lines(res)))
     return 0
 

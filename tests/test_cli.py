@@ -111,3 +111,23 @@ def test_demo_estimator_windows_fit_every_allowed_pulse_rate(tmp_path, stim_hz):
     assert est.mwave_window_s == EstimatorConfig().mwave_window_s
     assert est.min_volitional_s <= period - chunk - est.blank_s
     assert est.min_volitional_s >= 0.001
+
+
+def test_default_output_folders_are_new_and_left_only_with_something_in_them(tmp_path, monkeypatch):
+    """Without --out a command makes a new folder (never one another command made in the same second), and a
+    command that fails before writing anything does not leave it behind, empty."""
+    from closedloop import cli
+
+    monkeypatch.chdir(tmp_path)
+    with cli._default_out(None, "x") as a, cli._default_out(None, "x") as b:
+        (a / "f").write_text("1")
+    assert (a.name, b.name) == ("x", "x-2") and a.is_dir() and b.is_dir()
+    r = subprocess.run(
+        [sys.executable, "-m", "closedloop", "analyze", "recruitment", str(tmp_path / "missing.xdf")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x", "x-2"]  # no empty recruitment-* folder
