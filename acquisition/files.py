@@ -92,7 +92,7 @@ from typing import Any
 import numpy as np
 
 from closedloop.errors import ConfigError, SourceError
-from closedloop.estimation.artifacts import ArtifactDetector, is_pulse_train
+from closedloop.estimation.artifacts import ArtifactDetector, is_pulse_train, pulses_missed_in_train
 from closedloop.types import Chunk, StreamInfo, unit_to_volts
 
 __all__ = [
@@ -603,6 +603,20 @@ def _pick_by_name(path: Path, available: Sequence[str], wanted: Sequence[str]) -
     return [index[w] for w in wanted]
 
 
+def _sample_index(times: np.ndarray, rate_hz: float, n_samples: int, timestamps: np.ndarray | None) -> np.ndarray:
+    """Index of the sample each time (s, on the recording's clock: from 0 without ``timestamps``) belongs to:
+    the first whose timestamp is >= t - 0.5 / rate."""
+    half = 0.5 / rate_hz
+    if timestamps is not None:
+        return np.searchsorted(timestamps, times - half)
+    # the same as searchsorted(arange(n) / rate, times - half), without the n-sample array
+    target = times - half
+    k = np.clip(np.ceil(target * rate_hz), 0, n_samples).astype(np.int64)
+    k -= (k > 0) & ((k - 1) / rate_hz >= target)
+    k += (k < n_samples) & (k / rate_hz < target)
+    return k
+
+
 def _finish(
     path: Path,
     fmt: str,
@@ -644,11 +658,7 @@ def _finish(
         if amplitudes is not None:
             amplitudes = amplitudes[inside]
     if rel.size > 1:  # pulses on one sample are one pulse (an annotation written twice, a doubled marker)
-        at = (
-            np.searchsorted(timestamps, pulse_clock - half)
-            if timestamps is not None
-            else np.ceil((rel - half) * rate_hz)  # FileSource's sample of a pulse time
-        )
+        at = _sample_index(pulse_clock, rate_hz, n_samples, timestamps)
         again = np.concatenate(([False], at[1:] == at[:-1]))
         if again.any():
             n_again = int(np.count_nonzero(again))
@@ -1471,17 +1481,6 @@ _OPENERS: dict[str, Callable[[Path, str, _Options], RecordingReader]] = {
 # ----------------------------------------------------------------------------------------- replay
 
 
-def _missed_in_train(pulse_samples: np.ndarray) -> int:
-    """How many pulses a steady detected train seems to lack: gaps within 10 % of 2, 3 or 4 times its median
-    interval hold 1, 2 or 3 undetected pulses (longer gaps are pauses)."""
-    d = np.diff(np.unique(pulse_samples)).astype(float)
-    if d.size == 0:
-        return 0
-    k = d / float(np.median(d))
-    whole = np.rint(k)
-    return int(np.sum(np.where((whole >= 2) & (whole <= 4) & (np.abs(k - whole) <= 0.1 * whole), whole - 1, 0)))
-
-
 @dataclass(frozen=True, eq=False)
 class FileChunk(Chunk):
     """A :class:`~closedloop.types.Chunk` of a replayed recording, with the amplitudes of its pulses.
@@ -1680,7 +1679,7 @@ class FileSource:
             if is_pulse_train(found, rec.rate_hz):
                 self._pulse_t = rec.timestamps[found] if rec.timestamps is not None else found / rec.rate_hz
                 rec = dataclasses.replace(rec, pulse_source="detected", pulse_times_s=self._pulse_t - self._t_first)
-                missed = _missed_in_train(found)
+                missed = pulses_missed_in_train(found)
                 if missed > max(2, 0.02 * found.size):
                     rec.extra.setdefault("warnings", []).append(
                         f"about {missed} pulses of the detected train seem missed (gaps of 2 to 4 periods): their "
@@ -1738,18 +1737,10 @@ class FileSource:
 
     # -- reading -------------------------------------------------------------------------------
     def _sample_of(self, times: np.ndarray) -> np.ndarray:
-        """Index of the sample each pulse time belongs to: the first with timestamp >= t - 0.5 / rate."""
+        """Index of the sample each pulse time (on the recording's clock) belongs to (:func:`_sample_index`)."""
         rec = self._recording
         assert rec is not None
-        half = 0.5 / rec.rate_hz
-        if rec.timestamps is not None:
-            return np.searchsorted(rec.timestamps, times - half)
-        # the same as searchsorted(arange(n) / rate, times - half), without the n-sample array
-        target = times - half
-        k = np.clip(np.ceil(target * rec.rate_hz), 0, rec.n_samples).astype(np.int64)
-        k -= (k > 0) & ((k - 1) / rec.rate_hz >= target)
-        k += (k < rec.n_samples) & (k / rec.rate_hz < target)
-        return k
+        return _sample_index(times, rec.rate_hz, rec.n_samples, rec.timestamps)
 
     def _det_times(self) -> np.ndarray:
         rec = self._recording

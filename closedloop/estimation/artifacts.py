@@ -103,7 +103,7 @@ import numpy as np
 
 from closedloop.errors import ConfigError
 
-__all__ = ["ArtifactDetector", "blank_linear", "detect_pulses", "is_pulse_train"]
+__all__ = ["ArtifactDetector", "blank_linear", "detect_pulses", "is_pulse_train", "pulses_missed_in_train"]
 
 _MAD_TO_SIGMA = 1.4826  # 1 / Phi^-1(3/4): MAD of a Gaussian times this is its standard deviation
 _EPS = 1e-9  # tolerance when converting durations to whole samples
@@ -470,3 +470,15 @@ def is_pulse_train(
     if in_train.size < 0.5 * d.size:
         return False
     return bool(np.mean(np.abs(in_train - m) <= tolerance * m) >= 0.8)
+
+
+def pulses_missed_in_train(pulse_samples: np.ndarray, tolerance: float = 0.1) -> int:
+    """How many pulses a steady train (:func:`is_pulse_train`) seems to lack: gaps within ``tolerance`` of 2, 3 or
+    4 times its median interval hold 1, 2 or 3 pulses that were not found (longer gaps are pauses)."""
+    d = np.diff(np.unique(np.asarray(pulse_samples, dtype=np.int64))).astype(float)
+    if d.size == 0:
+        return 0
+    k = d / float(np.median(d))
+    whole = np.rint(k)
+    gap = (whole >= 2) & (whole <= 4) & (np.abs(k - whole) <= tolerance * whole)
+    return int(np.sum(np.where(gap, whole - 1, 0)))
