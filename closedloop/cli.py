@@ -370,9 +370,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             return 1
         print(f"closedloop replay: published {n} samples", flush=True)
         return 0
-    if args.out is not None:
-        make_out_root(args.out, f"--out {args.out}")  # a folder that cannot be made stops here, one line
-    out = args.out or _new_folder(f"closedloop-replay-{_dt.datetime.now():%Y%m%d-%H%M%S}")
 
     def show(r) -> None:
         if r.ok:
@@ -387,10 +384,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         else:
             print(f"  {r.file}: error: {r.error}", file=sys.stderr, flush=True)
 
-    results = replay_batch(args.files, out, opts, jobs=args.jobs, scheduler=args.scheduler, on_result=show)
-    ok = sum(r.ok for r in results)
-    _print_table(results)
-    print(f"closedloop replay: {ok} of {len(results)} files replayed; summary table: {out / 'replay_summary.csv'}")
+    if args.out is not None:
+        make_out_root(args.out, f"--out {args.out}")  # a folder that cannot be made stops here, one line
+    with _default_out(args.out, f"closedloop-replay-{_dt.datetime.now():%Y%m%d-%H%M%S}") as out:
+        results = replay_batch(args.files, out, opts, jobs=args.jobs, scheduler=args.scheduler, on_result=show)
+        ok = sum(r.ok for r in results)
+        _print_table(results)
+        print(f"closedloop replay: {ok} of {len(results)} files replayed; summary table: {out / 'replay_summary.csv'}")
     return 0 if ok == len(results) else 1
 
 
