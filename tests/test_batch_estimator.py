@@ -24,8 +24,9 @@ FS = 2000.0
 T0 = 100.0
 # pulse patterns per interval: none; one anywhere; on the first sample; a doublet (a second pulse inside the
 # blanking window); two well apart; near the end (its blanking runs to the end of the interval); a delivery
-# time after the interval (ignored) or before it (placed on the first sample)
-KINDS = ("none", "none", "one", "one", "first", "doublet", "two", "touching", "end", "late", "early")
+# time after the interval (ignored) or before it (placed on the first sample); one the stimulator applied well
+# after its time (its artifact past the search window: found up to pulse_late_s after it)
+KINDS = ("none", "none", "one", "one", "first", "doublet", "two", "touching", "end", "late", "early", "applied_late")
 
 
 def assert_same_estimate(a: Estimate, b: Estimate, what: str = "") -> None:
@@ -53,6 +54,7 @@ def scenarios(draw):
         comb_scale=draw(st.booleans()),
         pulse_search_s=draw(st.sampled_from([0.0, 0.002, 0.005])),
         pulse_lead_s=draw(st.sampled_from([0.0, 0.0, 0.002])),
+        pulse_late_s=draw(st.sampled_from([0.0, 0.006, 0.020])),
         blank_s=draw(st.sampled_from([0.0, 0.0005, 0.003])),
         mwave_window_s=draw(st.sampled_from([(0.003, 0.020), (0.004, 0.006), (0.003, 0.0035)])),
         fit_window_s=draw(st.sampled_from([None, None, (0.003, 0.005)])),
@@ -111,10 +113,12 @@ def build(sc):
             "end": [pos + max(0, length - int(rng.integers(1, 4)))],
             "late": [pos + length + 3],
             "early": [pos - 2],
+            "applied_late": [pos + off],
         }[kind]
         for p in at:
             if 0 <= p < n:
-                q = min(n - 1, p + int(rng.integers(0, 4)))  # the artifact lands a little after the delivery time
+                delay = (12, 40) if kind == "applied_late" else (0, 4)
+                q = min(n - 1, p + int(rng.integers(*delay)))  # the artifact lands a little after the delivery time
                 k = min(n - q, 30)
                 x[q : q + k] += (rng.uniform(2e3, 5e3) * np.exp(-np.arange(k) / 2.0))[:, None]
                 x[q : q + k] += (400.0 * np.sin(np.arange(k) / 3.0) * (np.arange(k) >= 6))[:, None]

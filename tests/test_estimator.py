@@ -56,8 +56,34 @@ def test_mwave_measures_on_a_dc_offset_signal():
 def test_units_are_converted_to_microvolts():
     x = np.zeros((80, 1))
     x[20:40, 0] = np.sin(np.linspace(0, 2 * np.pi, 20)) * 1e-3  # 1 mV amplitude, in volts
-    e = IntervalEstimator(_info(1, "V")).step(_intervals(x, [80])[0], [10.0 + 4 / FS])
+    # no stimulation artifact in these samples: the pulse time is taken as it is (pulse_search_s=0)
+    est = IntervalEstimator(_info(1, "V"), EstimatorConfig(pulse_search_s=0.0))
+    e = est.step(_intervals(x, [80])[0], [10.0 + 4 / FS])
     assert e.mwave_ptp_uv == pytest.approx(2000.0, rel=0.02)
+
+
+@pytest.mark.parametrize("delay_ms", [0.5, 7.5, 15.0])
+def test_a_pulse_applied_late_is_found_on_its_artifact(delay_ms):
+    """A command that reached the stimulator late: the artifact comes after the search window. It is found up to
+    pulse_late_s after the pulse's time (warned), and the M-wave is measured from it; pulse_late_s=0 keeps the
+    time as given."""
+    rng = np.random.default_rng(1)
+    n, t_pulse = 120, 10  # a 60-ms interval, the pulse stamped at sample 10
+    at = t_pulse + round(delay_ms * 1e-3 * FS)
+    x = rng.normal(0.0, 5.0, (n, 1)) + 500.0
+    x[at : at + 3, 0] += 8000.0  # the artifact (inside the 3-ms blanking)
+    t_rel = (np.arange(n) - at) / FS
+    x[:, 0] += np.where((t_rel >= 0.005) & (t_rel < 0.009), 1000.0 * np.sin(2 * np.pi * 250 * (t_rel - 0.005)), 0.0)
+    iv = _intervals(x, [n])[0]
+    e = IntervalEstimator(_info(1), EstimatorConfig()).step(iv, [10.0 + t_pulse / FS])
+    assert e.t_start == pytest.approx(10.0 + at / FS)
+    assert e.mwave_ptp_uv == pytest.approx(2000.0, rel=0.03)
+    late = [w for w in e.warnings if w.startswith("pulse applied late")]
+    assert late == ([f"pulse applied late: its artifact {delay_ms:.1f} ms after its time"] if delay_ms > 5 else [])
+    # not looked for: the pulse stays where it was stamped (and the artifact is then in the volitional window)
+    e0 = IntervalEstimator(_info(1), EstimatorConfig(pulse_late_s=0.0)).step(iv, [10.0 + t_pulse / FS])
+    if delay_ms > 5:
+        assert e0.t_start == pytest.approx(10.0 + t_pulse / FS) and e0.effort_uv > 10 * e.effort_uv
 
 
 def test_volitional_rms_without_pulses_is_that_of_the_band_passed_signal():
@@ -79,14 +105,17 @@ def test_volitional_rms_without_pulses_is_that_of_the_band_passed_signal():
 )
 def test_streaming_equals_offline_for_any_interval_lengths(lengths, pulse_every, seed):
     """The interval-wise estimator filters exactly like one offline pass over the blanked signal."""
+    cfg = EstimatorConfig(
+        method="post", post_start_s=0.010, min_volitional_s=0.002, smoothing_s=0.0, pulse_search_s=0.0
+    )
     rng = np.random.default_rng(seed)
     n = sum(lengths)
     x = rng.normal(0, 50.0, (n, 2)) + 1000.0
     ivs = _intervals(x, lengths)
-    pulses = {k: ivs[k].start_sample + int(rng.integers(0, 8)) for k in range(0, len(ivs), pulse_every)}
-    cfg = EstimatorConfig(
-        method="post", post_start_s=0.004, min_volitional_s=0.002, smoothing_s=0.0, pulse_search_s=0.0
-    )
+    # a pulse anywhere in its interval (its blanking inside it, as offline): one late in it has its evoked
+    # response run on into the next
+    room = round(cfg.blank_s * FS) + 1
+    pulses = {k: ivs[k].start_sample + int(rng.integers(0, lengths[k] - room)) for k in range(0, len(ivs), pulse_every)}
     est = IntervalEstimator(_info(2), cfg)
     got = []
     for k, iv in enumerate(ivs):
@@ -99,11 +128,16 @@ def test_streaming_equals_offline_for_any_interval_lengths(lengths, pulse_every,
     zi = signal.sosfilt_zi(sos)[:, :, None] * ref_x[0]  # the filter starts at the first sample, no transient
     y, _ = signal.sosfilt(sos, ref_x, axis=0, zi=zi)
     post = round(cfg.post_start * FS)
+    last_pulse = -(10**9)
     for k, iv in enumerate(ivs):
-        a = pulses[k] + post if k in pulses else iv.start_sample
+        # a pulse-free interval: volitional from the end of the last pulse's response (post_start_s after it)
+        a = pulses[k] + post if k in pulses else max(iv.start_sample, last_pulse + post)
+        last_pulse = pulses.get(k, last_pulse)
         b = iv.start_sample + len(iv.timestamps)
         if b - a >= max(3, round(cfg.min_volitional_s * FS)):
             np.testing.assert_allclose(got[k], np.sqrt(np.mean(y[a:b] ** 2, axis=0)), rtol=1e-9)
+        else:
+            assert np.isnan(got[k]).all()
 
 
 def _evoked_train(n_pulses, period, amplitudes, noise_uv, rng, n_ch=2):
@@ -117,6 +151,47 @@ def _evoked_train(n_pulses, period, amplitudes, noise_uv, rng, n_ch=2):
     noise = signal.lfilter(b, a, rng.normal(0, 1, x.shape), axis=0)
     noise *= noise_uv / noise.std()
     return x + noise, noise
+
+
+@pytest.mark.parametrize("method", ["post", "nlms"])
+def test_a_late_pulses_response_is_not_volitional_emg_of_the_next_interval(method):
+    """A live loop catching up after a stall delivers a pulse late in its interval, and the next pulse is skipped:
+    the M-wave runs on into the pulse-free interval after it. Its effort must be the volitional EMG's, not the
+    M-wave's tail (measured from the end of the response, post_start_s after the pulse)."""
+    rng = np.random.default_rng(3)
+    period, n_p = 80, 120  # 25 Hz at 2 kHz; every 10th interval: the pulse 60 samples late, none in the next
+    late = set(range(20, n_p, 10))
+    t = np.arange(period) / FS
+    # an M-wave-like wavelet (3000 uV, centred 10 ms after the pulse) whose band-passed ringing is below 1 uV by
+    # post_start_s (20 ms)
+    template = 3000.0 * np.exp(-(((t - 0.010) / 0.0025) ** 2) / 2) * np.sin(2 * np.pi * 250 * (t - 0.010))
+    x = np.zeros((n_p * period + period, 2))
+    starts = {}
+    for k in range(n_p):
+        if k - 1 in late:
+            continue
+        p = k * period + (60 if k in late else 2)
+        starts[k] = p
+        x[p : p + period] += template[:, None]
+    b, a = signal.butter(2, [30, 200], btype="bandpass", fs=FS)
+    noise = signal.lfilter(b, a, rng.normal(0, 1, x.shape), axis=0)
+    noise *= 20.0 / noise.std()
+    x = (x + noise)[: n_p * period]
+    cfg = EstimatorConfig(method=method, smoothing_s=0.0, pulse_search_s=0.0)
+    ivs = _intervals(x, [period] * n_p)
+    times = [[iv.timestamps[starts[k] - iv.start_sample]] if k in starts else [] for k, iv in enumerate(ivs)]
+    est = IntervalEstimator(_info(2), cfg)
+    one_by_one = [est.step(iv, tt, 10.0) for iv, tt in zip(ivs, times, strict=True)]
+    batch = IntervalEstimator(_info(2), cfg).step_many(ivs, times, [10.0] * n_p)
+    free = sorted(k + 1 for k in late)
+    eff = np.array([one_by_one[k].channel_effort_uv for k in free])
+    # reference: the noise alone, band-passed as the estimator does, over the same windows (after the response)
+    y = signal.sosfilt(bandpass_sos(20, 450, FS, 4), noise[: n_p * period], axis=0)
+    post = round(cfg.post_start * FS)
+    ref = np.array([np.sqrt(np.mean(y[starts[k - 1] + post : (k + 1) * period] ** 2, axis=0)) for k in free])
+    np.testing.assert_allclose(eff, ref, rtol=0.05)  # the wavelet's band-passed ringing: < 1 uV
+    assert np.all(eff < 30.0)  # the M-wave's tail alone would be hundreds of uV
+    np.testing.assert_allclose([batch[k].channel_effort_uv for k in free], eff, rtol=1e-9)
 
 
 @pytest.mark.parametrize("method", ["comb", "gs", "nlms"])
@@ -219,6 +294,7 @@ def test_mvc_is_the_best_half_second_average():
         ({"method": "wavelet"}, "method"),
         ({"blank_s": 0.01}, "blank_s"),
         ({"notch_hz": 0.0}, "notch_hz"),
+        ({"pulse_late_s": 0.003}, "pulse_late_s"),
     ],
 )
 def test_bad_configuration_is_refused(kwargs, key):

@@ -13,7 +13,9 @@ Per interval::
      +-> blank the artifact (straight line over blank_s) -> notch + band-pass (streaming, state carried)
             |
             +-> volitional EMG of the pulse segment by the chosen method (post, comb, gs, nlms)
-            |     or, without a pulse, of the whole interval  -> effort (uV), % MVC, smoothed
+            |     or, without a pulse, of the interval after the last pulse's evoked response
+            |     (post_start_s after it: a late pulse's M-wave runs on into the next interval)
+            |                                                  -> effort (uV), % MVC, smoothed
             +-> its residual, gaps as zeros in time, into a streaming Welch estimate
                   -> median and mean frequency, Dimitrov FInsm5 over the last spectral_window_s
 
@@ -119,7 +121,12 @@ class EstimatorConfig:
         Volitional RMS at maximal voluntary contraction (uV), one for all channels or one per channel;
         None until calibrated.
     pulse_search_s:
-        How far after its delivery time a pulse's artifact is looked for (0: trust the delivery time).
+        How far after its delivery time a pulse's artifact is looked for (0: trust the delivery time; for
+        recordings without stimulation artifacts, e.g. amplifiers that blank in hardware).
+    pulse_late_s:
+        Where no artifact is within ``pulse_search_s``: how far after its time (within its interval) it is then
+        looked for, with a warning when found: a command that reached the stimulator late (the machine stalled
+        between stamping and sending it). 0: not looked for.
     pulse_lead_s:
         How far *before* its time a pulse's artifact is also looked for, within its interval: for replays of
         recordings whose pulse markers may be late (a replay's intervals then begin this long before each pulse,
@@ -152,6 +159,7 @@ class EstimatorConfig:
     control_channel: int = 0
     mvc_uv: float | tuple[float, ...] | None = None
     pulse_search_s: float = 0.005
+    pulse_late_s: float = 0.020
     pulse_lead_s: float = 0.0
     artifact_factor: float = 10.0
     history_reset_s: float = 0.25
@@ -180,6 +188,8 @@ class EstimatorConfig:
             raise ConfigError(f"spectral_update_s = {self.spectral_update_s}: must be > 0")
         if self.pulse_search_s < 0 or self.pulse_lead_s < 0 or self.artifact_factor <= 1:
             raise ConfigError("pulse_search_s and pulse_lead_s must be >= 0 and artifact_factor > 1")
+        if self.pulse_late_s and self.pulse_late_s < self.pulse_search_s:
+            raise ConfigError(f"pulse_late_s = {self.pulse_late_s}: 0 (off) or at least pulse_search_s")
         if self.mwave_reference_pulses < 1:
             raise ConfigError(f"mwave_reference_pulses = {self.mwave_reference_pulses}: need >= 1")
         if self.mvc_uv is not None:
@@ -320,6 +330,7 @@ class IntervalEstimator:
         self._latency_s = (np.arange(self._m1 - self._m0) + self._m0) / fs  # by sample in the M-wave window
         self._search = round(cfg.pulse_search_s * fs)
         self._lead = round(cfg.pulse_lead_s * fs) if self._search else 0
+        self._late = round(cfg.pulse_late_s * fs) if self._search else 0
         filters = []
         if cfg.notch_hz is not None and cfg.notch_hz < self.band_hz[1]:
             filters.append(SOSFilter(notch_sos(cfg.notch_hz, fs, cfg.notch_q, up_to_hz=self.band_hz[1]), n_ch))
@@ -373,6 +384,9 @@ class IntervalEstimator:
         self._spectral_every = max(1, round(cfg.spectral_update_s * fs))
         self._spectral_due = -1
         self._last_pulse_t = -math.inf
+        # stream sample where the last pulse's evoked response ends (post_start_s after it): a pulse-free
+        # interval's volitional window begins there at the earliest
+        self._response_end = -(1 << 62)
         win = self.welch.window
         nps = win.shape[0]
         acf = np.array([win[: nps - lag] @ win[lag:] for lag in range(nps)]) / (win @ win)
@@ -584,7 +598,7 @@ class IntervalEstimator:
         y = work.y
         seg: SegmentBatch | None = None
         if p < 0:
-            lo, hi, method = 0, n, "window"
+            lo, hi, method = self._after_response(interval.start_sample, n), n, "window"
             if ts[-1] - self._last_pulse_t > cfg.history_reset_s:
                 self.volitional.reset()  # segments from before a pause are no reference for the next pulses
         else:
@@ -596,6 +610,7 @@ class IntervalEstimator:
                 seg = self.volitional.segment_in_place(y, p, n, interval.start_sample + p)
             lo, hi, method = int(seg.lo[0]), int(seg.hi[0]), seg.method[0]
             self._last_pulse_t = float(ts[p])
+            self._response_end = interval.start_sample + starts[-1] + self.volitional.post_n
             if method != cfg.method and cfg.method != "post":
                 warnings.append(f"{cfg.method} needs a previous pulse segment: used post")
         self._deferred = (y, lo, hi, bad, seg, n)  # the spectral work: after the decision (see settle)
@@ -628,9 +643,11 @@ class IntervalEstimator:
         blocks) may apply it a few samples later. Each pulse is placed on the first sample within
         ``pulse_search_s`` after its nominal time whose jump from the previous sample stands out (more than
         ``artifact_factor`` times the interval's median jump): the artifact's onset, which comes before any
-        M-wave. Without such a jump the nominal sample is kept (set ``pulse_search_s=0`` for stimulators
-        that leave no artifact). The jump into the first sample is from the previous interval's last sample
-        as blanked. With part of the interval in, the median is that of the part: a guess.
+        M-wave. Without such a jump there, the first one up to ``pulse_late_s`` after it (a command that reached
+        the stimulator late: a machine that stalled between stamping and sending it; said in a warning), else the
+        nominal sample is kept (set ``pulse_search_s=0`` for stimulators that leave no artifact). The jump into
+        the first sample is from the previous interval's last sample as blanked. With part of the interval in,
+        the median is that of the part and only the search window is looked at: a guess.
         """
         if not work.times:
             return []
@@ -654,6 +671,12 @@ class IntervalEstimator:
                 hit = int(above[a : i + self._search + 1].argmax())  # the first jump above the floor, if any
                 if above[a + hit]:
                     idx[k] = a + hit
+                elif complete and self._late > self._search:  # none: a pulse applied late, its artifact later
+                    later = above[i + self._search + 1 : i + self._late + 1]
+                    hit = int(later.argmax()) if later.size else 0
+                    if later.size and later[hit]:
+                        idx[k] = i + self._search + 1 + hit
+                        warnings.append(self._late_text(idx[k] - i))
         if len(idx) == 1:
             return idx
         return self._merge(np.sort(idx), warnings)
@@ -711,6 +734,13 @@ class IntervalEstimator:
             return
         left = x[:, a - 1] if a > 0 else self._tail[:, -1]
         x[:, a:b] = left[:, None] + (x[:, b] - left)[:, None] * self._ramp(b - a)
+
+    def _after_response(self, start_sample: int, n: int) -> int:
+        """Where the volitional window of a pulse-free interval of ``n`` samples beginning at stream sample
+        ``start_sample`` begins: after the last pulse's evoked response (``post_start_s`` after it), which runs on
+        into this interval when that pulse came late in its own (a live loop catching up after a stall; a
+        grid replay's irregular pulses). 0 usually; ``n``: none of it is free of the response."""
+        return min(max(self._response_end - start_sample, 0), n)
 
     def _ramp(self, length: int) -> np.ndarray:
         """``(1 .. length) / (length + 1)``: where a bridged sample lies between its window's ends."""
@@ -855,6 +885,7 @@ class IntervalEstimator:
         # volitional EMG: pulse segments in runs without a history reset between them, windows as they are
         has = first >= 0
         lo, hi = offs.copy(), offs + lens  # per interval: where its volitional signal is (windows: all of it)
+        self._responses_end(ivs, first, multi, offs, lens, lo)
         method = ["window"] * n_iv
         resp: list[tuple[np.ndarray, SegmentBatch]] = []  # (intervals, their segment batch)
         t_first = [math.nan] * n_iv
@@ -948,6 +979,7 @@ class IntervalEstimator:
             ks, at = np.unique(owner, return_inverse=True)
             floor = self._floors(jump, offs[ks], lens[ks])[at]
             loc = self._refine(jump, offs[owner], lens[owner], nominal, floor)
+            self._late_warnings(loc - nominal, owner, warns)
         per = np.bincount(owner, minlength=n_iv)
         single = per[owner] == 1
         first[owner[single]] = loc[single]
@@ -967,9 +999,19 @@ class IntervalEstimator:
             floor = self._floors(jk, np.zeros(1, np.int64), lens[k : k + 1])
             loc_k = self._refine(jk, np.zeros(1, np.int64), lens[k : k + 1], nominal[mine], floor)
             del warns[k][n_warn[k] :]
+            self._late_warnings(loc_k - nominal[mine], np.full(loc_k.size, k), warns)
             self._set_starts(self._merge(np.sort(loc_k), warns[k]), first, multi, k)
             held[k] = self._ends_held(first[k : k + 1], {0: multi[k]} if k in multi else {}, lens[k : k + 1])[0]
         return first, multi
+
+    def _late_text(self, after: int) -> str:
+        """The warning for a pulse whose artifact came ``after`` samples after its time, past the search window."""
+        return f"pulse applied late: its artifact {after / self._fs * 1e3:.1f} ms after its time"
+
+    def _late_warnings(self, moved: np.ndarray, owner: np.ndarray, warns: list[list[str]]) -> None:
+        """Warn of the pulses located past their search window (``moved`` samples after their time)."""
+        for r in np.flatnonzero(moved > self._search).tolist():
+            warns[int(owner[r])].append(self._late_text(int(moved[r])))
 
     def _jumps(self, x: np.ndarray) -> np.ndarray:
         """``(N,)`` largest jump over channels into each sample of ``(C, N)`` raw samples (into the first one
@@ -1000,12 +1042,25 @@ class IntervalEstimator:
         self, jump: np.ndarray, start: np.ndarray, n: np.ndarray, loc: np.ndarray, floor: np.ndarray
     ) -> np.ndarray:
         """Each pulse moved to the first sample from ``pulse_lead_s`` earlier to ``pulse_search_s`` later (in its
-        interval) whose jump exceeds its interval's ``floor``; kept where there is none."""
+        interval) whose jump exceeds its interval's ``floor``, else to the first one up to ``pulse_late_s`` after it
+        (in its interval); kept where there is none."""
         a = np.maximum(loc - self._lead, 0)
         at = (start + a)[:, None] + np.arange(loc.size and int((loc - a).max()) + self._search + 1)
         stop = start + np.minimum(n, loc + self._search + 1)  # each search's end, within the interval
         above = (jump[np.minimum(at, jump.size - 1)] > floor[:, None]) & (at < stop[:, None])
-        return np.where(above.any(axis=1), a + above.argmax(axis=1), loc)
+        found = above.any(axis=1)
+        out = np.where(found, a + above.argmax(axis=1), loc)
+        if self._late <= self._search:
+            return out
+        # none there: a pulse applied late, its artifact up to pulse_late_s after its time (rare: one by one)
+        start, n, floor = (np.broadcast_to(v, loc.shape) for v in (start, n, floor))
+        for r in np.flatnonzero(~found & (loc + self._search + 1 < n)).tolist():
+            b = int(start[r] + loc[r] + self._search + 1)
+            later = jump[b : start[r] + min(n[r], loc[r] + self._late + 1)] > floor[r]
+            hit = int(later.argmax())
+            if later[hit]:
+                out[r] = b - start[r] + hit
+        return out
 
     def _merge(self, loc: np.ndarray, warns: list[str]) -> list[int]:
         """The pulses located in one interval (sorted), a pulse inside the blanking window of the previous one
@@ -1180,6 +1235,28 @@ class IntervalEstimator:
         latency[measured] = (first_max.T + self._m0) / self._fs
         area[measured] = total.T / self._fs * self._scale
         return ptp, area, latency
+
+    def _responses_end(
+        self,
+        ivs: Sequence[Interval],
+        first: np.ndarray,
+        multi: dict[int, list[int]],
+        offs: np.ndarray,
+        lens: np.ndarray,
+        lo: np.ndarray,
+    ) -> None:
+        """The pulse-free intervals' volitional windows begin after the last pulse's evoked response
+        (:meth:`_after_response`, for all of them at once): sets their ``lo`` and the end carried on."""
+        last = first.copy()
+        for k, starts in multi.items():
+            last[k] = starts[-1]
+        start = np.array([iv.start_sample for iv in ivs], dtype=np.int64)
+        ends = np.where(last >= 0, start + last + self.volitional.post_n, -(1 << 62))
+        # the end of the response before each interval: later pulses end later, so the running maximum
+        before = np.maximum.accumulate(np.concatenate(([self._response_end], ends)))
+        free = np.flatnonzero(last < 0)
+        lo[free] += np.clip(before[free] - start[free], 0, lens[free])
+        self._response_end = int(before[-1])
 
     def _segment_runs(self, ivs: Sequence[Interval], first: np.ndarray, t_first: list[float]) -> list[list[int] | None]:
         """The pulse intervals in runs that share the volitional history, and None where a pause resets it
