@@ -54,12 +54,11 @@ def test_demo_default_run_writes_recording_summary_and_report(tmp_path):
         assert s["decision_latency_ms"][key] is not None
     assert isinstance(s["deadline_misses"], int) and isinstance(s["safety_events"], list)
     assert all("t" in e and "reason" in e for e in s["safety_events"])
-    # the effort estimate follows the simulated participant's true drive. When the machine stalls (a VM here),
-    # pulses are skipped and the catch-up delivers some late in their interval: their M-wave then falls into the
-    # next interval, which counts it as volitional EMG (a known limit; 52 misses gave r = 0.65 once): there only a
-    # looser bound holds.
-    r_min = 0.85 if s["deadline_misses"] <= 10 else 0.5
-    assert s["truth_comparison"]["effort_drive_r"] > r_min, s["deadline_misses"]
+    # the effort estimate follows the simulated participant's true drive, also when the machine stalls (a VM
+    # here): pulses then go out late in their interval (the M-wave runs on into the next) or reach the
+    # stimulator late (the artifact after its search window); both are handled (0.93-0.94 with the demo pinned
+    # to one busy core; before, 0.65-0.80)
+    assert s["truth_comparison"]["effort_drive_r"] > 0.85, s["deadline_misses"]
     assert f"r = {s['truth_comparison']['effort_drive_r']:.3f}" in r.stdout
 
 
