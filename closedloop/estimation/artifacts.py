@@ -9,22 +9,27 @@ whole recording.
 
 Detection
 ---------
-Per sample ``n`` the *statistic* is the largest, over the selected channels, absolute finite difference
-of order ``order`` of the raw signal::
+Per sample ``n`` and selected channel ``c`` the *statistic* is the absolute finite difference of order
+``order`` of the raw signal, in units of that channel's threshold ``T_c``; a sample's statistic is the
+largest over the channels::
 
-    order 1:  s[n] = max_c |x[n] - x[n-1]|
-    order 2:  s[n] = max_c |x[n] - 2 x[n-1] + x[n-2]|        (the default)
+    order 1:  s[n] = max_c |x_c[n] - x_c[n-1]| / T_c
+    order 2:  s[n] = max_c |x_c[n] - 2 x_c[n-1] + x_c[n-2]| / T_c        (the default)
 
-For a step-like artifact of height ``A`` at sample ``n`` both orders give ``s[n] = A``: a fixed threshold
-means "a jump of more than this much in one sample" in the signal's units either way. The second
+For a step-like artifact of height ``A`` at sample ``n`` both orders give ``A / T_c``: a fixed threshold
+means "a jump of more than this much in one sample" in the signal's units either way. Each channel is
+measured against its own threshold, so an artifact that shows on one channel only (the one nearest the
+stimulation electrodes) is found however loud the others are. The second
 difference weighs frequencies by ``4 sin^2(pi f / rate)`` instead of ``2 sin(pi f / rate)``: it keeps the
 broadband artifact and suppresses the slower physiological slopes (motor-unit potentials, M-waves,
 reflexes) further.
 
 A sample ``n`` is a detection when all of these hold:
 
-1. ``s[n] > threshold``. The threshold is fixed (``threshold``, signal units per sample) or adaptive:
-   ``median + k_mad * 1.4826 * MAD`` of the statistic over the first ``warmup_s`` of data. The median
+1. ``s[n] > 1``: a channel's difference exceeds its threshold. The threshold is fixed (``threshold``, signal
+   units per sample, the same for every channel) or adaptive, per channel: ``median + k_mad * 1.4826 * MAD``
+   of the channel's absolute difference over the first ``warmup_s`` of data (a channel whose threshold comes
+   out 0, flat or all NaN, is not watched). The median
    and the median absolute deviation from it barely notice a minority of artifact samples (stimulation
    at 30 Hz makes roughly 5-10 % of the samples steep), so the warm-up may contain pulses: on white
    noise with 20 % of the statistic's samples made huge by artifacts the threshold rises by 45 %
@@ -232,7 +237,8 @@ class ArtifactDetector:
     Attributes
     ----------
     threshold_:
-        The threshold in use, None until the adaptive warm-up is complete.
+        ``(len(channels),)`` the threshold of each watched channel (signal units per sample; 0: not watched),
+        None until the adaptive warm-up is complete.
     """
 
     def __init__(
@@ -298,15 +304,20 @@ class ArtifactDetector:
 
     def reset(self) -> None:
         """Forget everything: the next sample given is sample 0 again (and the warm-up restarts)."""
-        self.threshold_: float | None = self.fixed_threshold
+        self.threshold_: np.ndarray | None = None
+        self._inv: np.ndarray | None = None  # 1 / threshold per watched channel (0: not watched)
+        if self.fixed_threshold is not None:
+            self._use_thresholds(np.full(self.channels.size, self.fixed_threshold))
         self._tail = np.empty((0, self.channels.size))  # last `order` raw samples of the watched channels
         self._n_total = 0  # samples given so far
         self._buf = np.empty(0)  # statistic of samples _buf_start .. (joined with _parts)
-        self._parts: list[np.ndarray] = []  # statistic of the samples given since, chunk by chunk
+        # statistic of the samples given since, chunk by chunk; during the adaptive warm-up, per channel (n, C)
+        # in signal units, made the statistic once the thresholds are known
+        self._parts: list[np.ndarray] = []
         self._buf_start = 0
         self._next = 0  # first sample not yet decided
         self._last_det: int | None = None
-        self._warm: list[np.ndarray] = []  # finite statistic values seen during warm-up
+        self._warm: list[np.ndarray] = []  # (n, C) differences of the samples with all channels finite, warm-up
         self._n_warm_seen = 0
 
     # ------------------------------------------------------------------ streaming
@@ -327,13 +338,15 @@ class ArtifactDetector:
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.n_channels:
             raise ValueError(f"ArtifactDetector.step needs shape (n, {self.n_channels}), got {x.shape}")
-        stat, n_undefined = self._statistic(x)
-        self._parts.append(stat)
-        self._n_total += stat.size
+        diffs, n_undefined = self._differences(x)
+        self._n_total += diffs.shape[0]
         if self.threshold_ is None:
-            self._collect_warmup(stat[n_undefined:])
+            self._parts.append(diffs)
+            self._collect_warmup(diffs[n_undefined:])
             if self.threshold_ is None:
                 return np.empty(0, dtype=np.int64)
+        else:
+            self._parts.append(self._statistic(diffs))
         return self._decide()
 
     def flush(self) -> np.ndarray:
@@ -351,41 +364,59 @@ class ArtifactDetector:
 
     # ------------------------------------------------------------------ internals
 
-    def _statistic(self, x: np.ndarray) -> tuple[np.ndarray, int]:
-        """Statistic of the new samples, and how many of them (leading) have none yet (set to 0)."""
+    def _differences(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """``(n, C)`` absolute differences of the new samples on the watched channels (NaN where not finite), and
+        how many of them (leading) have none yet (set to 0)."""
         n = x.shape[0]
+        d = np.zeros((n, self.channels.size))
         if n == 0:
-            return np.empty(0), 0
+            return d, 0
         xs = np.asarray(x[:, self.channels], dtype=np.float64)
         y = np.concatenate((self._tail, xs))
         self._tail = y[-self.order :].copy()
         n_def = max(0, y.shape[0] - self.order)  # the last n_def samples have a defined difference
-        stat = np.zeros(n)
         if n_def:
             with np.errstate(invalid="ignore", over="ignore"):
-                s = np.abs(np.diff(y, self.order, axis=0)).max(axis=1)
-            s[~np.isfinite(s)] = np.nan  # inf - inf, or an inf sample: no usable statistic
-            stat[n - n_def :] = s
-        return stat, n - n_def
+                s = np.abs(np.diff(y, self.order, axis=0))
+            s[~np.isfinite(s)] = np.nan  # inf - inf, or an inf sample: no usable difference
+            d[n - n_def :] = s
+        return d, n - n_def
 
-    def _collect_warmup(self, stat: np.ndarray) -> None:
-        finite = stat[np.isfinite(stat)]
+    def _statistic(self, diffs: np.ndarray) -> np.ndarray:
+        """``(n,)`` the statistic of ``(n, C)`` differences: the largest in units of each channel's threshold
+        (NaN where any is NaN)."""
+        assert self._inv is not None
+        if diffs.shape[1] == 1:
+            return diffs[:, 0] * self._inv[0]
+        return (diffs * self._inv).max(axis=1)
+
+    def _collect_warmup(self, diffs: np.ndarray) -> None:
+        finite = diffs[np.isfinite(diffs).all(axis=1)]
         need = self._n_warm - self._n_warm_seen
         take = finite[:need]
-        if take.size:
+        if take.shape[0]:
             self._warm.append(take)
-            self._n_warm_seen += take.size
+            self._n_warm_seen += take.shape[0]
         if self._n_warm_seen >= self._n_warm:
             self._set_threshold(np.concatenate(self._warm))
 
     def _set_threshold(self, values: np.ndarray) -> None:
-        med = float(np.median(values))
+        """The adaptive thresholds from the warm-up's ``(n, C)`` differences; the buffered ones made the
+        statistic."""
+        med = np.median(values, axis=0)
         dev = np.abs(values - med)
-        scale = _MAD_TO_SIGMA * float(np.median(dev))
-        if scale == 0.0:  # more than half the values equal (e.g. a quantised, nearly flat signal)
-            scale = math.sqrt(math.pi / 2.0) * float(np.mean(dev))
-        self.threshold_ = med + self.k_mad * scale
+        scale = _MAD_TO_SIGMA * np.median(dev, axis=0)
+        # more than half the values equal (e.g. a quantised, nearly flat signal): the mean deviation instead
+        scale = np.where(scale == 0.0, math.sqrt(math.pi / 2.0) * np.mean(dev, axis=0), scale)
+        self._use_thresholds(med + self.k_mad * scale)
         self._warm = []
+        self._parts = [self._statistic(d) for d in self._parts]
+
+    def _use_thresholds(self, thr: np.ndarray) -> None:
+        """Set the per-channel thresholds; a channel whose threshold is 0 (flat) is not watched."""
+        self.threshold_ = thr
+        with np.errstate(divide="ignore"):
+            self._inv = np.where(thr > 0, 1.0 / thr, 0.0)
 
     def _decide(self) -> np.ndarray:
         """Detections among the samples not yet decided (all of them: no look-ahead); trims the buffer."""
@@ -395,11 +426,9 @@ class ArtifactDetector:
             self._parts = []
         if stop <= self._next:
             return np.empty(0, dtype=np.int64)
-        thr = self.threshold_
-        assert thr is not None
         off = self._buf_start
         with np.errstate(invalid="ignore"):
-            cand = np.flatnonzero(self._buf[self._next - off :] > thr) + self._next  # absolute indices
+            cand = np.flatnonzero(self._buf[self._next - off :] > 1.0) + self._next  # absolute indices
         if cand.size and self.sharpness is not None:
             cand = cand[self._sharp(cand)]
         dets = []
