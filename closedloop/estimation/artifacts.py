@@ -386,8 +386,6 @@ class ArtifactDetector:
         """``(n,)`` the statistic of ``(n, C)`` differences: the largest in units of each channel's threshold
         (NaN where any is NaN)."""
         assert self._inv is not None
-        if diffs.shape[1] == 1:
-            return diffs[:, 0] * self._inv[0]
         return (diffs * self._inv).max(axis=1)
 
     def _collect_warmup(self, diffs: np.ndarray) -> None:
