@@ -23,7 +23,7 @@ from closedloop.estimation import kernels
 from closedloop.estimation.filters import SOSFilter, bandpass_sos, notch_sos
 from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
 from closedloop.estimation.segmenter import Interval
-from closedloop.estimation.spectral import StreamingWelch
+from closedloop.estimation.spectral import StreamingWelch, _band_indices
 from closedloop.types import StreamInfo
 
 K = kernels.load()
@@ -169,3 +169,33 @@ def test_welch_with_the_kernels_is_bitwise_welch_without(n_ch, chunks, seed):
         for u, v in zip(a, b, strict=True):
             assert np.array_equal(u, v)
     assert np.array_equal(plain.ring, fast.ring)
+
+
+@needs_kernels
+@settings(max_examples=80, deadline=None)
+@given(
+    m=st.integers(1, 60),
+    n=st.integers(1, 40),
+    seed=st.integers(0, 2**31),
+    zeros=st.floats(0.0, 0.9),
+    spoil=st.sampled_from(["none", "nan", "inf", "zero", "lines"]),
+)
+def test_median_frequency_kernel_is_the_numpy_median_frequency(m, n, seed, zeros, spoil):
+    """Spectra with empty bins, single and twin lines, all-zero and non-finite columns: the kernel's MDF is the
+    numpy code's, bit for bit (NaN where the numpy code says NaN)."""
+    rng = np.random.default_rng(seed)
+    f = np.sort(rng.uniform(1.0, 500.0, m))
+    p = rng.exponential(1.0, (m, n)) * (rng.random((m, n)) >= zeros)
+    if spoil == "nan":
+        p[rng.integers(m), rng.integers(n)] = np.nan
+    elif spoil == "inf":
+        p[rng.integers(m), rng.integers(n)] = np.inf
+    elif spoil == "zero":
+        p[:, rng.integers(n)] = 0.0
+    elif spoil == "lines":  # two equal lines in one column: the median is the middle of the flat stretch
+        p[:, 0] = 0.0
+        p[rng.integers(m), 0] = p[rng.integers(m), 0] = 2.0
+    plain = _band_indices(f, f**-1, f**5, p)
+    fast = _band_indices(f, f**-1, f**5, p, K)
+    for u, v in zip(plain, fast, strict=True):
+        assert np.array_equal(u, v, equal_nan=True)

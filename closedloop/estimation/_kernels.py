@@ -14,6 +14,7 @@ import numpy as np
 
 __all__ = [
     "largest_jumps",
+    "median_frequencies",
     "mwave_measures",
     "nlms_weights",
     "power_spectrum",
@@ -153,6 +154,46 @@ def mwave_measures(window, inside, base, out, first_max):  # pragma: no cover - 
             out[0, c, p] = top[p] - bottom[p]
 
 
+@numba.njit(numba.void(_F8_1D, _F8_2D, _F8_1D, _F8_1D), cache=True, nogil=True, boundscheck=False)
+def median_frequencies(f, p, half, out):  # pragma: no cover - compiled
+    """The median frequency of every column of the in-band powers ``p`` ``(m, N)`` at the frequencies ``f``
+    ``(m,)``, with ``half`` ``(N,)`` half of each column's total, into ``out`` ``(N,)``: the midpoint-rule
+    cumulative power ``C_k = P_1 + ... + P_k - P_k / 2`` (a running sum, as ``np.cumsum``), the first centre
+    with ``C_k >= half`` interpolated from the one before, the last with ``C_j <= half`` towards the one after,
+    and the middle of the two: the arithmetic of the numpy code in ``spectral._band_indices`` (``argmax`` of
+    no match is 0 there too)."""
+    m, n = p.shape
+    cum = np.empty(m)
+    for c in range(n):
+        s = p[0, c]
+        cum[0] = s - 0.5 * p[0, c]
+        for i in range(1, m):
+            s += p[i, c]
+            cum[i] = s - 0.5 * p[i, c]
+        h = half[c]
+        k = 0
+        for i in range(m):
+            if cum[i] >= h:
+                k = i
+                break
+        km1 = max(k - 1, 0)
+        c0 = cum[km1]
+        d = cum[k] - c0
+        frac = (h - c0) / d if k > 0 and d > 0 else 0.0
+        f_low = f[km1] + frac * (f[k] - f[km1])
+        j = m - 1
+        for i in range(m - 1, -1, -1):
+            if cum[i] <= h:
+                j = i
+                break
+        jp1 = min(j + 1, m - 1)
+        c0 = cum[j]
+        d = cum[jp1] - c0
+        frac = (h - c0) / d if j < m - 1 and d > 0 else 0.0
+        f_high = f[j] + frac * (f[jp1] - f[j])
+        out[c] = 0.5 * (f_low + f_high)
+
+
 @numba.njit(numba.void(numba.complex128[:, :, ::1], numba.int64, _F8_3D), cache=True, nogil=True, boundscheck=False)
 def power_spectrum(spec, first_bin, out):  # pragma: no cover - compiled
     """``out[s, c, f] = re^2 + im^2`` of ``spec[s, c, first_bin + f]`` (``re * re`` plus ``im * im``, as numpy
@@ -190,6 +231,7 @@ def warm_up() -> None:
     sos = np.array([[1.0, 0.0, 0.0, 1.0, 0.0, 0.0]])
     sosfilt_channels_first(sos, np.zeros((1, 2)), np.zeros((1, 1, 2)))
     largest_jumps(np.zeros((1, 2)), np.zeros(2))
+    median_frequencies(np.ones(2), np.ones((2, 1)), np.ones(1), np.zeros(1))
     power_spectrum(np.zeros((1, 1, 2), np.complex128), 1, np.zeros((1, 1, 1)))
     nlms_weights(np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1)), np.zeros((2, 1, 1)))
     window, out = np.zeros((1, 2, 1)), np.zeros((2, 1, 1))

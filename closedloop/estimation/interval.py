@@ -1355,7 +1355,7 @@ class IntervalEstimator:
             for u, k in enumerate(updates):
                 j, m = ring0 + int(kept[k]), in_ring[k]
                 weighted[:, u] *= ring[j - m : j].sum(axis=0).T / m
-            indices = _band_indices(*self._band_f, weighted.reshape(n_f, -1))
+            indices = _band_indices(*self._band_f, weighted.reshape(n_f, -1), self.kernels)
             mdf, mnf, fi = (v.reshape(len(updates), n_ch) for v in indices)
             for u, (k, k_next) in enumerate(itertools.pairwise([*updates, n_iv])):
                 out[k:k_next] = [(mdf[u], mnf[u], fi[u])] * (k_next - k)
@@ -1629,4 +1629,4 @@ class IntervalEstimator:
         self._welch_seen = w.segments_pushed
         self._spectral_due = due
         _, psd = w.psd()
-        self._spectral = _band_indices(*self._band_f, psd * self._response_psd_weight())
+        self._spectral = _band_indices(*self._band_f, psd * self._response_psd_weight(), self.kernels)

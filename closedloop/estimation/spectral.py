@@ -100,14 +100,12 @@ def spectral_indices(
 
 
 def _band_indices(
-    f: np.ndarray, f_inv: np.ndarray, f5: np.ndarray, p: np.ndarray
+    f: np.ndarray, f_inv: np.ndarray, f5: np.ndarray, p: np.ndarray, kernels: ModuleType | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MDF, MNF and FInsm5, each ``(C,)``, of the in-band powers ``p`` ``(m, C)`` at the frequencies ``f``
-    ``(m,)`` (``f_inv = f**-1``, ``f5 = f**5``), as :func:`spectral_indices` defines them."""
-    m = f.shape[0]
+    ``(m,)`` (``f_inv = f**-1``, ``f5 = f**5``), as :func:`spectral_indices` defines them. ``kernels``: the
+    compiled kernels for the median frequencies (the same numbers), None: numpy."""
     n_ch = p.shape[1]
-    cols = np.arange(n_ch)
-
     total = p.sum(axis=0)
     ok = np.isfinite(total) & (total > 0)
     all_ok = bool(ok.all())
@@ -121,10 +119,27 @@ def _band_indices(
     else:
         fi = np.divide(num, den, out=np.full(n_ch, np.nan), where=ok & (den > 0))
 
+    half = 0.5 * total
+    if kernels is not None:
+        mdf = np.empty(n_ch)
+        kernels.median_frequencies(f, np.ascontiguousarray(p), half, mdf)
+    else:
+        with np.errstate(invalid="ignore"):  # an infinite power: inf - inf in the running sums, NaN as it should
+            mdf = _median_frequencies(f, p, half)
+    if not all_ok:
+        mdf = np.where(ok, mdf, np.nan)
+        mnf = np.where(ok, mnf, np.nan)
+        fi = np.where(ok, fi, np.nan)
+    return mdf, mnf, fi
+
+
+def _median_frequencies(f: np.ndarray, p: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """``(C,)`` the median frequencies of :func:`_band_indices` (``half``: half of each channel's total)."""
+    m, n_ch = p.shape
+    cols = np.arange(n_ch)
     # the cumulative power, channel by channel (rows: the same running sums, faster to search)
     pt = np.ascontiguousarray(p.T)  # (C, m)
     cum = np.cumsum(pt, axis=1) - 0.5 * pt  # C_k at the bin centres
-    half = 0.5 * total
     # Lower end: the first centre with C_k >= T/2, interpolated from the previous centre (C_{k-1} < T/2).
     k = np.argmax(cum >= half[:, None], axis=1)
     km1 = np.maximum(k - 1, 0)
@@ -139,13 +154,7 @@ def _band_indices(
     d = c1 - c0
     frac = np.divide(half - c0, d, out=np.zeros(n_ch), where=(j < m - 1) & (d > 0))
     f_high = f[j] + frac * (f[jp1] - f[j])
-    mdf = 0.5 * (f_low + f_high)
-
-    if not all_ok:
-        mdf = np.where(ok, mdf, np.nan)
-        mnf = np.where(ok, mnf, np.nan)
-        fi = np.where(ok, fi, np.nan)
-    return mdf, mnf, fi
+    return 0.5 * (f_low + f_high)
 
 
 class StreamingWelch:
