@@ -199,3 +199,48 @@ def test_median_frequency_kernel_is_the_numpy_median_frequency(m, n, seed, zeros
     fast = _band_indices(f, f**-1, f**5, p, K)
     for u, v in zip(plain, fast, strict=True):
         assert np.array_equal(u, v, equal_nan=True)
+
+
+@needs_kernels
+@settings(max_examples=40, deadline=None)
+@given(n_ch=st.integers(1, 9), n_u=st.integers(1, 8), seed=st.integers(0, 2**31))
+def test_ring_means_kernel_weighs_by_numpys_mean_of_each_updates_ring(n_ch, n_u, seed):
+    rng = np.random.default_rng(seed)
+    ring = rng.exponential(1.0, (20, n_ch, 7)) * 10.0 ** rng.uniform(-4, 4, (20, n_ch, 7))
+    counts = rng.integers(1, 11, n_u)
+    upto = counts + rng.integers(0, 21 - counts)
+    weighted = rng.uniform(0.5, 2.0, (7, n_u, n_ch))
+    expected = weighted.copy()
+    for u in range(n_u):
+        expected[:, u] *= ring[upto[u] - counts[u] : upto[u]].mean(axis=0).T
+    K.weigh_ring_means(ring, upto, counts, weighted)
+    assert np.array_equal(weighted, expected)
+
+
+@needs_kernels
+@settings(max_examples=40, deadline=None)
+@given(n_ch=st.integers(1, 5), n_u=st.integers(1, 6), seed=st.integers(0, 2**31))
+def test_advance_lags_kernel_decays_then_adds_step_by_step(n_ch, n_u, seed):
+    """Each step: the rows in use times the step's decay, then that step's sums added to their lags."""
+    rng = np.random.default_rng(seed)
+    lags = np.zeros((12, n_ch))
+    rows = np.sort(rng.choice(11, rng.integers(0, 8), replace=False)).astype(np.int64)
+    lags[rows] = rng.standard_normal((rows.size, n_ch))
+    decay = np.where(rng.random(n_u) < 0.3, 1.0, rng.uniform(0.5, 1.0, n_u))
+    per_step = [
+        rng.choice(rows, rng.integers(0, rows.size + 1), replace=False) if rows.size else rows for _ in range(n_u)
+    ]
+    group_lag = np.concatenate([*per_step, np.empty(0, np.int64)]).astype(np.int64)
+    bounds = np.concatenate(([0], np.cumsum([g.size for g in per_step]))).astype(np.int64)
+    sums = rng.standard_normal((group_lag.size, n_ch))
+    expected, snaps = lags.copy(), []
+    for u in range(n_u):
+        for r in rows.tolist():
+            expected[r] = expected[r] * decay[u]
+        for g in range(bounds[u], bounds[u + 1]):
+            expected[group_lag[g]] = expected[group_lag[g]] + sums[g]
+        snaps.append(expected[rows].copy())
+    out = np.empty((n_u, rows.size, n_ch))
+    K.advance_lags(lags, rows, decay, bounds, group_lag, sums, out)
+    assert np.array_equal(lags, expected)
+    assert np.array_equal(out, np.array(snaps).reshape(out.shape))

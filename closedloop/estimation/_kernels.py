@@ -13,6 +13,7 @@ import numba
 import numpy as np
 
 __all__ = [
+    "advance_lags",
     "largest_jumps",
     "median_frequencies",
     "mwave_measures",
@@ -21,6 +22,7 @@ __all__ = [
     "prediction_error",
     "sosfilt_channels_first",
     "warm_up",
+    "weigh_ring_means",
 ]
 
 _F8_2D = numba.float64[:, ::1]
@@ -105,6 +107,33 @@ def prediction_error(y, src, lo, hi, shift, n_past, w, gain):  # pragma: no cove
                         row[t] -= past[t + sj] * wj
                 for t in range(a, b):
                     row[t] /= g
+
+
+@numba.njit(
+    numba.void(_F8_2D, _I8_1D, _F8_1D, _I8_1D, _I8_1D, _F8_2D, _F8_3D), cache=True, nogil=True, boundscheck=False
+)
+def advance_lags(lags, rows, decay, bounds, group_lag, sums, out):  # pragma: no cover - compiled
+    """The running prediction-filter response over ``U`` steps, in place: at step ``u`` the rows ``rows`` of
+    ``lags`` ``(L, C)`` are multiplied by ``decay[u]``, then ``sums[g]`` is added to row ``group_lag[g]`` for
+    ``bounds[u] <= g < bounds[u + 1]``; where ``out`` ``(U, len(rows), C)`` is not empty, ``out[u]`` gets the rows
+    after step ``u``: what the estimator's numpy loop does (``lags[rows] *= decay[u]``, then ``+=``)."""
+    n_ch = lags.shape[1]
+    keep = out.shape[0] > 0
+    for u in range(decay.shape[0]):
+        d = decay[u]
+        for r in rows:
+            row = lags[r]
+            for c in range(n_ch):
+                row[c] *= d
+        for g in range(bounds[u], bounds[u + 1]):
+            row, add = lags[group_lag[g]], sums[g]
+            for c in range(n_ch):
+                row[c] += add[c]
+        if keep:
+            for i in range(rows.shape[0]):
+                row, dst = lags[rows[i]], out[u, i]
+                for c in range(n_ch):
+                    dst[c] = row[c]
 
 
 @numba.njit(numba.void(_F8_2D, _F8_1D), cache=True, nogil=True, boundscheck=False)
@@ -194,6 +223,24 @@ def median_frequencies(f, p, half, out):  # pragma: no cover - compiled
         out[c] = 0.5 * (f_low + f_high)
 
 
+@numba.njit(numba.void(_F8_3D, _I8_1D, _I8_1D, _F8_3D), cache=True, nogil=True, boundscheck=False)
+def weigh_ring_means(ring, upto, counts, weighted):  # pragma: no cover - compiled
+    """``weighted[:, u] *= mean of ring[upto[u] - counts[u] : upto[u]]`` for every update ``u``, with ``ring``
+    ``(K, C, F)`` periodograms and ``weighted`` ``(F, U, C)``: the sum one periodogram after the other (as numpy
+    sums over the first axis), divided by the count, then the product; numpy's numbers."""
+    n_f, n_u, n_ch = weighted.shape
+    acc = np.empty((n_ch, n_f))
+    for u in range(n_u):
+        m = counts[u]
+        j0 = upto[u] - m
+        acc[:, :] = ring[j0]
+        for k in range(j0 + 1, upto[u]):
+            acc += ring[k]
+        for f in range(n_f):
+            for c in range(n_ch):
+                weighted[f, u, c] *= acc[c, f] / m
+
+
 @numba.njit(numba.void(numba.complex128[:, :, ::1], numba.int64, _F8_3D), cache=True, nogil=True, boundscheck=False)
 def power_spectrum(spec, first_bin, out):  # pragma: no cover - compiled
     """``out[s, c, f] = re^2 + im^2`` of ``spec[s, c, first_bin + f]`` (``re * re`` plus ``im * im``, as numpy
@@ -231,8 +278,11 @@ def warm_up() -> None:
     sos = np.array([[1.0, 0.0, 0.0, 1.0, 0.0, 0.0]])
     sosfilt_channels_first(sos, np.zeros((1, 2)), np.zeros((1, 1, 2)))
     largest_jumps(np.zeros((1, 2)), np.zeros(2))
+    i1 = np.zeros(1, np.int64)
+    advance_lags(np.zeros((2, 1)), i1, np.ones(1), np.zeros(2, np.int64), i1, np.zeros((1, 1)), np.zeros((1, 1, 1)))
     median_frequencies(np.ones(2), np.ones((2, 1)), np.ones(1), np.zeros(1))
     power_spectrum(np.zeros((1, 1, 2), np.complex128), 1, np.zeros((1, 1, 1)))
+    weigh_ring_means(np.ones((1, 1, 1)), np.ones(1, np.int64), np.ones(1, np.int64), np.ones((1, 1, 1)))
     nlms_weights(np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1)), np.zeros((2, 1, 1)))
     window, out = np.zeros((1, 2, 1)), np.zeros((2, 1, 1))
     mwave_measures(window, np.ones((2, 1)), np.zeros((1, 1)), out, np.zeros((1, 1), np.int64))

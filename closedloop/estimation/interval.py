@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -1364,9 +1364,13 @@ class IntervalEstimator:
             ring = np.concatenate((before, pgrams)) if before.shape[0] else pgrams
             n_f, n_ch = w.freqs.shape[0], y.shape[0]
             weighted = self._response_weights([t0 + int(ends[k]) for k in updates], resp_n, resp_any, updates)
-            for u, k in enumerate(updates):
-                j, m = ring0 + int(kept[k]), in_ring[k]
-                weighted[:, u] *= ring[j - m : j].sum(axis=0).T / m
+            upto = ring0 + kept[updates]  # each update's ring: the m = in_ring periodograms before upto
+            counts = np.array([in_ring[k] for k in updates], np.int64)
+            if self.kernels is not None:
+                self.kernels.weigh_ring_means(np.ascontiguousarray(ring), upto, counts, weighted)
+            else:
+                for u, (j, m) in enumerate(zip(upto.tolist(), counts.tolist(), strict=True)):
+                    weighted[:, u] *= ring[j - m : j].sum(axis=0).T / m
             indices = _band_indices(*self._band_f, weighted.reshape(n_f, -1), self.kernels)
             mdf, mnf, fi = (v.reshape(len(updates), n_ch) for v in indices)
             for u, (k, k_next) in enumerate(itertools.pairwise([*updates, n_iv])):
@@ -1394,24 +1398,26 @@ class IntervalEstimator:
         """Bring the running response to stream sample ``t``: decayed by ``exp(-samples / window)`` (the
         spectral window), with the queued terms of intervals ending by ``t`` added, each decayed from the end
         of its own interval."""
-        for _ in self._advance_response([t]):
-            pass
+        self._advance_response([t])
 
     def _response_weights(self, ts: list[int], resp_n: list[float], resp_any: list[bool], at: list[int]) -> np.ndarray:
         """``(F, U, C)`` what :meth:`_flush_response` at each stream sample of ``ts`` (increasing) followed by
         :meth:`_response_psd_weight` would give, the sample-weighted counts then being ``resp_n[at[u]]`` and
-        ``resp_any[at[u]]``. The running response is left at ``ts[-1]``."""
-        out = np.empty((self._psd_weight.shape[0], len(ts), self.info.n_channels))
-        for u in self._advance_response(ts):
-            self._resp_n, self._resp_any = resp_n[at[u]], resp_any[at[u]]
-            out[:, u] = self._response_psd_weight()
-        return out
+        ``resp_any[at[u]]``, all updates in one product. The running response is left at ``ts[-1]``."""
+        coef = self._advance_response(ts, True)  # (U, R, C) the used lags' coefficients at each update
+        self._resp_n, self._resp_any = resp_n[at[-1]], resp_any[at[-1]]
+        n = np.maximum(np.array([resp_n[k] for k in at]), 1e-12)
+        h2 = 1.0 + np.matmul(self._resp_cos[:, self._resp_rows], coef) / n[:, None, None]  # (U, F, C)
+        w = np.where(h2 > 0.2, self._psd_weight / np.maximum(h2, 1e-12), 0.0)
+        w[~np.array([resp_any[k] for k in at], bool)] = self._psd_weight  # unfiltered residuals: nothing to divide
+        return np.ascontiguousarray(w.transpose(1, 0, 2))
 
-    def _advance_response(self, ts: list[int]) -> Iterator[int]:
+    def _advance_response(self, ts: list[int], keep: bool = False) -> np.ndarray | None:
         """Bring the running response to each stream sample of ``ts`` (increasing) in turn (see
-        :meth:`_flush_response`), yielding ``u`` when it is at ``ts[u]``. The queued terms of all of them are
-        decayed to the time they are added at and summed per lag together, in queue order: the arithmetic of
-        one flush after the other."""
+        :meth:`_flush_response`). The queued terms of all of them are decayed to the time they are added at
+        and summed per lag together, in queue order: the arithmetic of one flush after the other. ``keep``:
+        return ``(U, R, C)`` the coefficients of the lags in use (:attr:`_resp_rows` after ``ts[-1]``) at each
+        ``ts[u]`` (a lag first used later is 0 before), else None."""
         if self._resp_raw:
             raw, self._resp_raw = self._resp_raw, []
             self._queue_terms(*(np.concatenate(v) for v in zip(*raw, strict=True)))
@@ -1419,9 +1425,10 @@ class IntervalEstimator:
             ends, lag, val = (np.concatenate(v) for v in zip(*self._resp_terms, strict=True))
         else:
             ends, lag, val = np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, self.info.n_channels))
+        n_u = len(ts)
         t = np.array(ts, dtype=np.int64)
         u_of = np.searchsorted(t, ends, side="left")  # the first time each term is added at (end <= t)
-        now = int(np.searchsorted(u_of, len(ts)))  # queued in time order: the rest waits for a later time
+        now = int(np.searchsorted(u_of, n_u))  # queued in time order: the rest waits for a later time
         self._resp_terms = [(ends[now:], lag[now:], val[now:])] if now < ends.size else []
         n_lags = self._resp_lag.shape[0]
         if now:
@@ -1432,22 +1439,35 @@ class IntervalEstimator:
             first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
             sums = np.add.reduceat(val[order], first, axis=0)
             group_u, group_lag = key[first] // n_lags, key[first] % n_lags
-            bounds = np.searchsorted(group_u, np.arange(len(ts) + 1))
+            bounds = np.searchsorted(group_u, np.arange(n_u + 1))
+            if not self._resp_used[group_lag].all():
+                self._resp_used[group_lag] = True
+                self._resp_rows = np.flatnonzero(self._resp_used)
         else:
-            bounds = np.zeros(len(ts) + 1, np.int64)
+            bounds = np.zeros(n_u + 1, np.int64)
+            group_lag, sums = np.empty(0, np.int64), np.empty((0, self.info.n_channels))
+        # the decay of each step (1: none); the lags in use decay, those not yet used are 0 and stay 0
+        decay = np.empty(n_u)
+        t_prev, tau = self._resp_t, self._resp_tau
         for u, tu in enumerate(ts):
-            rows = self._resp_rows
-            if tu != self._resp_t and rows.size:
-                self._resp_lag[rows] *= math.exp(-(tu - self._resp_t) / self._resp_tau)
-            self._resp_t = tu
+            decay[u] = math.exp(-(tu - t_prev) / tau) if tu != t_prev else 1.0
+            t_prev = tu
+        self._resp_t = t_prev
+        rows = self._resp_rows
+        coef = np.empty((n_u if keep else 0, rows.size, self.info.n_channels))
+        if self.kernels is not None:
+            self.kernels.advance_lags(self._resp_lag, rows, decay, bounds, group_lag, sums, coef)
+            return coef if keep else None
+        lags = self._resp_lag
+        for u in range(n_u):
+            if rows.size:
+                lags[rows] *= decay[u]
             a, b = bounds[u], bounds[u + 1]
             if b > a:
-                lags_u = group_lag[a:b]
-                self._resp_lag[lags_u] += sums[a:b]
-                if not self._resp_used[lags_u].all():
-                    self._resp_used[lags_u] = True
-                    self._resp_rows = np.flatnonzero(self._resp_used)
-            yield u
+                lags[group_lag[a:b]] += sums[a:b]
+            if keep:
+                coef[u] = lags[rows]
+        return coef if keep else None
 
     def _lag_terms(self, lags: np.ndarray, weights: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The lag coefficients of predicted segments: a prediction with weights ``w_j`` at lags ``l_j`` has
