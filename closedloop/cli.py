@@ -10,6 +10,8 @@ import argparse
 import contextlib
 import datetime as _dt
 import itertools
+import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from closedloop import __version__
 from closedloop.errors import ClosedLoopError
+from closedloop.estimation._checks import MAX_RATE_HZ
 
 __all__ = ["main"]
 
@@ -29,6 +32,19 @@ def _positive_float(text: str) -> float:
     if not v > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
     return v
+
+
+def _rate(text: str) -> float:
+    v = _positive_float(text)
+    if not (math.isfinite(v) and v <= MAX_RATE_HZ):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a sampling rate in Hz, at most {MAX_RATE_HZ:g}")
+    return v
+
+
+def _folder(text: str) -> Path:
+    if not text.strip():  # an unset shell variable (--out "$OUT"): not the current folder
+        raise argparse.ArgumentTypeError("is empty: give a folder (. for the current one)")
+    return Path(text)
 
 
 def _positive_int(text: str) -> int:
@@ -55,13 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=_positive_float, default=30.0, metavar="S", help="session length (s, default 30)")
     d.add_argument(
         "--out",
-        type=Path,
+        type=_folder,
         default=None,
         metavar="DIR",
         help="output directory (default: ./closedloop-demo-YYYYmmdd-HHMMSS)",
     )
     d.add_argument("--channels", type=_positive_int, default=4, metavar="N", help="EMG channels (default 4)")
-    d.add_argument("--rate", type=_positive_float, default=2048.0, metavar="HZ", help="EMG rate (Hz, default 2048)")
+    d.add_argument("--rate", type=_rate, default=2048.0, metavar="HZ", help="EMG rate (Hz, default 2048)")
     d.add_argument("--stim-hz", type=_positive_float, default=25.0, metavar="F", help="pulse rate (Hz, default 25)")
     d.add_argument("--seed", type=int, default=0, help="simulator random seed (default 0)")
     d.add_argument("--no-report", action="store_true", help="skip report.html")
@@ -81,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         "outlets and apply pulses from an LSL command stream. Loopback-only unless --lan.",
     )
     s.add_argument("--channels", type=_positive_int, default=4, metavar="N")
-    s.add_argument("--rate", type=_positive_float, default=2048.0, metavar="HZ")
+    s.add_argument("--rate", type=_rate, default=2048.0, metavar="HZ")
     s.add_argument("--chunk", type=_positive_int, default=8, metavar="SAMPLES", help="samples per chunk (default 8)")
     s.add_argument("--prefix", default="closedloop-sim", help="stream name prefix (default closedloop-sim)")
     s.add_argument("--source-id", default=None, help="source id base of the outlets (default: random)")
@@ -118,10 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--protocol", default=None, metavar="P", help="protocol file: estimator, limits, controller (shadow)"
     )
-    r.add_argument("--out", type=Path, default=None, metavar="DIR", help="output root (default ./closedloop-replay-*)")
+    r.add_argument(
+        "--out", type=_folder, default=None, metavar="DIR", help="output root (default ./closedloop-replay-*)"
+    )
     r.add_argument("--channels", default=None, metavar="A,B", help="channel names to use (default: the EMG channels)")
     r.add_argument("--stream", default=None, help="XDF stream name or type (default: type EMG)")
-    r.add_argument("--rate", type=_positive_float, default=None, metavar="HZ", help="rate for files that hold none")
+    r.add_argument("--rate", type=_rate, default=None, metavar="HZ", help="rate for files that hold none")
     r.add_argument("--units", default=None, help="units for files that state none (e.g. uV, mV, V)")
     r.add_argument(
         "--chunk",
@@ -161,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--simulate", action="store_true", help="run on the simulated participant (in this process)")
     run.add_argument("--fast", action="store_true", help="with --simulate: virtual time, as fast as possible")
     run.add_argument(
-        "--out", type=Path, default=None, metavar="DIR", help="output directory (default ./<name>-YYYYmmdd-HHMMSS)"
+        "--out", type=_folder, default=None, metavar="DIR", help="output directory (default ./<name>-YYYYmmdd-HHMMSS)"
     )
     run.add_argument("--no-report", action="store_true", help="skip report.html")
     run.add_argument(
@@ -189,7 +207,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     rc.add_argument("file", type=Path, metavar="FILE")
     rc.add_argument(
-        "--out", type=Path, default=None, metavar="DIR", help="output directory (default ./recruitment-YYYYmmdd-HHMMSS)"
+        "--out",
+        type=_folder,
+        default=None,
+        metavar="DIR",
+        help="output directory (default ./recruitment-YYYYmmdd-HHMMSS)",
     )
     rc.add_argument("--channel", default=None, metavar="NAME", help="recordings: the EMG channel (needed if several)")
     for which, name in (("m", "M-wave"), ("h", "H-reflex")):
@@ -309,6 +331,11 @@ def _channel_names(text: str | None) -> tuple[str, ...] | None:
 
         problem = "an empty channel name" if any(names) else "no channel names"
         raise ConfigError(f"--channels {text!r}: {problem}; give names separated by commas (e.g. EMG1,EMG2)")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        from closedloop.errors import ConfigError
+
+        raise ConfigError(f"--channels {text!r}: {', '.join(twice)} given more than once")
     return names
 
 
@@ -382,7 +409,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             if r.hint:
                 print(f"    note: {r.hint}", flush=True)
         else:
-            print(f"  {r.file}: error: {r.error}", file=sys.stderr, flush=True)
+            error = r.error
+            for named in (f"{r.file}: ", f"{Path(r.file).name}: "):  # the file is named once, at the start
+                error = error.removeprefix(named)
+            print(f"  {r.file}: error: {error}", file=sys.stderr, flush=True)
 
     if args.out is not None:
         make_out_root(args.out, f"--out {args.out}")  # a folder that cannot be made stops here, one line
@@ -537,8 +567,48 @@ def _cmd_streams(args: argparse.Namespace) -> int:
     return 0
 
 
+class _PipeSafeStdout:
+    """``sys.stdout`` for a command whose output may be piped into a reader that quits early (``| head``): once
+    the pipe is closed, the rest of the output goes to /dev/null and the command carries on (a batch still
+    replays every file and writes its summary table) instead of ending in a BrokenPipeError."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def _drop(self) -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``closedloop`` console script."""
+    stdout = sys.stdout
+    sys.stdout = _PipeSafeStdout(stdout)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout = stdout
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     handler = {
         "demo": _cmd_demo,

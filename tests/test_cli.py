@@ -134,3 +134,21 @@ def test_default_output_folders_are_new_and_left_only_with_something_in_them(tmp
     )
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x", "x-2"]  # no empty recruitment-* folder
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate", "1e7"], "must be a sampling rate in Hz, at most 1e+06"),
+        (["--rate", "inf"], "must be a sampling rate in Hz"),
+        (["--out", ""], "argument --out: is empty"),
+    ],
+)
+def test_replay_refuses_impossible_rates_and_an_empty_output_folder(tmp_path, args, message):
+    r = _run("replay", str(tmp_path / "x.mat"), *args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_replay_refuses_a_channel_named_twice(tmp_path):
+    r = _run("replay", str(tmp_path / "x.edf"), "--channels", "EMG1,EMG2,EMG1")
+    assert r.returncode == 2 and "EMG1 given more than once" in r.stderr, r.stderr

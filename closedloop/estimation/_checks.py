@@ -10,6 +10,11 @@ from closedloop.errors import ConfigError
 __all__ = ["check_freq", "check_int", "check_positive", "check_rate"]
 
 
+#: The highest sampling rate accepted (Hz): no EMG amplifier samples faster; a larger number is a unit slip
+#: (e.g. a period in ns), and the estimator's spectral tables grow with the rate.
+MAX_RATE_HZ = 1e6
+
+
 def check_rate(rate_hz: float, name: str = "rate_hz") -> float:
     try:
         rate = float(rate_hz)
@@ -17,6 +22,8 @@ def check_rate(rate_hz: float, name: str = "rate_hz") -> float:
         raise ConfigError(f"{name} = {rate_hz!r}: must be a finite number of Hz > 0") from None
     if not (math.isfinite(rate) and rate > 0):
         raise ConfigError(f"{name} = {rate_hz!r}: must be a finite number of Hz > 0")
+    if rate > MAX_RATE_HZ:
+        raise ConfigError(f"{name} = {rate_hz!r}: above {MAX_RATE_HZ:g} Hz, faster than any EMG amplifier samples")
     return rate
 
 

@@ -401,7 +401,7 @@ class IntervalEstimator:
         self._response_end = -(1 << 62)
         win = self.welch.window
         nps = win.shape[0]
-        acf = np.array([win[: nps - lag] @ win[lag:] for lag in range(nps)]) / (win @ win)
+        acf = signal.correlate(win, win)[nps - 1 :] / (win @ win)  # lag 0 .. nperseg - 1 (by FFT when long)
         lag = np.arange(nps)
         self._resp_cos = np.cos(2 * np.pi * np.outer(self.welch.freqs, lag) / fs) * acf  # (F, nperseg)
         # the running response of the prediction filters, as lag coefficients (see _response_psd_weight); row
@@ -540,7 +540,7 @@ class IntervalEstimator:
         if upto > a:
             xs = x[:, a:upto]
             np.copyto(xs, interval.samples[a:upto].T)
-            if not math.isfinite(float(xs.sum())):  # a sum of finite samples is finite unless it overflows
+            if not np.isfinite(xs).all():
                 finite = np.isfinite(xs)
                 if not finite.all():
                     work.bad = True
@@ -878,7 +878,7 @@ class IntervalEstimator:
         x = self._raw(ivs, n_all)  # (C, N) channels first
         warns: list[list[str]] = [[] for _ in range(n_iv)]
         bad = np.zeros(n_iv, bool)
-        if not math.isfinite(float(x.sum())):  # a sum of finite samples is finite unless it overflows
+        if not np.isfinite(x).all():  # (a sum would be as quick, but overflows, with a warning, at 1e308)
             finite = np.isfinite(x)
             bad = np.logical_or.reduceat(~finite.all(axis=0), offs)
             x[~finite] = 0.0  # keeps the filter state finite; these intervals' values are NaN
