@@ -372,7 +372,7 @@ class StreamingWelch:
         if n == 0:
             return None
         gated = None  # the gated samples; None: a * v, written where they are needed
-        if not math.isfinite(float(a.sum())):  # a sum of finite samples is finite unless it overflows
+        if not np.isfinite(a).all():
             v = v & np.isfinite(a).all(axis=0)
             gated = np.where(v, a, 0.0)
 
