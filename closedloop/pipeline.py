@@ -311,6 +311,8 @@ class SessionResult:
     estimates: np.ndarray | None = None
     """``(n_intervals, len(ESTIMATE_HEAD))``: the control-channel columns of the Estimates stream, row for row
     as in session.xdf, when the session was made with ``keep_estimates=True`` (else None)."""
+    exception: Exception | None = field(default=None, repr=False)
+    """The exception that ended a faulted session (``error`` is its text), None otherwise."""
 
     @property
     def ok(self) -> bool:
@@ -638,10 +640,12 @@ class Session:
                 self.safety.output_off(self._now(), f"{type(exc).__name__}: {exc}")
                 res.status = "faulted"
                 res.error = self._first_cause(f"{type(exc).__name__}: {exc}")
+                res.exception = exc
         except Exception as exc:
             self.safety.output_off(self._now(), f"unexpected {type(exc).__name__}: {exc}")
             res.status = "faulted"
             res.error = self._first_cause(f"unexpected {type(exc).__name__}: {exc}")
+            res.exception = exc
         finally:
             if self._watchdog is not None:
                 self._watchdog.stop()

@@ -18,6 +18,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -201,30 +202,40 @@ def _build(path: Path, options: ReplayOptions, source, out_dir: Path) -> Session
         # the file is still analysed (a live session stops: it stimulates). A protocol or a live session's own
         # setting applies where there is one.
         "nonfinite_policy": "skip",
+        # a recording's timestamps may have gaps (samples lost while recording) or drift: the samples are
+        # analysed back to back and the replay says so (_timing_note); the rate check is for live streams
+        "rate_tolerance": math.inf,
     }
     lead = PULSE_LEAD_S  # a file's pulse markers may be late: see docs/replay.md
     if live is not None:
-        c = live["config"]
-        est_cfg = _estimator_config(live.get("estimator") or {})
-        raw = (live.get("protocol") or {}).get("raw")
-        if raw:  # a `closedloop run` session: its protocol makes the same controllers
-            from experiments.protocol import parse_protocol
+        try:
+            c = live["config"]
+            est_cfg = _estimator_config(live.get("estimator") or {})
+            raw = (live.get("protocol") or {}).get("raw")
+            if raw:  # a `closedloop run` session: its protocol makes the same controllers
+                from experiments.protocol import parse_protocol
 
-            made = parse_protocol(raw, path)
-            controller, phase_controllers = made.make_controller(), made.make_phase_controllers()
-        else:
-            controller = _controller_from_summary(live.get("controller") or {})
-        limits = SafetyLimits(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in live["limits"].items()})
-        phases = tuple(Phase(p["name"], p["duration_s"], p["mode"], p.get("controller")) for p in c["phases"])
-        cfg_kw.update(
-            segmentation="grid",
-            stim_hz=c["stim_hz"],
-            pulse_width_us=c["pulse_width_us"],
-            stim_channel=c["stim_channel"],
-            start_time=live.get("t_start_lsl"),
-            calibration_window_s=c.get("calibration_window_s", 0.5),
-            nonfinite_policy=c.get("nonfinite_policy", "stop"),
-        )
+                made = parse_protocol(raw, path)
+                controller, phase_controllers = made.make_controller(), made.make_phase_controllers()
+            else:
+                controller = _controller_from_summary(live.get("controller") or {})
+            limits = SafetyLimits(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in live["limits"].items()})
+            phases = tuple(Phase(p["name"], p["duration_s"], p["mode"], p.get("controller")) for p in c["phases"])
+            cfg_kw.update(
+                segmentation="grid",
+                stim_hz=c["stim_hz"],
+                pulse_width_us=c["pulse_width_us"],
+                stim_channel=c["stim_channel"],
+                start_time=live.get("t_start_lsl"),
+                calibration_window_s=c.get("calibration_window_s", 0.5),
+                nonfinite_policy=c.get("nonfinite_policy", "stop"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # an edited, partial or older summary
+            what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ConfigError(
+                f"{path.with_name('summary.json')}: not a closedloop session summary this version can use ({what}); "
+                "to replay the recording with the default settings, copy session.xdf to another folder"
+            ) from None
     if options.protocol:
         from experiments.protocol import load_protocol
 
@@ -365,6 +376,12 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
     duration = rec.n_samples / rec.rate_hz
     result.status = res.status
     result.error = res.error or ""
+    exc = res.exception
+    if exc is not None and not result.error.startswith("watchdog"):  # the file could not be replayed to its end
+        result.status = "failed"
+        if isinstance(exc, ClosedLoopError):  # a bad file or setting: its message, naming the file, as others
+            text = str(exc)
+            result.error = text if str(path) in text or path.name in text else f"{path}: {text}"
     result.values = {
         "format": rec.format,
         "channels": len(rec.channel_names),
@@ -376,7 +393,7 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
         "intervals": s.get("intervals"),
         **est,
         "elapsed_s": round(elapsed, 3),
-        "x_real_time": round(duration / elapsed, 1) if elapsed > 0 else "",
+        "x_real_time": round(duration / elapsed, 1) if elapsed > 0 and result.ok else "",
     }
     notes = [str(a) for a in rec.extra.get("annotations") or ()]
     shown = ", ".join(repr(a) for a in notes[:8]) + (f" and {len(notes) - 8} more" if len(notes) > 8 else "")
@@ -390,11 +407,39 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
     elif not s.get("pulses") and notes:  # events were there, none taken as pulses: say which, and how to pick
         hints.append(f"no pulses; the file's annotations are {shown} (--pulse-marker REGEX picks the pulses)")
     hints += [w for w in rec.extra.get("warnings") or () if "pulse time(s)" in str(w) or "seem missed" in str(w)]
+    timing = _timing_note(rec)
+    if timing:
+        hints.append(timing)
     assumed = sorted({u for u in rec.original_units if u.startswith("assumed")})
     if assumed:  # e.g. a .mat file's bare numbers
         hints.append(f"the file states no unit: samples taken as {', '.join(u.split()[-1] for u in assumed)} (--units)")
     result.hint = "; ".join(hints)
     return result
+
+
+def _timing_note(rec) -> str:
+    """What the recording's own timestamps (XDF) say about samples lost or a clock that drifts, or ""."""
+    ts = rec.timestamps
+    if ts is None or ts.shape[0] < 3:
+        return ""
+    period = 1.0 / rec.rate_hz
+    d = np.diff(ts)
+    notes = []
+    gaps = d > 2.5 * period
+    if gaps.any():
+        missing = float(np.sum(np.round(d[gaps] / period) - 1.0))
+        notes.append(
+            f"{int(gaps.sum())} gap(s) in the EMG timestamps (longest {float(d.max()):.3g} s, about {missing:.0f} "
+            "samples missing): the samples on either side are analysed back to back"
+        )
+    span = float(ts[-1] - ts[0]) - float(d[gaps].sum()) + int(gaps.sum()) * period  # without the gaps
+    if span > 0:
+        measured = (ts.shape[0] - 1) / span
+        if abs(measured / rec.rate_hz - 1.0) > 0.02:
+            notes.append(f"the timestamps run at {measured:.1f} samples/s for a declared {rec.rate_hz:g} Hz")
+    if (d <= 0).any():
+        notes.append(f"{int((d <= 0).sum())} EMG timestamp(s) not after the one before")
+    return "; ".join(notes)
 
 
 def _estimates_overview(estimates: np.ndarray | None) -> dict:
@@ -440,10 +485,14 @@ def _out_dirs(paths: list[Path], out_root: Path) -> list[Path]:
     case-insensitively (folders on case-insensitive file systems must differ too).
     """
 
-    def stem(p: Path) -> str:
+    from acquisition.files import READABLE_EXTENSIONS
+
+    def stem(p: Path) -> str:  # the name less its format's extension (dots in the name itself stay)
         if p.name == "session.xdf":
             return f"{p.parent.name}-replay"
-        return p.name[: -len("".join(p.suffixes))] if p.suffixes else p.name
+        low = p.name.lower()
+        ext = max((e for e in READABLE_EXTENSIONS if low.endswith(e)), key=len, default=p.suffix)
+        return p.name[: len(p.name) - len(ext)] or p.name
 
     stems = [stem(p) for p in paths]
     own = {s.casefold() for s in stems}  # every file's own name: reserved for its first occurrence
@@ -482,6 +531,10 @@ def _check_unused(out: Path, dirs: list[Path]) -> None:
             f"{out}: already holds a replay's results (replay_summary.csv); choose another output folder or remove it"
         )
     for d in dirs:
+        if d.exists() and not d.is_dir():
+            raise ConfigError(
+                f"{d}: a file of that name is where this file's results would go; choose another output folder"
+            )
         held = [n for n in SESSION_FILES if (d / n).exists()]
         if held:
             raise ConfigError(

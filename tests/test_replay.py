@@ -695,3 +695,96 @@ def test_late_pulse_markers_leave_the_artifact_out_of_the_effort(tmp_path, late)
     # the noise's RMS is 50 uV before the band-pass; the artifact's 5 mV would dominate any window it enters
     assert 20 < medians["exact"] < 60
     assert medians["late"] == pytest.approx(medians["exact"], rel=0.1)
+
+
+def test_output_folders_keep_the_dots_of_the_file_names(tmp_path):
+    from experiments.replay import _out_dirs
+
+    files = [Path(n) for n in ("S01.run1.edf", "S01.run2.edf", "S01.edf", "d/rec.fif.gz", "spike_0.01.fif")]
+    assert [d.name for d in _out_dirs(files, tmp_path)] == ["S01.run1", "S01.run2", "S01", "rec", "spike_0.01"]
+
+
+def test_piped_output_closed_early_loses_nothing(tmp_path):
+    """`closedloop replay ... | head -1`: the reader goes away after one line; every file is still replayed and the
+    summary table written, without a traceback."""
+    files = [tmp_path / f"good{i}.edf" for i in range(3)]
+    for i, f in enumerate(files):
+        _edf(f, i)
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "closedloop",
+        "replay",
+        *map(str, files),
+        "--jobs",
+        "1",
+        "--no-report",
+        "--out",
+        str(out),
+    ]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as p:
+        p.stdout.readline()
+        p.stdout.close()  # as `head -1` does
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=300) == 0, err
+    assert "Traceback" not in err
+    with open(out / "replay_summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["completed"] * 3
+
+
+def _xdf_with_timestamps(path: Path, ts: np.ndarray, rate: float) -> None:
+    from closedloop.recording.xdf import XDFWriter
+
+    x = np.random.default_rng(3).normal(0.0, 40.0, (ts.size, 2)).astype(np.float32)
+    with XDFWriter(path) as w:
+        emg = w.add_stream("EMG", "EMG", ("EMG1", "EMG2"), ("microvolts",), rate, "float32", source_id="amp")
+        for a in range(0, ts.size, 512):
+            w.write_samples(emg, x[a : a + 512], ts[a : a + 512])
+
+
+def test_a_recording_with_lost_samples_or_a_drifting_clock_replays_with_a_note(tmp_path):
+    """Timestamps with a 1-s gap (samples lost while recording), or running 2.4 % fast: the samples replay back to
+    back (the live stream's rate check does not apply to a file) and the result says what the timestamps show."""
+    rate = 2048.0
+    n = 5 * 2048
+    ts = 100.0 + np.arange(n) / rate
+    ts[n // 2 :] += 1.0  # 2048 samples missing
+    _xdf_with_timestamps(tmp_path / "gap.xdf", ts, rate)
+    _xdf_with_timestamps(tmp_path / "drift.xdf", 100.0 + np.arange(n) / (rate * 1.024), rate)
+    gap = replay_file(tmp_path / "gap.xdf", tmp_path / "o1", ReplayOptions(report=False))
+    drift = replay_file(tmp_path / "drift.xdf", tmp_path / "o2", ReplayOptions(report=False))
+    assert gap.ok and drift.ok, (gap.error, drift.error)
+    assert "1 gap(s) in the EMG timestamps (longest 1 s, about 2048 samples missing)" in gap.hint
+    assert "2097.2 samples/s for a declared 2048 Hz" in drift.hint
+    assert gap.values["intervals"] > 0 and drift.values["intervals"] > 0
+
+
+def test_a_file_that_fails_midway_is_failed_with_the_file_named_once(tmp_path):
+    """A FIF cut in half opens (its header is whole) and fails when its samples are read: status failed, the
+    reader's message with the file's name, no class name, no real-time figure."""
+    f = tmp_path / "whole_raw.fif"
+    info = mne.create_info(["EMG1", "EMG2"], 2048.0, "emg")
+    raw = mne.io.RawArray(np.random.default_rng(0).normal(0, 5e-5, (2, 2048 * 5)), info, verbose="error")
+    raw.set_annotations(mne.Annotations(np.arange(0.1, 4.9, 0.04), 0.0, "stim"))  # no detection pass at opening
+    raw.save(f, verbose="error")
+    cut = tmp_path / "cut_raw.fif"
+    data = f.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    r = replay_file(cut, tmp_path / "o", ReplayOptions(report=False))
+    assert r.status == "failed"
+    assert r.error.startswith(f"{cut}: ") or r.error.startswith("cut_raw.fif: "), r.error
+    assert "Error:" not in r.error.split(":")[0] and "FileFormatError" not in r.error
+    assert r.values["x_real_time"] == ""
+
+
+def test_a_session_with_an_unusable_summary_is_a_clear_error(tmp_path):
+    live = tmp_path / "live"
+    _live_session(live, seconds=8.0)
+    s = json.loads((live / "summary.json").read_text())
+    del s["limits"]
+    (live / "summary.json").write_text(json.dumps(s))
+    r = replay_file(live / "session.xdf", tmp_path / "o", ReplayOptions(report=False))
+    assert r.status == "failed"
+    assert "summary.json: not a closedloop session summary this version can use (no 'limits')" in r.error

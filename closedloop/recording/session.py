@@ -141,7 +141,14 @@ class SessionRecorder:
         compiled: bool | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise RecordingError(
+                f"{self.out_dir}: cannot be the session's folder: a file of that name exists"
+            ) from None
+        except OSError as exc:
+            raise RecordingError(f"{self.out_dir}: cannot create the session's folder: {exc.strerror or exc}") from None
         self.xdf_path = self.out_dir / "session.xdf"
         self.csv_path = self.out_dir / "estimates.csv"
         self.flush_interval_s = flush_interval_s
