@@ -1,5 +1,6 @@
 """The per-interval estimator: known answers, streaming == offline, and its defined bad-input behaviour."""
 
+import itertools
 import math
 
 import numpy as np
@@ -403,3 +404,34 @@ def test_the_fit_window_moves_the_prediction_fit_and_not_the_m_wave_measures():
     effort_b = np.array([e.effort_uv for e in b[3:]])
     assert np.isfinite(effort_a).all() and np.isfinite(effort_b).all()
     assert not np.allclose(effort_a, effort_b)  # the gains were fitted elsewhere
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_the_first_pulses_after_a_non_finite_stretch_measure_the_true_emg(batched):
+    """A NaN stretch zeroes its intervals' samples: those must not serve as the prediction history of the next
+    pulses (a zero past made the first clean interval's effort 2-5 % of the EMG's RMS). The first interval after
+    each of five stretches: effort within 0.6-1.6 x the RMS of the EMG it holds (known, no artifacts here)."""
+    fs = 2048.0
+    n = int(12 * fs)
+    rng = np.random.default_rng(4)
+    sos = signal.butter(4, [30, 300], "bandpass", fs=fs, output="sos")
+    clean = signal.sosfilt(sos, rng.standard_normal((n, 2)), axis=0) * 40.0
+    x = clean.copy()
+    stretches = [int(s * fs) for s in (2.0, 4.0, 6.0, 8.0, 10.0)]
+    for s in stretches:
+        x[s : s + 500] = np.nan
+    on = np.arange(82, n - 82, 82)  # 25 Hz
+    ts = np.arange(n) / fs
+    info = StreamInfo("t", "EMG", fs, ("a", "b"), ("microvolts",), "t")
+    ivs = [Interval(k, a, x[a:b], ts[a:b]) for k, (a, b) in enumerate(itertools.pairwise(on))]
+    est = IntervalEstimator(info, EstimatorConfig(pulse_search_s=0.0))
+    times = [[ts[a]] for a in on[:-1]]
+    if batched:
+        out = est.step_many(ivs, times, [10.0] * len(ivs))
+    else:
+        out = [est.step(iv, t, 10.0) for iv, t in zip(ivs, times, strict=True)]
+    for s in stretches:
+        k = int(np.searchsorted(on, s + 500))  # the first interval starting after the stretch
+        assert "non-finite samples in interval" not in out[k].warnings
+        true_rms = float(np.sqrt(np.mean(clean[on[k] : on[k + 1], 0] ** 2)))
+        assert 0.6 < out[k].effort_uv / true_rms < 1.6, (s, out[k].effort_uv, true_rms)

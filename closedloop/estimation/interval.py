@@ -621,6 +621,8 @@ class IntervalEstimator:
             else:
                 seg = self.volitional.segment_in_place(y, p, n, interval.start_sample + p)
             lo, hi, method = int(seg.lo[0]), int(seg.hi[0]), seg.method[0]
+            if bad:  # its non-finite samples (zeroed) are no reference for the next pulses' predictions
+                self.volitional.reset()
             self._last_pulse_t = float(ts[p])
             self._response_end = interval.start_sample + starts[-1] + self.volitional.post_n
             if method != cfg.method and cfg.method != "post":
@@ -901,7 +903,7 @@ class IntervalEstimator:
         method = ["window"] * n_iv
         resp: list[tuple[np.ndarray, SegmentBatch]] = []  # (intervals, their segment batch)
         t_first = [math.nan] * n_iv
-        for run in self._segment_runs(ivs, first, t_first):
+        for run in self._segment_runs(ivs, first, t_first, bad):
             if run is None:
                 self.volitional.reset()  # segments from before a pause are no reference for the next pulses
                 continue
@@ -1270,19 +1272,25 @@ class IntervalEstimator:
         lo[free] += np.clip(before[free] - start[free], 0, lens[free])
         self._response_end = int(before[-1])
 
-    def _segment_runs(self, ivs: Sequence[Interval], first: np.ndarray, t_first: list[float]) -> list[list[int] | None]:
-        """The pulse intervals in runs that share the volitional history, and None where a pause resets it
-        (a pulse-free interval ending more than ``history_reset_s`` after the last pulse). Fills ``t_first``
-        with the time of each interval's first pulse."""
+    def _segment_runs(
+        self, ivs: Sequence[Interval], first: np.ndarray, t_first: list[float], bad: np.ndarray
+    ) -> list[list[int] | None]:
+        """The pulse intervals in runs that share the volitional history, and None where it is reset: after a
+        pause (a pulse-free interval ending more than ``history_reset_s`` after the last pulse) and after a
+        pulse interval with non-finite samples (``bad``: zeroed, no reference for the next predictions). Fills
+        ``t_first`` with the time of each interval's first pulse."""
         runs: list[list[int] | None] = []
         run: list[int] = []
         last = self._last_pulse_t
         reset_s = self.config.history_reset_s
-        for k, p in enumerate(first.tolist()):
+        for k, (p, b) in enumerate(zip(first.tolist(), bad.tolist(), strict=True)):
             ts = ivs[k].timestamps
             if p >= 0:
                 run.append(k)
                 last = t_first[k] = float(ts[p])
+                if b:
+                    runs += [run, None]
+                    run = []
             elif ts[-1] - last > reset_s:
                 if run:
                     runs.append(run)
