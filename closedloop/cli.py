@@ -314,10 +314,10 @@ def _speed(text: str) -> float | None:
         v = float(text)
     except ValueError:
         v = float("nan")
-    if not v > 0:
+    if not v >= 1e-3:  # (NaN too) slower than a thousandth of real time: a slip, that would run for days
         from closedloop.errors import ConfigError
 
-        raise ConfigError(f"--speed {text}: give max or a positive factor of real time (e.g. 1, 10)")
+        raise ConfigError(f"--speed {text}: give max or a factor of real time from 0.001 up (e.g. 1, 10)")
     return v
 
 

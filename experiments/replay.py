@@ -127,7 +127,11 @@ class ReplayOptions:
         chooses by the number of channels)."""
         if self.chunk_size is not None:
             return self.chunk_size
-        return None if speed is None else 256
+        if speed is None:
+            return None
+        # paced: 256 samples a chunk, more above 8x (a chunk every ~15 ms of wall time at 2 kHz: small chunks at a
+        # high pace would be due faster than a chunk's work takes, and the pace would fall short)
+        return max(256, round(32 * speed))
 
 
 @dataclass
