@@ -410,7 +410,8 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
         )
     elif not s.get("pulses") and notes:  # events were there, none taken as pulses: say which, and how to pick
         hints.append(f"no pulses; the file's annotations are {shown} (--pulse-marker REGEX picks the pulses)")
-    hints += [w for w in rec.extra.get("warnings") or () if "pulse time(s)" in str(w) or "seem missed" in str(w)]
+    shown_warnings = ("pulse time(s)", "seem missed", "corrupt", "truncat")  # the readers' warnings a user must see
+    hints += [w for w in rec.extra.get("warnings") or () if any(k in str(w).lower() for k in shown_warnings)]
     timing = _timing_note(rec)
     if timing:
         hints.append(timing)

@@ -788,3 +788,16 @@ def test_a_session_with_an_unusable_summary_is_a_clear_error(tmp_path):
     r = replay_file(live / "session.xdf", tmp_path / "o", ReplayOptions(report=False))
     assert r.status == "failed"
     assert "summary.json: not a closedloop session summary this version can use (no 'limits')" in r.error
+
+
+def test_a_truncated_xdf_replays_what_it_holds_and_says_so(tmp_path):
+    ts = 100.0 + np.arange(6 * 2048) / 2048.0
+    whole = tmp_path / "whole.xdf"
+    _xdf_with_timestamps(whole, ts, 2048.0)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.xdf"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    r = replay_file(cut, tmp_path / "o", ReplayOptions(report=False))
+    assert r.ok, r.error
+    assert "corruption" in r.hint, r.hint
+    assert 0 < r.values["duration_s"] < 6.0
