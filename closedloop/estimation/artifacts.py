@@ -34,11 +34,13 @@ A sample ``n`` is a detection when all of these hold:
    at 30 Hz makes roughly 5-10 % of the samples steep), so the warm-up may contain pulses: on white
    noise with 20 % of the statistic's samples made huge by artifacts the threshold rises by 45 %
    (their standard deviation grows almost 400-fold).
-2. *Sharpness* (``sharpness``, default 5): ``s[n]`` is at least ``sharpness`` times the largest
-   statistic in the background window, the ``lookback_s`` (5 ms) that ends ``rise_s`` (0.5 ms) before
-   ``n``. A stimulator's artifact rises within a fraction of a millisecond out of whatever the signal
-   did before; a motor-unit potential, an M-wave or a reflex steepens gradually over several samples,
-   so its own flank is in its background. ``sharpness=None`` turns the test off.
+2. *Sharpness* (``sharpness``, default 5): on a channel that exceeds its threshold at ``n``, the difference
+   is at least ``sharpness`` times that channel's largest one in the background window, the ``lookback_s``
+   (5 ms) that ends ``rise_s`` (0.5 ms) before ``n`` (each channel against its own background: an artifact on
+   one quiet channel is not judged against the noise of the others). A stimulator's artifact rises within a
+   fraction of a millisecond out of whatever the signal did before; a motor-unit potential, an M-wave or a
+   reflex steepens gradually over several samples, so its own flank is in its background. ``sharpness=None``
+   turns the test off.
 3. ``n`` is at least ``min_interval_s`` after the previous detection: later crossings within that time
    belong to the same pulse (refractory period).
 
@@ -310,7 +312,7 @@ class ArtifactDetector:
             self._use_thresholds(np.full(self.channels.size, self.fixed_threshold))
         self._tail = np.empty((0, self.channels.size))  # last `order` raw samples of the watched channels
         self._n_total = 0  # samples given so far
-        self._buf = np.empty(0)  # statistic of samples _buf_start .. (joined with _parts)
+        self._buf = np.empty((0, self.channels.size))  # differences / thresholds of samples _buf_start ..
         # statistic of the samples given since, chunk by chunk; during the adaptive warm-up, per channel (n, C)
         # in signal units, made the statistic once the thresholds are known
         self._parts: list[np.ndarray] = []
@@ -383,10 +385,10 @@ class ArtifactDetector:
         return d, n - n_def
 
     def _statistic(self, diffs: np.ndarray) -> np.ndarray:
-        """``(n,)`` the statistic of ``(n, C)`` differences: the largest in units of each channel's threshold
-        (NaN where any is NaN)."""
+        """``(n, C)`` differences in units of each channel's threshold (0 on channels not watched); ``s[n]`` is
+        their largest (NaN where any is NaN)."""
         assert self._inv is not None
-        return (diffs * self._inv).max(axis=1)
+        return diffs * self._inv
 
     def _collect_warmup(self, diffs: np.ndarray) -> None:
         finite = diffs[np.isfinite(diffs).all(axis=1)]
@@ -426,7 +428,7 @@ class ArtifactDetector:
             return np.empty(0, dtype=np.int64)
         off = self._buf_start
         with np.errstate(invalid="ignore"):
-            cand = np.flatnonzero(self._buf[self._next - off :] > 1.0) + self._next  # absolute indices
+            cand = np.flatnonzero(self._buf[self._next - off :].max(axis=1) > 1.0) + self._next  # absolute
         if cand.size and self.sharpness is not None:
             cand = cand[self._sharp(cand)]
         dets = []
@@ -446,16 +448,18 @@ class ArtifactDetector:
         return np.asarray(dets, dtype=np.int64)
 
     def _sharp(self, cand: np.ndarray) -> np.ndarray:
-        """Sharpness test for candidate samples (absolute indices, in the buffer); boolean mask."""
+        """Sharpness test for candidate samples (absolute indices, in the buffer); boolean mask: a channel over
+        its threshold there is ``sharpness`` times its own background's largest."""
         # samples before the first one ever given count as 0 (the statistic is >= 0, so a missing history
-        # does not count); a NaN in the window makes the maximum NaN, which fails the comparison
+        # does not count); a NaN in a channel's window makes its maximum NaN, which fails the comparison
         gap = self._n_rise + self._n_back
-        padded = np.concatenate((np.zeros(gap), self._buf))
+        padded = np.concatenate((np.zeros((gap, self._buf.shape[1])), self._buf))
         pos = cand - self._buf_start + gap
         window = pos[:, None] + np.arange(-gap, -self._n_rise)[None, :]
-        back = padded[window].max(axis=1)
+        back = padded[window].max(axis=1)  # (candidates, C)
+        now = padded[pos]
         with np.errstate(invalid="ignore"):
-            return padded[pos] >= self.sharpness * back
+            return ((now > 1.0) & (now >= self.sharpness * back)).any(axis=1)
 
 
 def detect_pulses(x: np.ndarray, rate_hz: float, **kwargs) -> np.ndarray:
