@@ -12,8 +12,8 @@ Formats
 extension               read with                           EMG channels, units, pulses
 ======================  ==================================  ===========================================
 .edf .bdf .gdf          MNE (lazy: ``preload=False``)       channels of type ``emg`` (EDF/BDF labels
-.fif .fif.gz            MNE (lazy)                          such as ``"EMG biceps"`` are typed with
-.vhdr (BrainVision)     MNE (lazy)                          ``infer_types=True``), else every channel
+.fif .fif.gz            MNE (lazy)                          such as ``"EMG biceps"`` are typed by their
+.vhdr (BrainVision)     MNE (lazy)                          first word), else (not FIF) every channel
 .set (EEGLAB)           MNE (lazy)                          in volts; pulses from annotations matching
                                                             ``pulse_annotation``, else from the onsets
                                                             of a stim/trigger channel
@@ -50,11 +50,21 @@ OpenSignals (PLUX) files
 MNE formats
     Annotation texts are searched with ``pulse_annotation`` (default ``(?i)stim|pulse|trigger``); GDF
     events become annotations named by their numeric event type (e.g. ``"768"``), so give a pattern such
-    as ``r"^768$"`` for them. Without matching annotations, the onsets (changes to a non-zero value) of
-    the first stim channel that has any are the pulses (BDF ``Status``: its low 16 bits, the trigger
-    lines). MNE only knows uV and mV in EDF/BDF/GDF headers; other voltage units stated there (e.g. nV,
-    or mV in GDF 1) are corrected here, and EDF/GDF signals whose header states a non-voltage unit are
-    not taken as EMG.
+    as ``r"^768$"`` for them. Without matching annotations, the onsets of the first stim channel that has
+    any are the pulses (BDF ``Status``: its low 16 bits, the trigger lines): an event begins where the code
+    leaves the idle level (the commonest code), the sample before the first counting as idle, and lasts
+    until the code returns to idle, whatever codes it takes meanwhile. MNE only knows uV and mV in
+    EDF/BDF/GDF headers; other voltage units stated there (e.g. nV, or mV in GDF 1) are corrected here, and
+    EDF/GDF signals whose header states a non-voltage unit are not taken as EMG.
+
+    EDF/BDF channels are named by their whole header label (``"EMG 2"``, which MNE's ``infer_types``
+    would rename ``"2"``); an EDF+ type word before a space (``EMG``, ``ECG``, ``EOG``, ``EEG``, ``MISC``,
+    ...) gives the channel's type. Signals stored at a lower rate than the file's highest are read at their
+    own rate when all the channels read share it (MNE would resample them); channels of different rates
+    together, and a signal whose header gives no gain (digital or physical minimum = maximum), are refused.
+    FIF files state every channel's type: one without a channel of type ``emg`` is refused unless
+    ``channels`` names the channels to read; other MNE formats do not store types, so every channel in
+    volts is read then.
 
 Units and rates the file does not state
     ``units`` (one for all channels or one per channel) is used only where the file states none, or a
@@ -694,8 +704,34 @@ def _finish(
 # ---------------------------------------------------------------------------------------- MNE family
 
 
-def _edf_header_check(path: Path, fmt: str) -> None:
-    """Refuse EDF/BDF files whose fixed header is unusable or whose data records are cut short.
+@dataclass(frozen=True)
+class _EdfHeader:
+    """Per-signal fields of an EDF/BDF header, in header order (the annotation signal included)."""
+
+    labels: tuple[str, ...]
+    samples_per_record: np.ndarray  # (ns,) int
+    record_s: float  # duration of a data record (s)
+    physical_min: np.ndarray  # (ns,) float, NaN where unreadable
+    physical_max: np.ndarray
+    digital_min: np.ndarray
+    digital_max: np.ndarray
+
+    def rate_hz(self, signal: int) -> float:
+        """Native sampling rate (Hz) of header signal ``signal``."""
+        return float(self.samples_per_record[signal]) / self.record_s
+
+
+def _header_number(raw: bytes) -> float:
+    """A numeric header field as MNE reads it (NUL-terminated, decimal comma allowed); NaN if unreadable."""
+    try:
+        return float(raw.decode("latin-1").split("\x00")[0].strip().replace(",", "."))
+    except ValueError:
+        return math.nan
+
+
+def _edf_header_check(path: Path, fmt: str) -> _EdfHeader:
+    """Refuse EDF/BDF files whose fixed header is unusable or whose data records are cut short; return the
+    per-signal header fields.
 
     MNE would silently read a truncated file up to where it ends (with a warning); a replay should not.
     """
@@ -724,13 +760,18 @@ def _edf_header_check(path: Path, fmt: str) -> None:
             )
         if size < header_bytes:
             raise _fail(path, f"truncated: the header needs {header_bytes} bytes, the file has {size}")
-        f.seek(256 + n_signals * 216)
-        raw_counts = f.read(8 * n_signals)
+        sig = f.read(256 * n_signals)
+    ns = n_signals
+
+    def column(offset: int, width: int) -> list[bytes]:  # one field of every signal: ns fields side by side
+        base = offset * ns
+        return [sig[base + width * i : base + width * (i + 1)] for i in range(ns)]
+
     try:
-        per_record = sum(int(raw_counts[8 * i : 8 * i + 8].decode("ascii").strip()) for i in range(n_signals))
+        counts = np.array([int(c.decode("ascii").strip()) for c in column(216, 8)], dtype=np.int64)
     except (UnicodeDecodeError, ValueError):
         raise _fail(path, f"not {article} {fmt} file (unreadable 'samples per record' fields)") from None
-    record_bytes = per_record * (3 if fmt == "BDF" else 2)
+    record_bytes = int(counts.sum()) * (3 if fmt == "BDF" else 2)
     if n_records > 0 and record_bytes > 0:
         expected = header_bytes + n_records * record_bytes
         if size < expected:
@@ -739,6 +780,67 @@ def _edf_header_check(path: Path, fmt: str) -> None:
                 f"truncated: the header promises {n_records} data records ({expected} bytes), "
                 f"the file has {size} bytes",
             )
+    record_s = _header_number(head[244:252])
+    if not (math.isfinite(record_s) and record_s > 0):
+        record_s = 1.0  # as MNE reads such a file (it warns)
+    return _EdfHeader(
+        labels=tuple(b.strip().decode("latin-1") for b in column(0, 16)),
+        samples_per_record=counts,
+        record_s=record_s,
+        physical_min=np.array([_header_number(b) for b in column(104, 8)]),
+        physical_max=np.array([_header_number(b) for b in column(112, 8)]),
+        digital_min=np.array([_header_number(b) for b in column(120, 8)]),
+        digital_max=np.array([_header_number(b) for b in column(128, 8)]),
+    )
+
+
+# EDF+ signal-type words (a label's first word, before a space: "EMG biceps") and the MNE type of each, as
+# MNE's own infer_types reads them; closedloop keeps the whole label as the channel name.
+_EDF_TYPE_WORDS = {
+    "EEG": "eeg",
+    "SEEG": "seeg",
+    "ECOG": "ecog",
+    "DBS": "dbs",
+    "EOG": "eog",
+    "ECG": "ecg",
+    "EMG": "emg",
+    "BIO": "bio",
+    "RESP": "resp",
+    "TEMP": "temperature",
+    "MISC": "misc",
+    "SAO2": "bio",
+    "STIM": "stim",
+}
+_EDF_ANNOTATION_LABELS = ("EDF Annotations", "BDF Annotations")
+
+
+def _edf_types(hdr: _EdfHeader, mne_types: list[str]) -> tuple[list[str], list[int]]:
+    """Channel types from the labels' type words (MNE's own type where it set one: a stim channel) and the
+    header signal of each MNE channel (MNE leaves out the annotation signals)."""
+    signals = [i for i, label in enumerate(hdr.labels) if label not in _EDF_ANNOTATION_LABELS]
+    if len(signals) != len(mne_types):
+        raise RuntimeError(f"the header lists {len(signals)} signals, MNE read {len(mne_types)} channels")
+    types = []
+    for t, i in zip(mne_types, signals, strict=True):
+        word, space, _ = hdr.labels[i].partition(" ")
+        typed = _EDF_TYPE_WORDS.get(word.upper()) if space else None
+        types.append(typed if t == "eeg" and typed is not None else t)
+    return types, signals
+
+
+def _edf_gain_check(path: Path, hdr: _EdfHeader, signals: Sequence[int]) -> None:
+    """Refuse picked signals whose header defines no gain (MNE only warns and reads garbage)."""
+    for i in signals:
+        for what, lo, hi in (
+            ("digital", hdr.digital_min[i], hdr.digital_max[i]),
+            ("physical", hdr.physical_min[i], hdr.physical_max[i]),
+        ):
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo != hi):
+                raise _fail(
+                    path,
+                    f"signal {hdr.labels[i]!r} has no defined gain: header fields '{what} minimum' = {lo:g} and "
+                    f"'{what} maximum' = {hi:g} (they must be numbers that differ)",
+                )
 
 
 # GDF 2 physical-dimension codes of voltages (biosig units.csv: 4256 = V, low bits = decimal prefix).
@@ -777,45 +879,58 @@ def _mne_factor(fmt: str, unit: str, gdf_version2: bool) -> float | None:
     return None
 
 
-def _open_mne(path: Path, fmt: str, opts: _Options) -> RecordingReader:
-    if fmt in ("EDF", "BDF"):
-        _edf_header_check(path, fmt)
-    elif fmt == "GDF":
-        with open(path, "rb") as f:
-            magic = f.read(8)
-        if magic[:3] != b"GDF":
-            raise _fail(path, f"not a GDF file (it starts with {magic[:8]!r}, not 'GDF')")
+def _read_raw_mne(path: Path, fmt: str, extra: dict[str, Any], **kwargs: Any) -> Any:
+    """The file opened lazily with MNE's reader for ``fmt``; its warnings are kept in ``extra``."""
     import mne
 
     readers: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
-        "EDF": (mne.io.read_raw_edf, {"infer_types": True}),
-        "BDF": (mne.io.read_raw_bdf, {"infer_types": True}),
+        # EDF/BDF labels are kept whole ("EMG 2", not MNE's "2"); _edf_types reads their type words
+        "EDF": (mne.io.read_raw_edf, {"infer_types": False}),
+        "BDF": (mne.io.read_raw_bdf, {"infer_types": False}),
         "GDF": (mne.io.read_raw_gdf, {}),
         "FIF": (mne.io.read_raw_fif, {}),
         "BrainVision": (mne.io.read_raw_brainvision, {}),
         "EEGLAB": (mne.io.read_raw_eeglab, {}),
     }
-    reader, kwargs = readers[fmt]
-    extra: dict[str, Any] = {}
+    reader, defaults = readers[fmt]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        raw = reader(str(path), preload=False, verbose="warning", **kwargs)
+        raw = reader(str(path), preload=False, verbose="warning", **defaults, **kwargs)
     _note_warnings(extra, caught)
+    return raw
+
+
+def _open_mne(path: Path, fmt: str, opts: _Options) -> RecordingReader:
+    hdr = None
+    if fmt in ("EDF", "BDF"):
+        hdr = _edf_header_check(path, fmt)
+    elif fmt == "GDF":
+        with open(path, "rb") as f:
+            magic = f.read(8)
+        if magic[:3] != b"GDF":
+            raise _fail(path, f"not a GDF file (it starts with {magic[:8]!r}, not 'GDF')")
+    extra: dict[str, Any] = {}
+    raw = _read_raw_mne(path, fmt, extra)
     try:
-        return _mne_reader(path, fmt, opts, raw, extra)
+        return _mne_reader(path, fmt, opts, raw, extra, hdr)
     except BaseException:
         with contextlib.suppress(Exception):
             raw.close()
         raise
 
 
-def _mne_reader(path: Path, fmt: str, opts: _Options, raw: Any, extra: dict[str, Any]) -> RecordingReader:
+def _mne_reader(
+    path: Path, fmt: str, opts: _Options, raw: Any, extra: dict[str, Any], hdr: _EdfHeader | None = None
+) -> RecordingReader:
     from mne.io.constants import FIFF
 
     if fmt == "GDF":
         _gdf_size_check(path, raw)
     names = list(raw.ch_names)
     types = raw.get_channel_types()
+    signals: list[int] = []  # EDF/BDF: the header signal of each channel
+    if hdr is not None:
+        types, signals = _edf_types(hdr, types)
     orig = dict(getattr(raw, "_orig_units", None) or {})
     gdf_units = _gdf_units(path) if fmt == "GDF" else None
     if gdf_units is not None and len(gdf_units) == len(names):
@@ -831,6 +946,9 @@ def _mne_reader(path: Path, fmt: str, opts: _Options, raw: Any, extra: dict[str,
     else:
         picks = [i for i, t in enumerate(types) if t == "emg"]
         extra["channel_rule"] = "type emg"
+        if not picks and fmt == "FIF":  # FIF files store each channel's type: ECG or EEG is not EMG
+            listing = ", ".join(f"{n} ({t})" for n, t in zip(names, types, strict=True)) or "none"
+            raise _fail(path, f"no EMG channels (channels: {listing}): pick the channels to replay with --channels")
         if not picks:
             picks = [
                 i
@@ -841,6 +959,8 @@ def _mne_reader(path: Path, fmt: str, opts: _Options, raw: Any, extra: dict[str,
         if not picks:
             listing = ", ".join(f"{n} ({t})" for n, t in zip(names, types, strict=True)) or "none"
             raise _fail(path, f"no EMG channels (no channel of type emg or in volts; channels: {listing})")
+    if hdr is not None:
+        _edf_gain_check(path, hdr, [signals[i] for i in picks])
     gdf_v2 = False
     if gdf_units is not None:
         with contextlib.suppress(ValueError, OSError), open(path, "rb") as f:
@@ -866,20 +986,69 @@ def _mne_reader(path: Path, fmt: str, opts: _Options, raw: Any, extra: dict[str,
     pulse_s, source = _mne_pulses(path, fmt, opts, raw, names, types, picks, extra)
     meas_date = raw.info.get("meas_date")
     extra["channel_types"] = tuple(types[i] for i in picks)
-    info, clock = _finish(
-        path,
-        fmt,
-        float(raw.info["sfreq"]),
-        int(raw.n_times),
-        [names[i] for i in picks],
-        units,
-        pulse_s,
-        None,
-        source,
-        meas_date=meas_date if isinstance(meas_date, datetime) else None,
-        extra=extra,
-    )
-    return _MNEReader(info, clock, raw, picks, scale)
+    data, data_picks = raw, picks
+    if hdr is not None:
+        data, data_picks = _edf_native_rate(path, fmt, hdr, raw, picks, signals, extra)
+    try:
+        info, clock = _finish(
+            path,
+            fmt,
+            float(data.info["sfreq"]),
+            int(data.n_times),
+            [names[i] for i in picks],
+            units,
+            pulse_s,
+            None,
+            source,
+            meas_date=meas_date if isinstance(meas_date, datetime) else None,
+            extra=extra,
+        )
+    except BaseException:
+        if data is not raw:
+            data.close()
+        raise
+    if data is not raw:
+        raw.close()  # pulses came from it (times in s); the samples come from ``data``
+    return _MNEReader(info, clock, data, data_picks, scale)
+
+
+def _edf_native_rate(
+    path: Path, fmt: str, hdr: _EdfHeader, raw: Any, picks: list[int], signals: list[int], extra: dict[str, Any]
+) -> tuple[Any, list[int]]:
+    """The raw to read the picked EDF/BDF channels from, and their picks in it.
+
+    MNE resamples every channel it reads to the highest rate among them: ``raw`` itself when the picked
+    channels' native rate (samples per record / record duration, Hz) is the rate it reports, else the file
+    reopened with only the picked channels, read at their own rate. Picked channels of different rates are
+    refused.
+    """
+    sfreq = float(raw.info["sfreq"])
+    names = [raw.ch_names[i] for i in picks]
+    rates = [hdr.rate_hz(signals[i]) for i in picks]
+    if all(math.isclose(r, sfreq, rel_tol=1e-12) for r in rates):
+        return raw, picks
+    listing = ", ".join(f"{n} {r:g} Hz" for n, r in zip(names, rates, strict=True))
+    if any(not math.isclose(r, rates[0], rel_tol=1e-12) for r in rates):
+        raise _fail(
+            path,
+            f"the channels picked have different sampling rates ({listing}) and would all be resampled to "
+            f"{max(rates):g} Hz: pick channels of one rate with --channels",
+        )
+    data = _read_raw_mne(path, fmt, {}, include=names)  # its warnings are those of the first opening
+    try:
+        data_picks = [data.ch_names.index(n) for n in names]
+        ok = math.isclose(float(data.info["sfreq"]), rates[0], rel_tol=1e-12)
+    except ValueError:  # a label the file holds twice: MNE renamed it
+        ok = False
+    if not ok:
+        data.close()
+        raise _fail(
+            path,
+            f"cannot read the channels picked ({listing}) at their own rate apart from the file's other channels "
+            f"({sfreq:g} Hz): pick channels of {sfreq:g} Hz with --channels",
+        )
+    extra["native_rate"] = f"picked channels read at their own {rates[0]:g} Hz (other channels: up to {sfreq:g} Hz)"
+    return data, data_picks
 
 
 def _gdf_size_check(path: Path, raw: Any) -> None:
@@ -922,12 +1091,13 @@ def _mne_pulses(
         codes = np.rint(np.nan_to_num(v)).astype(np.int64)
         if fmt == "BDF":
             codes &= 0xFFFF  # BioSemi Status: trigger lines are the low 16 bits, the rest are status flags
-        # an event begins where the code changes to one other than the idle level (the commonest code: 0 on most
-        # systems, not on all); the return to idle is its end, not another event
+        # an event begins where the code leaves the idle level (the commonest code: 0 on most systems, not on
+        # all), the sample before the first counting as idle; changes of code before the return to idle belong
+        # to the same event, and the return to idle ends it
         values, counts = np.unique(codes, return_counts=True)
         idle = values[np.argmax(counts)]
-        prev = np.concatenate(([codes[0]], codes[:-1]))
-        onsets = np.flatnonzero((codes != prev) & (codes != idle))
+        prev = np.concatenate(([idle], codes[:-1]))
+        onsets = np.flatnonzero((codes != idle) & (prev == idle))
         if onsets.size:
             return onsets / float(raw.info["sfreq"]), f"stim channel:{names[i]}"
     return np.empty(0), "none"

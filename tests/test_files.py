@@ -132,10 +132,11 @@ def test_edf_exported_by_mne(tmp_path: Path) -> None:
     mne.export.export_raw(path, _mne_raw(uv, RATE), add_ch_type=True, verbose="error")
     src, chunks = _replay(path)
     res_v = _edf_resolution(path)[:3] * 1e-6  # the signals are in uV (the 4th signal: EDF Annotations)
-    pulses = _check_replay(src, chunks, uv, 0.5 * res_v * (1 + 1e-6) + 1e-15, RATE, NAMES)
+    labels = tuple(f"EMG {n}" for n in NAMES)  # MNE writes the type word; the name is the whole header label
+    pulses = _check_replay(src, chunks, uv, 0.5 * res_v * (1 + 1e-6) + 1e-15, RATE, labels)
     rec = src.recording
     assert rec.format == "EDF" and rec.original_units == ("uV",) * 3
-    assert rec.extra["channel_rule"] == "type emg"  # "EMG EMG1" labels typed by infer_types
+    assert rec.extra["channel_rule"] == "type emg"  # typed by the labels' EDF+ type word "EMG"
     assert rec.pulse_source == "annotations"
     np.testing.assert_allclose(pulses, PULSES_S, atol=1e-6)
     np.testing.assert_allclose(rec.pulse_times_s, PULSES_S, atol=1e-6)
@@ -237,7 +238,8 @@ def test_bdf_own_writer_with_status_channel(tmp_path: Path) -> None:
     path = tmp_path / "rec.bdf"
     res_uv = _write_bdf(path, uv, rate, status)
     src, chunks = _replay(path, chunk_size=200)
-    pulses = _check_replay(src, chunks, uv, 0.5 * res_uv * 1e-6 * (1 + 1e-6) + 1e-15, rate, NAMES, chunk_size=200)
+    labels = tuple(f"EMG {n}" for n in NAMES)  # the header labels, type word included
+    pulses = _check_replay(src, chunks, uv, 0.5 * res_uv * 1e-6 * (1 + 1e-6) + 1e-15, rate, labels, chunk_size=200)
     rec = src.recording
     assert rec.format == "BDF" and rec.original_units == ("uV",) * 3 and rec.extra["channel_rule"] == "type emg"
     assert rec.pulse_source == "stim channel:Status"
