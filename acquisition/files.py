@@ -75,7 +75,12 @@ Units and rates the file does not state
 Errors
     Every problem with a file (missing, unknown type, truncated, corrupt, no EMG, a missing channel, no
     rate) raises :class:`FileFormatError` with a one-line message ``"<path>: <problem>"``; library
-    exceptions are translated with ``raise ... from exc``.
+    exceptions are translated with ``raise ... from exc``. Beyond what the libraries check: EDF, BDF or
+    GDF content under another of these three extensions is refused (rename it); a BrainVision data file
+    that is not a whole number of sample frames, or that ends before the last marker of the .vmrk, and an
+    EEGLAB .fdt whose size is not channels x samples x 4 bytes, are refused as truncated or corrupt; a FIF
+    file cut short (MNE opens what it holds) replays up to the cut and then fails, saying so. EDF+/BDF+
+    annotation texts that are not UTF-8 are read as latin-1 (noted in ``extra["warnings"]``).
 """
 
 from __future__ import annotations
@@ -377,9 +382,16 @@ class _MNEReader(RecordingReader):
     """Lazy reads through ``raw.get_data(picks, start, stop)``; ``scale`` corrects MNE's unit handling."""
 
     def __init__(
-        self, info: RecordingInfo, pulse_times_clock: np.ndarray, raw: Any, picks: list[int], scale: np.ndarray
+        self,
+        info: RecordingInfo,
+        pulse_times_clock: np.ndarray,
+        raw: Any,
+        picks: list[int],
+        scale: np.ndarray,
+        cut: tuple[int, str] | None = None,
     ) -> None:
         super().__init__(info, pulse_times_clock)
+        self._cut = cut  # a truncated file: (first sample not readable, the problem)
         self._raw = raw
         self._picks = picks
         self._scale = scale
@@ -388,6 +400,8 @@ class _MNEReader(RecordingReader):
     def _read(self, start: int, stop: int) -> np.ndarray:
         # FileSource calls this from a worker thread; catch_warnings is process-wide, which is harmless
         # here (nothing else changes the warning filters during a replay)
+        if self._cut is not None and stop > self._cut[0]:
+            raise _fail(self.info.path, self._cut[1])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             data = self._raw.get_data(picks=self._picks, start=start, stop=stop, verbose="warning")
@@ -715,6 +729,10 @@ class _EdfHeader:
     physical_max: np.ndarray
     digital_min: np.ndarray
     digital_max: np.ndarray
+    header_bytes: int = 0
+    n_records: int = 0  # as the header states it (-1: unknown)
+    record_bytes: int = 0  # bytes of one data record, from the 'samples per record' fields
+    file_bytes: int = 0
 
     def rate_hz(self, signal: int) -> float:
         """Native sampling rate (Hz) of header signal ``signal``."""
@@ -739,6 +757,9 @@ def _edf_header_check(path: Path, fmt: str) -> _EdfHeader:
     article = "an" if fmt == "EDF" else "a"
     with open(path, "rb") as f:
         head = f.read(256)
+        actual = _edf_family_format(head)
+        if actual is not None and actual != fmt:
+            raise _misnamed(path, actual)
         if len(head) < 256:
             raise _fail(path, f"not {article} {fmt} file (header is {len(head)} bytes, need 256)")
 
@@ -791,7 +812,32 @@ def _edf_header_check(path: Path, fmt: str) -> _EdfHeader:
         physical_max=np.array([_header_number(b) for b in column(112, 8)]),
         digital_min=np.array([_header_number(b) for b in column(120, 8)]),
         digital_max=np.array([_header_number(b) for b in column(128, 8)]),
+        header_bytes=header_bytes,
+        n_records=n_records,
+        record_bytes=record_bytes,
+        file_bytes=size,
     )
+
+
+# What the first bytes of an EDF-family file say it is: EDF's version field is "0" and 7 spaces, BioSemi's BDF
+# starts with 0xFF and "BIOSEMI", GDF with "GDF".
+_FAMILY_MAGIC = ((b"0       ", "EDF"), (b"\xffBIOSEMI", "BDF"), (b"GDF", "GDF"))
+_FAMILY_EXT = {"EDF": ".edf", "BDF": ".bdf", "GDF": ".gdf"}
+
+
+def _edf_family_format(head: bytes) -> str | None:
+    """``"EDF"``, ``"BDF"`` or ``"GDF"`` as the file's first bytes say, None if they say none of them."""
+    for magic, fmt in _FAMILY_MAGIC:
+        if head.startswith(magic):
+            return fmt
+    return None
+
+
+def _misnamed(path: Path, actual: str) -> FileFormatError:
+    """The file holds ``actual`` (EDF, BDF, GDF) content under another of the three extensions."""
+    article = "an" if actual == "EDF" else "a"
+    shown = path.suffix or "(no extension)"
+    return _fail(path, f"{article} {actual} file named {shown} (rename it {_FAMILY_EXT[actual]})")
 
 
 # EDF+ signal-type words (a label's first word, before a space: "EMG biceps") and the MNE type of each, as
@@ -907,10 +953,15 @@ def _open_mne(path: Path, fmt: str, opts: _Options) -> RecordingReader:
     elif fmt == "GDF":
         with open(path, "rb") as f:
             magic = f.read(8)
+        actual = _edf_family_format(magic)
+        if actual in ("EDF", "BDF"):
+            raise _misnamed(path, actual)
         if magic[:3] != b"GDF":
             raise _fail(path, f"not a GDF file (it starts with {magic[:8]!r}, not 'GDF')")
+    elif fmt == "FIF":
+        _fif_start_check(path)
     extra: dict[str, Any] = {}
-    raw = _read_raw_mne(path, fmt, extra)
+    raw = _open_raw_mne(path, fmt, extra, hdr)
     try:
         return _mne_reader(path, fmt, opts, raw, extra, hdr)
     except BaseException:
@@ -926,6 +977,10 @@ def _mne_reader(
 
     if fmt == "GDF":
         _gdf_size_check(path, raw)
+    elif fmt == "BrainVision":
+        _brainvision_size_check(path, raw)
+    elif fmt == "EEGLAB":
+        _eeglab_size_check(path, raw)
     names = list(raw.ch_names)
     types = raw.get_channel_types()
     signals: list[int] = []  # EDF/BDF: the header signal of each channel
@@ -1009,7 +1064,10 @@ def _mne_reader(
         raise
     if data is not raw:
         raw.close()  # pulses came from it (times in s); the samples come from ``data``
-    return _MNEReader(info, clock, data, data_picks, scale)
+    cut = _fif_truncation(path, raw, extra) if fmt == "FIF" else None
+    if cut is not None:
+        extra.setdefault("warnings", []).append(f"{cut[1]}: reading sample {cut[0]} or later fails")
+    return _MNEReader(info, clock, data, data_picks, scale, cut)
 
 
 def _edf_native_rate(
@@ -1034,7 +1092,7 @@ def _edf_native_rate(
             f"the channels picked have different sampling rates ({listing}) and would all be resampled to "
             f"{max(rates):g} Hz: pick channels of one rate with --channels",
         )
-    data = _read_raw_mne(path, fmt, {}, include=names)  # its warnings are those of the first opening
+    data = _open_raw_mne(path, fmt, {}, hdr, include=names)  # its warnings are those of the first opening
     try:
         data_picks = [data.ch_names.index(n) for n in names]
         ok = math.isclose(float(data.info["sfreq"]), rates[0], rel_tol=1e-12)
@@ -1060,6 +1118,177 @@ def _gdf_size_check(path: Path, raw: Any) -> None:
     size = path.stat().st_size
     if size < expected:
         raise _fail(path, f"truncated: the header promises {expected} bytes of header and data, the file has {size}")
+
+
+def _open_raw_mne(path: Path, fmt: str, extra: dict[str, Any], hdr: _EdfHeader | None, **kwargs: Any) -> Any:
+    """:func:`_read_raw_mne`, with what MNE raises on a bad file of ``fmt`` said in terms of the file."""
+    try:
+        return _read_raw_mne(path, fmt, extra, **kwargs)
+    except (FileFormatError, ConfigError):
+        raise
+    except Exception as exc:
+        if hdr is not None and "annotations channel" in str(exc):
+            return _edf_annotation_retry(path, fmt, extra, hdr, exc, **kwargs)
+        if fmt == "FIF":
+            raise _fail(path, _library_problem("truncated or corrupt FIF file", exc)) from exc
+        if fmt == "EEGLAB":
+            if isinstance(exc, FileNotFoundError):
+                raise _fail(path, _library_problem("the dataset's data file (.fdt) is missing", exc)) from exc
+            raise _fail(path, _library_problem("not a readable EEGLAB dataset", exc)) from exc
+        raise
+
+
+def _edf_annotation_retry(
+    path: Path, fmt: str, extra: dict[str, Any], hdr: _EdfHeader, exc: Exception, **kwargs: Any
+) -> Any:
+    """MNE could not decode the EDF+/BDF+ annotation signal as UTF-8.
+
+    When the data records fill the file as the header's 'samples per record' say, the annotations are text in
+    another encoding (some writers use latin-1): read them as latin-1. Otherwise the records do not match the
+    header (a corrupt header, or the wrong format): refuse, saying so, instead of MNE's hint at the encoding.
+    """
+    data_bytes = hdr.file_bytes - hdr.header_bytes
+    whole = hdr.record_bytes > 0 and data_bytes % hdr.record_bytes == 0
+    if whole and hdr.n_records in (-1, data_bytes // hdr.record_bytes):
+        try:
+            raw = _read_raw_mne(path, fmt, extra, encoding="latin1", **kwargs)
+        except Exception:  # the first error says more
+            pass
+        else:
+            extra.setdefault("warnings", []).append("annotation texts are not UTF-8: read as latin-1")
+            return raw
+    counts = ", ".join(
+        f"{label or '?'} {n}" for label, n in zip(hdr.labels[:6], hdr.samples_per_record[:6].tolist(), strict=True)
+    )
+    more = ", ..." if len(hdr.labels) > 6 else ""
+    if not whole:
+        layout = f"{data_bytes} bytes of data records are not a whole number of {hdr.record_bytes}-byte records"
+    elif hdr.n_records not in (-1, data_bytes // hdr.record_bytes):
+        found = data_bytes // hdr.record_bytes
+        layout = f"{found} records of {hdr.record_bytes} bytes, the header says {hdr.n_records}"
+    else:
+        layout = "its text is neither UTF-8 nor latin-1"
+    raise _fail(
+        path,
+        f"corrupt: the {fmt} annotation signal cannot be read ({layout}; samples per record: {counts}{more})",
+    ) from exc
+
+
+# Every FIF file begins with the tag FIFF_FILE_ID (kind 100, big-endian int32).
+_FIF_FILE_ID = b"\x00\x00\x00\x64"
+
+
+def _fif_start_check(path: Path) -> None:
+    """Refuse an empty file or one that does not begin with a FIF file-id tag (MNE fails obscurely on them)."""
+    try:
+        opener: Callable[..., Any] = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as f:
+            start = f.read(4)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _fail(path, _library_problem("not a gzip-compressed FIF file", exc)) from exc
+    if not start:
+        raise _fail(path, "empty or not a FIF file (it holds no data)")
+    if start != _FIF_FILE_ID:
+        raise _fail(path, f"empty or not a FIF file (it starts with {start!r}, not a FIF file-id tag)")
+
+
+def _fif_truncation(path: Path, raw: Any, extra: dict[str, Any]) -> tuple[int, str] | None:
+    """Where a truncated FIF file's samples stop being readable, and what to say then; None if it is whole.
+
+    MNE opens a FIF file cut short with what it finds: a data buffer running past the end of the file fails only
+    when read, and a file cut between tags opens with fewer samples and a mere warning. Reads up to the first
+    sample affected succeed (a replay gets that far); reading it fails with the message (see _MNEReader).
+    """
+    n = int(raw.n_times)
+    with contextlib.suppress(AttributeError, IndexError, KeyError, TypeError, ValueError, OSError):
+        first = int(raw.first_samp)
+        for fname, ex in zip(raw.filenames, raw._raw_extras, strict=False):
+            fname = Path(fname)
+            if fname.name.lower().endswith(".gz"):
+                continue
+            size = fname.stat().st_size
+            for k, ent in enumerate(ex["ent"]):
+                if ent is not None and int(ent.pos) + 16 + int(ent.size) > size:
+                    a, b = int(ex["bounds"][k]) - first, int(ex["bounds"][k + 1]) - first
+                    where = "file" if fname == path else f"file {fname.name}"
+                    return a, (
+                        f"truncated: the {where} has {size} bytes, its data for samples {a}..{b} run to byte "
+                        f"{int(ent.pos) + 16 + int(ent.size)}"
+                    )
+    cut = [w for w in extra.get("warnings", ()) if w.startswith(("Invalid tag with only", "FIF tag directory missing"))]
+    if cut:
+        said = re.sub(r" in file .*|,? possibly corrupted file.*", "", cut[0])  # the path is said anyway
+        return n - 1, f"truncated: the file ends inside its data, after sample {n} ({_one_line(said, 120)})"
+    return None
+
+
+# Bytes per value of BrainVision binary formats, as MNE names them.
+_BRAINVISION_BYTES = {"short": 2, "int": 4, "single": 4}
+_VMRK_POSITION = re.compile(rb"^\s*Mk\d+\s*=[^,\r\n]*,[^,\r\n]*,\s*(\d+)", re.MULTILINE)
+
+
+def _brainvision_size_check(path: Path, raw: Any) -> None:
+    """Refuse a BrainVision data file that is not a whole number of sample frames (channels x bytes per value),
+    shorter than the header's DataPoints, or ending before the markers of the .vmrk: MNE reads what is there."""
+    try:
+        ex = raw._raw_extras[0]
+        data = Path(raw.filenames[0])
+        fmt = ex["fmt"]
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return
+    n_samples = int(raw.n_times)
+    if isinstance(fmt, str) and fmt in _BRAINVISION_BYTES:
+        frame = _BRAINVISION_BYTES[fmt] * int(raw.info["nchan"])
+        size = data.stat().st_size
+        if size % frame:
+            raise _fail(
+                path,
+                f"truncated or corrupt: {data.name} holds {size} bytes, not a whole number of {frame}-byte sample "
+                f"frames ({raw.info['nchan']} channels x {_BRAINVISION_BYTES[fmt]} bytes)",
+            )
+        if size < n_samples * frame:  # vectorized files state their DataPoints
+            raise _fail(
+                path,
+                f"truncated: {data.name} holds {size // frame} samples, the header says {n_samples} (DataPoints)",
+            )
+    last = _vmrk_last_position(path)
+    if last is not None and last - 1 > n_samples:  # positions count from 1; MNE keeps markers up to the end
+        raise _fail(path, f"truncated: markers run to sample {last}, the data file holds {n_samples} samples")
+
+
+def _vmrk_last_position(vhdr: Path) -> int | None:
+    """The largest marker position (data points, from 1) in the marker file the header names (else the .vmrk
+    beside it), None if there is none."""
+    head = vhdr.read_bytes().decode("latin-1")
+    named = re.search(r"^\s*MarkerFile\s*=\s*(.*?)\s*$", head, re.MULTILINE)
+    candidates = [vhdr.parent / named.group(1)] if named and named.group(1) else []
+    candidates.append(vhdr.with_suffix(".vmrk"))
+    for mrk in candidates:
+        if mrk.is_file():
+            positions = [int(m) for m in _VMRK_POSITION.findall(mrk.read_bytes())]
+            return max(positions) if positions else None
+    return None
+
+
+def _eeglab_size_check(path: Path, raw: Any) -> None:
+    """Refuse an EEGLAB .fdt data file whose size is not the dataset's channels x samples x 4 bytes (float32):
+    MNE fails only when reading past a short file's end, and reads a longer one's first bytes."""
+    try:
+        data = Path(raw.filenames[0])
+    except (AttributeError, IndexError, TypeError):
+        return
+    if data.resolve() == path.resolve():  # data held in the .set itself
+        return
+    n_ch, n_samples = len(raw.ch_names), int(raw.n_times)
+    expected = 4 * n_ch * n_samples
+    size = data.stat().st_size
+    if size != expected:
+        problem = "truncated" if size < expected else "corrupt (not this dataset's data file?)"
+        raise _fail(
+            path,
+            f"{problem}: {data.name} holds {size} bytes, the dataset's {n_ch} channels x {n_samples} samples "
+            f"need {expected} (float32)",
+        )
 
 
 def _mne_pulses(
