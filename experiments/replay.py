@@ -402,6 +402,12 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
     notes = [str(a) for a in rec.extra.get("annotations") or ()]
     shown = ", ".join(repr(a) for a in notes[:8]) + (f" and {len(notes) - 8} more" if len(notes) > 8 else "")
     hints = []
+    if path.name == "session.xdf" and rec.format == "XDF" and not path.with_name("summary.json").exists():
+        # e.g. a closedloop session killed before it wrote its summary: its own settings are not known
+        hints.append(
+            "no summary.json beside this session.xdf: replayed with the default settings (a closedloop session's "
+            "own settings are read from its summary.json)"
+        )
     if options.pulse_marker and not rec.pulse_source.startswith(("annotations", "markers")):
         hints.append(
             f"--pulse-marker {options.pulse_marker!r} matched no annotation or marker"

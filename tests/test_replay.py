@@ -801,3 +801,12 @@ def test_a_truncated_xdf_replays_what_it_holds_and_says_so(tmp_path):
     assert r.ok, r.error
     assert "corruption" in r.hint, r.hint
     assert 0 < r.values["duration_s"] < 6.0
+
+
+def test_a_session_without_its_summary_replays_with_the_defaults_and_says_so(tmp_path):
+    live = tmp_path / "live"
+    _live_session(live, seconds=8.0)
+    (live / "summary.json").unlink()  # as a session killed before its end leaves it
+    r = replay_file(live / "session.xdf", tmp_path / "o", ReplayOptions(report=False))
+    assert r.ok, r.error
+    assert "no summary.json beside this session.xdf: replayed with the default settings" in r.hint
