@@ -383,3 +383,31 @@ def test_an_artifact_near_the_threshold_on_one_of_64_channels_is_judged_against_
     assert missed.mean() <= 0.02, missed.mean()
     assert np.setdiff1d(found, np.concatenate((truth, truth + 1))).size == 0  # nothing else
     assert detect_pulses(quiet, rate).size == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    order=st.sampled_from([1, 2]),
+    chunks=st.lists(st.integers(0, 40), min_size=1, max_size=6),
+    dtype=st.sampled_from(["float64", "float32", "int16"]),
+    seed=st.integers(0, 2**31),
+)
+def test_chunked_differences_are_numpys_differences_of_the_whole(order, chunks, dtype, seed):
+    """The detector's differences, chunk by chunk through its reused buffers, are np.diff of the whole signal
+    (the watched channels only; NaN where a difference is not finite; 0 before the first defined one)."""
+    from closedloop.estimation.artifacts import ArtifactDetector
+
+    rng = np.random.default_rng(seed)
+    n = sum(chunks)
+    x = (rng.standard_normal((n, 4)) * 1000).astype(dtype)
+    if dtype != "int16" and n > 3:
+        x[rng.integers(n), rng.integers(4)] = np.inf
+        x[rng.integers(n), rng.integers(4)] = np.nan
+    det = ArtifactDetector(2048.0, 4, channels=[0, 2, 3], order=order)
+    starts = np.cumsum([0, *chunks[:-1]])
+    got = np.concatenate([det._differences(x[a : a + k])[0] for a, k in zip(starts, chunks, strict=True)])
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref = np.abs(np.diff(x[:, [0, 2, 3]].astype(np.float64), order, axis=0))
+    ref[~np.isfinite(ref)] = np.nan
+    expected = np.concatenate([np.zeros((min(order, n), 3)), ref])[:n]
+    assert np.array_equal(got, expected, equal_nan=True)

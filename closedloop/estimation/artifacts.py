@@ -311,6 +311,8 @@ class ArtifactDetector:
         if self.fixed_threshold is not None:
             self._use_thresholds(np.full(self.channels.size, self.fixed_threshold))
         self._tail = np.empty((0, self.channels.size))  # last `order` raw samples of the watched channels
+        self._y = np.empty((0, self.channels.size))  # scratch: the tail and a chunk's samples
+        self._d1 = np.empty((0, self.channels.size))  # scratch: first differences
         self._n_total = 0  # samples given so far
         self._buf = np.empty((0, self.channels.size))  # differences / thresholds of samples _buf_start ..
         # statistic of the samples given since, chunk by chunk; during the adaptive warm-up, per channel (n, C)
@@ -373,15 +375,31 @@ class ArtifactDetector:
         d = np.zeros((n, self.channels.size))
         if n == 0:
             return d, 0
-        xs = np.asarray(x[:, self.channels], dtype=np.float64)
-        y = np.concatenate((self._tail, xs))
+        # the samples after the previous ones, in a buffer kept from call to call: a chunk's worth of fresh
+        # temporaries (a copy, a join, two differences) cost more in page faults than their arithmetic
+        k = self._tail.shape[0]
+        if self._y.shape[0] < k + n:
+            self._y = np.empty((k + n, self.channels.size))
+        y = self._y[: k + n]
+        y[:k] = self._tail
+        if x.dtype == np.float64 and x.ndim == 2:
+            np.take(x, self.channels, axis=1, out=y[k:], mode="clip")  # (mode "raise" copies to a temporary)
+        else:
+            y[k:] = x[:, self.channels]
         self._tail = y[-self.order :].copy()
         n_def = max(0, y.shape[0] - self.order)  # the last n_def samples have a defined difference
         if n_def:
-            with np.errstate(invalid="ignore", over="ignore"):
-                s = np.abs(np.diff(y, self.order, axis=0))
+            s = d[n - n_def :]
+            with np.errstate(invalid="ignore", over="ignore"):  # what np.diff computes, into d
+                if self.order == 1:
+                    np.subtract(y[1:], y[:-1], out=s)
+                else:  # (y[i+2] - y[i+1]) - (y[i+1] - y[i])
+                    if self._d1.shape[0] < n_def:
+                        self._d1 = np.empty((n_def, self.channels.size))
+                    np.subtract(y[2:], y[1:-1], out=s)
+                    np.subtract(s, np.subtract(y[1:-1], y[:-2], out=self._d1[:n_def]), out=s)
+                np.abs(s, out=s)
             s[~np.isfinite(s)] = np.nan  # inf - inf, or an inf sample: no usable difference
-            d[n - n_def :] = s
         return d, n - n_def
 
     def _statistic(self, diffs: np.ndarray) -> np.ndarray:
