@@ -1001,10 +1001,7 @@ def _mne_reader(
     else:
         picks = [i for i, t in enumerate(types) if t == "emg"]
         extra["channel_rule"] = "type emg"
-        if not picks and fmt == "FIF":  # FIF files store each channel's type: ECG or EEG is not EMG
-            listing = ", ".join(f"{n} ({t})" for n, t in zip(names, types, strict=True)) or "none"
-            raise _fail(path, f"no EMG channels (channels: {listing}): pick the channels to replay with --channels")
-        if not picks:
+        if not picks and fmt != "FIF":  # FIF files store each channel's type (ECG, EEG are not EMG); others do not
             picks = [
                 i
                 for i, (t, ch) in enumerate(zip(types, raw.info["chs"], strict=True))
@@ -1013,6 +1010,8 @@ def _mne_reader(
             extra["channel_rule"] = "unit V (no channel of type emg)"
         if not picks:
             listing = ", ".join(f"{n} ({t})" for n, t in zip(names, types, strict=True)) or "none"
+            if fmt == "FIF":
+                raise _fail(path, f"no EMG channels (channels: {listing}): pick the channels to replay with --channels")
             raise _fail(path, f"no EMG channels (no channel of type emg or in volts; channels: {listing})")
     if hdr is not None:
         _edf_gain_check(path, hdr, [signals[i] for i in picks])

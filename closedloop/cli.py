@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import datetime as _dt
 import itertools
-import math
 import os
 import re
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from closedloop import __version__
 from closedloop.errors import ClosedLoopError
-from closedloop.estimation._checks import MAX_RATE_HZ
+from closedloop.estimation._checks import MAX_RATE_HZ, check_rate
 
 __all__ = ["main"]
 
@@ -35,10 +34,10 @@ def _positive_float(text: str) -> float:
 
 
 def _rate(text: str) -> float:
-    v = _positive_float(text)
-    if not (math.isfinite(v) and v <= MAX_RATE_HZ):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a sampling rate in Hz, at most {MAX_RATE_HZ:g}")
-    return v
+    try:
+        return check_rate(_positive_float(text))  # the estimator's own rule: finite, > 0, at most MAX_RATE_HZ
+    except ClosedLoopError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a sampling rate in Hz, at most {MAX_RATE_HZ:g}") from None
 
 
 def _folder(text: str) -> Path:

@@ -382,7 +382,7 @@ class ArtifactDetector:
             self._y = np.empty((k + n, self.channels.size))
         y = self._y[: k + n]
         y[:k] = self._tail
-        if x.dtype == np.float64 and x.ndim == 2:
+        if x.dtype == np.float64:
             np.take(x, self.channels, axis=1, out=y[k:], mode="clip")  # (mode "raise" copies to a temporary)
         else:
             y[k:] = x[:, self.channels]

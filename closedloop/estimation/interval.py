@@ -540,11 +540,10 @@ class IntervalEstimator:
         if upto > a:
             xs = x[:, a:upto]
             np.copyto(xs, interval.samples[a:upto].T)
-            if not np.isfinite(xs).all():
-                finite = np.isfinite(xs)
-                if not finite.all():
-                    work.bad = True
-                    xs[~finite] = 0.0  # keeps the filter state finite; this interval's values are NaN
+            finite = np.isfinite(xs)
+            if not finite.all():
+                work.bad = True
+                xs[~finite] = 0.0  # keeps the filter state finite; this interval's values are NaN
             self._jump_range(x, a, upto, work.jump)
             work.n_in = upto
         if work.located is None:
@@ -880,8 +879,8 @@ class IntervalEstimator:
         x = self._raw(ivs, n_all)  # (C, N) channels first
         warns: list[list[str]] = [[] for _ in range(n_iv)]
         bad = np.zeros(n_iv, bool)
-        if not np.isfinite(x).all():  # (a sum would be as quick, but overflows, with a warning, at 1e308)
-            finite = np.isfinite(x)
+        finite = np.isfinite(x)  # (a sum would be as quick, but overflows, with a warning, at 1e308)
+        if not finite.all():
             bad = np.logical_or.reduceat(~finite.all(axis=0), offs)
             x[~finite] = 0.0  # keeps the filter state finite; these intervals' values are NaN
             for k in np.flatnonzero(bad).tolist():
@@ -1413,7 +1412,6 @@ class IntervalEstimator:
         :meth:`_response_psd_weight` would give, the sample-weighted counts then being ``resp_n[at[u]]`` and
         ``resp_any[at[u]]``, all updates in one product. The running response is left at ``ts[-1]``."""
         coef = self._advance_response(ts, True)  # (U, R, C) the used lags' coefficients at each update
-        self._resp_n, self._resp_any = resp_n[at[-1]], resp_any[at[-1]]
         n = np.maximum(np.array([resp_n[k] for k in at]), 1e-12)
         h2 = 1.0 + np.matmul(self._resp_cos[:, self._resp_rows], coef) / n[:, None, None]  # (U, F, C)
         w = np.where(h2 > 0.2, self._psd_weight / np.maximum(h2, 1e-12), 0.0)

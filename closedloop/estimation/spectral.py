@@ -372,8 +372,9 @@ class StreamingWelch:
         if n == 0:
             return None
         gated = None  # the gated samples; None: a * v, written where they are needed
-        if not np.isfinite(a).all():
-            v = v & np.isfinite(a).all(axis=0)
+        finite = np.isfinite(a)
+        if not finite.all():
+            v = v & finite.all(axis=0)
             gated = np.where(v, a, 0.0)
 
         nps, hop = self.nperseg, self.hop
