@@ -22,20 +22,30 @@ extension               read with                           EMG channels, units,
                                                             header; the exact recorded timestamps;
                                                             pulses from closedloop's ``Pulses`` stream
                                                             or a string ``Markers`` stream
-.hea (WFDB)             wfdb (lazy: ``rdrecord(sampfrom,    channels in a voltage unit (``mV`` ...)
-                        sampto)``; optional dependency)
+.hea (WFDB)             wfdb (lazy: ``rdrecord(sampfrom,    channels in a voltage unit (``mV`` ...);
+                        sampto)``; optional dependency)     see "WFDB records" below
 .mat (MATLAB v4-v7)     scipy.io.loadmat (whole file)       Ninapro-style ``emg`` or the single signal
 .mat (MATLAB v7.3)      h5py (whole file)                   array; see "MATLAB files" below
 .h5 .hdf5 (OpenSignals) h5py (lazy)                         ``raw/channel_N`` with ``sensor == 'EMG'``;
                                                             the PLUX EMG transfer function
 ======================  ==================================  ===========================================
 
+WFDB records
+    Single- and multi-segment records (a multi-segment record's channels and units are those of its first
+    segment: the layout segment of a variable layout). A signal stored at several samples per frame is read
+    at its own rate (frame rate x samples per frame), every sample; channels of different rates together
+    are refused. A header without the record's length is read to the end of its data files (read whole, on
+    the first read); a header whose record line gives no sampling frequency (wfdb would assume WFDB's
+    250 Hz) needs ``rate_hz``. A data file that is missing, or holds fewer samples than the header states,
+    is refused on opening.
+
 MATLAB files
     The signal is the variable ``emg`` (Ninapro: ``(n, C)``; a ``(C, n)`` array with ``C < n`` is
     transposed) or else the one numeric 1-D or 2-D variable with at least 100 samples (e.g. ``raw_on``
     of the tSCS recordings); anything else is ambiguous and refused. The rate comes from a variable
-    named ``frequency``, ``fs``, ``Fs``, ``FS``, ``sampling_rate`` or ``srate``, else from
-    ``rate_hz``. Units come from a string variable ``units`` or the ``units`` argument; when neither
+    named ``frequency``, ``fs``, ``Fs``, ``FS``, ``sampling_rate`` or ``srate`` (several that disagree are
+    refused), else from ``rate_hz``. Units come from a string variable ``units`` (one unit, or one per
+    column of the signal; a char array or a cell array of strings) or the ``units`` argument; when neither
     says, the values are taken as **microvolts** (``original_units`` ``"assumed uV"``): lab exports of
     EMG are mostly in uV or V, and reading volts as uV only makes the signal look tiny, whereas reading
     uV (or ADC counts) as V makes every estimator window saturate. Ninapro files are in volts: pass
@@ -69,8 +79,8 @@ MNE formats
 Units and rates the file does not state
     ``units`` (one for all channels or one per channel) is used only where the file states none, or a
     non-voltage one (XDF channels, .mat files); ``rate_hz`` only where the file has no sampling rate
-    (.mat files, irregular XDF streams). XDF channels without a unit are taken as microvolts
-    (``"assumed uV"``), as :class:`acquisition.lsl.LSLSource` does for live streams without one.
+    (.mat files, irregular XDF streams, WFDB headers without one). XDF channels without a unit are taken as
+    microvolts (``"assumed uV"``), as :class:`acquisition.lsl.LSLSource` does for live streams without one.
 
 Errors
     Every problem with a file (missing, unknown type, truncated, corrupt, no EMG, a missing channel, no
@@ -100,6 +110,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from fractions import Fraction
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -419,7 +430,13 @@ class _MNEReader(RecordingReader):
 
 
 class _WFDBReader(RecordingReader):
-    """Lazy reads through ``wfdb.rdrecord(sampfrom, sampto, physical=True)``."""
+    """Lazy reads through ``wfdb.rdrecord(sampfrom, sampto, physical=True)``.
+
+    ``spf``: samples per frame of the channels read (all alike). Above 1 the channels run at ``spf`` times the
+    frame rate: the frames holding the samples asked for are read unsmoothed (``smooth_frames=False``).
+    ``whole``: the header does not state the record's length, which wfdb then reads only whole: the first read
+    reads the whole record, later ones slice it.
+    """
 
     def __init__(
         self,
@@ -429,21 +446,44 @@ class _WFDBReader(RecordingReader):
         record_name: str,
         channels: list[int],
         scale: np.ndarray,
+        spf: int = 1,
+        whole: bool = False,
     ) -> None:
         super().__init__(info, pulse_times_clock)
         self._wfdb = wfdb
         self._record = record_name
         self._channels = channels
         self._scale = scale
+        self._spf = spf
+        self._whole = whole
+        self._cache: np.ndarray | None = None
 
     def _read(self, start: int, stop: int) -> np.ndarray:
+        if self._whole:
+            if self._cache is None:
+                self._cache = self._frames(None, None)
+            return self._cache[start:stop]
+        k = self._spf
+        f0 = start // k
+        return self._frames(f0, -(-stop // k))[start - f0 * k : stop - f0 * k]  # the frames holding start..stop
+
+    def _frames(self, f0: int | None, f1: int | None) -> np.ndarray:
+        """Frames ``f0`` to ``f1`` (None: the whole record) as ``(samples, channels)`` volts."""
+        k = self._spf
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            rec = self._wfdb.rdrecord(self._record, sampfrom=start, sampto=stop, channels=self._channels, physical=True)
+            rec = self._wfdb.rdrecord(
+                self._record, sampfrom=f0 or 0, sampto=f1, channels=self._channels, physical=True, smooth_frames=k == 1
+            )
         _note_warnings(self.info.extra, caught)
-        if rec.p_signal is None:
+        x = rec.p_signal if k == 1 else None if rec.e_p_signal is None else np.column_stack(rec.e_p_signal)
+        if x is None:
             raise _fail(self.info.path, "the record holds no physical signal")
-        return rec.p_signal * self._scale
+        return x * self._scale
+
+    def close(self) -> None:
+        super().close()
+        self._cache = None
 
 
 class _OpenSignalsReader(RecordingReader):
@@ -1536,6 +1576,54 @@ def _xdf_pulses(streams: list[dict[str, Any]], opts: _Options) -> tuple[np.ndarr
 # --------------------------------------------------------------------------------------------- WFDB
 
 
+# Bytes per sample of the WFDB storage formats (as a fraction: 212 packs 2 samples in 3 bytes, 310/311 3 in 4);
+# the FLAC formats (508, 516, 524) have no fixed size.
+_WFDB_BYTES_PER_SAMPLE = {
+    "8": Fraction(1),
+    "16": Fraction(2),
+    "24": Fraction(3),
+    "32": Fraction(4),
+    "61": Fraction(2),
+    "80": Fraction(1),
+    "160": Fraction(2),
+    "212": Fraction(3, 2),
+    "310": Fraction(4, 3),
+    "311": Fraction(4, 3),
+}
+
+
+def _wfdb_states_rate(path: Path) -> bool:
+    """Whether the record line of the WFDB header ``path`` gives a sampling frequency (its third field): when it
+    does not, wfdb assumes the WFDB default of 250 Hz."""
+    for line in path.read_text(encoding="latin-1").splitlines():
+        fields = line.split("#", 1)[0].split()
+        if fields:
+            return len(fields) >= 3
+    return False
+
+
+def _wfdb_frames_stored(path: Path, header: Any) -> int | None:
+    """Frames the data files of a single-segment WFDB ``header`` hold (the fewest over its files), from their sizes;
+    None when no file has a fixed sample size. A data file that is missing is refused."""
+    files: dict[str, tuple[str, int, int]] = {}  # file -> (format, samples per frame, byte offset)
+    for name, f, spf, offset in zip(
+        header.file_name, header.fmt, header.samps_per_frame, header.byte_offset or [None] * header.n_sig, strict=True
+    ):
+        if name == "~":  # a null signal: no data file
+            continue
+        _, k, o = files.get(name, (str(f), 0, int(offset or 0)))
+        files[name] = (str(f), k + int(spf or 1), o)
+    frames = []
+    for name, (f, spf, offset) in files.items():
+        data = path.parent / name
+        if not data.is_file():
+            raise _fail(path, f"the data file {name} of this record is missing")
+        size = _WFDB_BYTES_PER_SAMPLE.get(f)
+        if size is not None:
+            frames.append(max(0, data.stat().st_size - offset) // (size * spf))
+    return min(frames) if frames else None
+
+
 def _open_wfdb(path: Path, fmt: str, opts: _Options) -> RecordingReader:
     try:
         with warnings.catch_warnings():
@@ -1546,16 +1634,19 @@ def _open_wfdb(path: Path, fmt: str, opts: _Options) -> RecordingReader:
     record_name = str(path.with_suffix(""))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        header = wfdb.rdheader(record_name)
+        header = wfdb.rdheader(record_name, rd_segments=True)  # a multi-segment record: its segments' headers too
     extra: dict[str, Any] = {"record_name": path.stem}
     _note_warnings(extra, caught)
+    multi = bool(getattr(header, "seg_name", None))
+    # the channels' units and samples per frame: a multi-segment record's from its first segment (the layout
+    # segment of a variable layout, whose channels are the record's; every segment of a fixed layout alike)
+    signals = next((seg for seg in header.segments if seg is not None), None) if multi else header
     names = [str(n) for n in (header.sig_name or [])]
-    if not names:
+    if not names or signals is None:
         raise _fail(path, "the header describes no signals")
-    if getattr(header, "seg_name", None):
-        units_all = [str(u) for u in (getattr(header, "units", None) or ["mV"] * len(names))]
-    else:
-        units_all = [str(u) if u else "mV" for u in (header.units or ["mV"] * len(names))]
+    extra["segments"] = len(header.seg_name) if multi else 1
+    units_all = [str(u) if u else "mV" for u in (signals.units or ["mV"] * len(names))]  # WFDB's default: mV
+    spf_all = [int(k or 1) for k in (signals.samps_per_frame or [1] * len(names))]
     if opts.channels is not None:
         picks = _pick_by_name(path, names, opts.channels)
         extra["channel_rule"] = "by name"
@@ -1568,13 +1659,28 @@ def _open_wfdb(path: Path, fmt: str, opts: _Options) -> RecordingReader:
         if not picks:
             listing = ", ".join(f"{n} ({u})" for n, u in zip(names, units_all, strict=True))
             raise _fail(path, f"no EMG channels (no channel in a voltage unit; channels: {listing})")
-    rate = float(header.fs or 0)
-    if rate <= 0:
+    frame_rate = float(header.fs or 0) if _wfdb_states_rate(path) else 0.0
+    if frame_rate <= 0:
         if opts.rate_hz is None:
             raise _fail(path, "no sampling rate in the header: give --rate")
-        rate = opts.rate_hz
-    n = header.sig_len
-    if n is None:
+        frame_rate = opts.rate_hz
+    spf = spf_all[picks[0]]
+    if any(spf_all[i] != spf for i in picks):
+        listing = ", ".join(f"{names[i]} {frame_rate * spf_all[i]:g} Hz" for i in picks)
+        raise _fail(
+            path,
+            f"the channels picked have different sampling rates ({listing}): pick channels of one rate with --channels",
+        )
+    if spf > 1:
+        extra["samples_per_frame"] = spf
+    frames = header.sig_len
+    if not multi:
+        stored = _wfdb_frames_stored(path, header)
+        if frames is None:
+            frames = stored  # a header may leave the length out: the data files hold it
+        elif stored is not None and stored < frames:
+            raise _fail(path, f"truncated: the header states {frames} samples per signal, the data files hold {stored}")
+    if frames is None:
         raise _fail(path, "the header does not state the signal length")
     meas_date = None
     with contextlib.suppress(AttributeError, TypeError, ValueError):
@@ -1584,8 +1690,8 @@ def _open_wfdb(path: Path, fmt: str, opts: _Options) -> RecordingReader:
     info, clock = _finish(
         path,
         fmt,
-        rate,
-        int(n),
+        frame_rate * spf,
+        int(frames) * spf,
         [names[i] for i in picks],
         [units_all[i] for i in picks],
         np.empty(0),
@@ -1594,7 +1700,7 @@ def _open_wfdb(path: Path, fmt: str, opts: _Options) -> RecordingReader:
         meas_date=meas_date,
         extra=extra,
     )
-    return _WFDBReader(info, clock, wfdb, record_name, picks, scale)
+    return _WFDBReader(info, clock, wfdb, record_name, picks, scale, spf, whole=header.sig_len is None)
 
 
 # ---------------------------------------------------------------------------------------------- MAT
@@ -1651,9 +1757,16 @@ def _open_mat(path: Path, fmt: str, opts: _Options) -> RecordingReader:
                     else type(v).__name__
                 )
                 raise _fail(path, f"variable {k!r} should hold the sampling rate (one number > 0, in Hz), got {got}")
-            rate = float(vals[0])
-            extra["rate_variable"] = k
-            break
+            if rate is not None and float(vals[0]) != rate:
+                first = extra["rate_variable"]
+                raise _fail(
+                    path,
+                    f"variables {first!r} ({rate:g}) and {k!r} ({float(vals[0]):g}) give different sampling rates "
+                    "(Hz): keep one",
+                )
+            if rate is None:
+                rate = float(vals[0])
+                extra["rate_variable"] = k
     if rate is None:
         if opts.rate_hz is None:
             raise _fail(
@@ -1688,9 +1801,6 @@ def _open_mat(path: Path, fmt: str, opts: _Options) -> RecordingReader:
     if var == "emg":
         names = [f"EMG{i + 1}" for i in range(c)]
     extra["variable"] = var
-    if opts.channels is not None:
-        picks = _pick_by_name(path, names, opts.channels)
-        x, names = x[:, picks], [names[i] for i in picks]
     file_units = variables.get("units")
     stated: tuple[str, ...] | None = None
     if isinstance(file_units, np.ndarray) and file_units.dtype.kind == "U":
@@ -1699,8 +1809,14 @@ def _open_mat(path: Path, fmt: str, opts: _Options) -> RecordingReader:
         stated = tuple(str(np.asarray(u).ravel()[0]).strip() for u in file_units.ravel())
     if stated is not None and len(stated) not in (1, len(names)):
         stated = None
+    if stated is not None and len(stated) == 1:
+        stated = stated * len(names)
+    if opts.channels is not None:  # the file's units are per channel of the whole signal: picked with the channels
+        picks = _pick_by_name(path, names, opts.channels)
+        x, names = x[:, picks], [names[i] for i in picks]
+        stated = None if stated is None else tuple(stated[i] for i in picks)
     if stated is not None and all(_is_voltage(u) for u in stated):
-        orig = stated * len(names) if len(stated) == 1 else stated
+        orig = stated
         scale = np.array([unit_to_volts(u) for u in orig])
     else:
         given = _units_for(opts, len(names), path)
@@ -1734,8 +1850,9 @@ def _mat73_variables(path: Path) -> dict[str, Any]:
                 if not isinstance(item, h5py.Dataset) or item.attrs.get("MATLAB_empty", 0):
                     out[name] = f"<{cls or 'group'}>"
                 elif cls == "char":
-                    codes = np.asarray(item[()], dtype=np.uint16).T
-                    out[name] = np.array(["".join(map(chr, row)) for row in np.atleast_2d(codes)])
+                    out[name] = _mat73_chars(item)
+                elif cls == "cell" and item.dtype == h5py.ref_dtype:
+                    out[name] = _mat73_cellstr(f, item, cls)
                 elif item.dtype.kind in "iuf":
                     out[name] = np.asarray(item[()]).T
                 else:
@@ -1743,6 +1860,31 @@ def _mat73_variables(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise _fail(path, _library_problem("not a readable MATLAB v7.3 (HDF5) file", exc)) from exc
     return out
+
+
+def _mat73_chars(item: Any) -> np.ndarray:
+    """A v7.3 char array (uint16 codes, stored transposed) as a str array of its rows; empty: ``[""]``."""
+    if item.attrs.get("MATLAB_empty", 0):
+        return np.array([""])
+    codes = np.asarray(item[()], dtype=np.uint16).T
+    return np.array(["".join(map(chr, row)) for row in np.atleast_2d(codes)])
+
+
+def _mat73_cellstr(f: Any, item: Any, cls: str) -> np.ndarray | str:
+    """A v7.3 cell array of char arrays (e.g. ``units = {'mV', 'uV'}``: object references to char datasets in
+    ``#refs#``) as a str array, one string per cell in MATLAB's column-major order as ``loadmat`` gives it;
+    any other cell array as a placeholder naming its class."""
+    texts = []
+    for ref in np.asarray(item[()]).T.ravel():
+        target = f[ref] if ref else None
+        kind = None if target is None else target.attrs.get("MATLAB_class", b"")
+        if target is None or (kind.decode("ascii", "replace") if isinstance(kind, bytes) else str(kind)) != "char":
+            return f"<{cls}>"
+        row = _mat73_chars(target)
+        if row.size != 1:  # a char matrix in a cell
+            return f"<{cls}>"
+        texts.append(str(row[0]))
+    return np.array(texts).reshape(item.shape[::-1]) if texts else f"<{cls}>"
 
 
 # -------------------------------------------------------------------------------------- OpenSignals
