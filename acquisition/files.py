@@ -37,7 +37,10 @@ WFDB records
     are refused. A header without the record's length is read to the end of its data files (read whole, on
     the first read); a header whose record line gives no sampling frequency (wfdb would assume WFDB's
     250 Hz) needs ``rate_hz``. A data file that is missing, or holds fewer samples than the header states,
-    is refused on opening.
+    is refused on opening. Pulses come from the record's annotation files (``<record>.<annotator>``, e.g.
+    ``.atr``): the annotations whose aux note (else symbol) ``pulse_annotation`` finds, or all of an annotator
+    whose name it finds (``rec.stim``); the first annotator with any. A file that wfdb cannot read as
+    annotations is noted in the warnings.
 
 MATLAB files
     The signal is the variable ``emg`` (Ninapro: ``(n, C)``; a ``(C, n)`` array with ``C < n`` is
@@ -99,6 +102,7 @@ import asyncio
 import configparser
 import contextlib
 import dataclasses
+import glob
 import gzip
 import logging
 import math
@@ -1624,6 +1628,43 @@ def _wfdb_frames_stored(path: Path, header: Any) -> int | None:
     return min(frames) if frames else None
 
 
+def _wfdb_pulses(
+    wfdb: Any, path: Path, opts: _Options, frame_rate: float, data_files: set[str], extra: dict[str, Any]
+) -> tuple[np.ndarray, str]:
+    """Pulse times (s from the first sample) from the record's annotation files (``<record>.<annotator>`` beside
+    the header, e.g. ``.atr``): the annotations whose text (the aux note, else the symbol), or whose annotator's
+    name, ``pulse_annotation`` finds, from the first annotator that has any."""
+    found: list[tuple[str, np.ndarray, list[str]]] = []
+    for f in sorted(path.parent.glob(glob.escape(path.stem) + ".*")):
+        ext = f.name[len(path.stem) + 1 :]
+        if f.suffix.lower() in (".hea", ".dat") or f.name in data_files or not f.is_file() or "." in ext:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ann = wfdb.rdann(str(path.with_suffix("")), ext)
+        except Exception as exc:  # not an annotation file after all (wfdb raises many kinds): say so, go on
+            extra.setdefault("warnings", []).append(
+                f"{f.name}: not read as WFDB annotations ({_one_line(str(exc), 80)})"
+            )
+            continue
+        symbols = list(ann.symbol or [])
+        notes = list(ann.aux_note or [""] * len(symbols))
+        texts = [(n or "").strip("\x00 ").strip() or str(s) for s, n in zip(symbols, notes, strict=False)]
+        fs = float(ann.fs) if ann.fs else frame_rate
+        found.append((ext, np.asarray(ann.sample, dtype=np.float64)[: len(texts)] / fs, texts))
+    if not found:
+        return np.empty(0), "none"
+    extra["annotators"] = [ext for ext, _, _ in found]
+    extra["annotations"] = sorted({t for _, _, texts in found for t in texts})
+    for ext, times, texts in found:
+        by_name = opts.pulse_annotation.search(ext) is not None
+        match = np.array([by_name or opts.pulse_annotation.search(t) is not None for t in texts], dtype=bool)
+        if match.any():
+            return times[match], f"annotations:{ext}"
+    return np.empty(0), "none"
+
+
 def _open_wfdb(path: Path, fmt: str, opts: _Options) -> RecordingReader:
     try:
         with warnings.catch_warnings():
@@ -1687,6 +1728,13 @@ def _open_wfdb(path: Path, fmt: str, opts: _Options) -> RecordingReader:
         if header.base_date is not None and header.base_time is not None:
             meas_date = datetime.combine(header.base_date, header.base_time)
     scale = np.array([unit_to_volts(units_all[i]) for i in picks])
+    data_files = {
+        str(n)
+        for seg in ([header] if not multi else header.segments)
+        if seg is not None
+        for n in (getattr(seg, "file_name", None) or ())
+    }
+    pulses, source = _wfdb_pulses(wfdb, path, opts, frame_rate, data_files, extra)
     info, clock = _finish(
         path,
         fmt,
@@ -1694,9 +1742,9 @@ def _open_wfdb(path: Path, fmt: str, opts: _Options) -> RecordingReader:
         int(frames) * spf,
         [names[i] for i in picks],
         [units_all[i] for i in picks],
-        np.empty(0),
+        pulses,
         None,
-        "none",
+        source,
         meas_date=meas_date,
         extra=extra,
     )

@@ -142,6 +142,71 @@ def test_wfdb_truncated_or_missing_data_file_is_refused_on_opening(tmp_path: Pat
 # ------------------------------------------------------------------------------------------------ MATLAB
 
 
+def _wrann(
+    directory: Path, name: str, ext: str, samples: np.ndarray, symbols: list[str], aux: list[str] | None
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _wfdb().wrann(name, ext, samples, symbol=symbols, aux_note=aux, write_dir=str(directory))
+
+
+def test_wfdb_stimulus_annotations_are_the_pulses(tmp_path: Path) -> None:
+    """Pulse times from the record's annotation files: the annotations whose note (else symbol) or annotator
+    name the pulse pattern finds; beat annotations of another annotator are not pulses."""
+    fs, n = 2000, 8000
+    rng = np.random.default_rng(5)
+    _wrsamp(
+        tmp_path,
+        "rec",
+        fs=fs,
+        units=["mV", "mV"],
+        sig_name=["EMG1", "EMG2"],
+        p_signal=rng.normal(0, 0.05, (n, 2)),
+        fmt=["16", "16"],
+    )
+    beats = np.arange(100, n, 900)
+    _wrann(tmp_path, "rec", "atr", beats, ["N"] * beats.size, None)  # ECG-style beats: not pulses
+    stim = np.arange(250, n, 400)
+    notes = ["stim" if k % 2 else "pulse train" for k in range(stim.size)]
+    _wrann(
+        tmp_path,
+        "rec",
+        "evt",
+        np.sort(np.concatenate([stim, [7990]])),
+        ['"'] * (stim.size + 1),
+        [*notes, "note: electrode check"][: stim.size + 1],
+    )
+    rec = open_recording(tmp_path / "rec.hea")
+    assert rec.info.pulse_source == "annotations:evt"
+    np.testing.assert_allclose(rec.info.pulse_times_s, stim / fs)  # not the note, not the beats
+    assert {"N", "stim", "pulse train", "note: electrode check"} <= set(rec.info.extra["annotations"])
+    rec.close()
+    # a pattern picks other annotations (here the beats, by their symbol)
+    rec = open_recording(tmp_path / "rec.hea", pulse_annotation=r"^N$")
+    assert rec.info.pulse_source == "annotations:atr"
+    np.testing.assert_allclose(rec.info.pulse_times_s, beats / fs)
+    rec.close()
+    # an annotator named for stimulation: all its annotations, whatever their symbols
+    (tmp_path / "rec.evt").unlink()
+    _wrann(tmp_path, "rec", "stim", stim, ["+"] * stim.size, None)
+    rec = open_recording(tmp_path / "rec.hea")
+    assert rec.info.pulse_source == "annotations:stim"
+    np.testing.assert_allclose(rec.info.pulse_times_s, stim / fs)
+    rec.close()
+
+
+def test_wfdb_unreadable_annotation_file_is_noted_not_fatal(tmp_path: Path) -> None:
+    fs, n = 1000, 3000
+    x = np.random.default_rng(6).normal(0, 0.05, (n, 1))
+    _wrsamp(tmp_path, "rec", fs=fs, units=["mV"], sig_name=["EMG"], p_signal=x, fmt=["16"])
+    (tmp_path / "rec.atr").write_bytes(b"\xff" * 7)  # not an annotation file
+    rec = open_recording(tmp_path / "rec.hea")
+    assert rec.info.pulse_source == "none"
+    assert any(w.startswith("rec.atr: not read as WFDB annotations") for w in rec.info.extra["warnings"])
+    np.testing.assert_allclose(rec.read(0, n)[:, 0], x[:, 0] * 1e-3, atol=1e-3 * 0.05 * 2**-14 * 8)
+    rec.close()
+
+
 def test_mat_units_per_channel_follow_the_channels_picked(tmp_path: Path) -> None:
     from scipy.io import savemat
 
