@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("files", nargs="+", type=Path, metavar="FILE")
     r.add_argument(
         "--speed",
-        default="max",
+        default=None,
         metavar="max|FACTOR",
         help="max (default: as fast as possible) or a multiple of real time, e.g. 1",
     )
@@ -338,8 +338,28 @@ def _channel_names(text: str | None) -> tuple[str, ...] | None:
     return names
 
 
+#: Replay options that only a batch uses: refused with --publish-lsl, which writes nothing and runs no estimator.
+_BATCH_ONLY = (("out", "--out"), ("protocol", "--protocol"), ("scheduler", "--scheduler"), ("jobs", "--jobs"))
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from experiments.replay import ReplayOptions, make_out_root, publish_file, replay_batch
+
+    if args.publish_lsl:
+        from closedloop.errors import ConfigError
+
+        unused = [flag for key, flag in _BATCH_ONLY if getattr(args, key) is not None]
+        if unused:
+            raise ConfigError(
+                f"--publish-lsl only republishes the recording over LSL: {' and '.join(unused)} "
+                f"{'does' if len(unused) == 1 else 'do'} not apply "
+                "(replay without --publish-lsl for estimates, a shadow controller or a batch)"
+            )
+        if args.speed is not None and _speed(args.speed) is None:
+            raise ConfigError(
+                f"--publish-lsl --speed {args.speed}: a live device needs a pace; give a factor of real time "
+                "(e.g. 1, or 10), or leave --speed out for real time"
+            )
 
     detect = False if args.no_detect else "auto"
     if args.pulse_marker is not None:
@@ -350,7 +370,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"--pulse-marker {args.pulse_marker!r} is not a regular expression: {exc}") from None
     opts = ReplayOptions(
-        speed=_speed(args.speed),
+        speed=_speed(args.speed or "max"),
         chunk_size=args.chunk,
         channels=_channel_names(args.channels),
         stream=args.stream,
@@ -385,7 +405,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             print(f"closedloop replay: publishing {args.files[0]} at {opts.speed:g}x real time", flush=True)
 
         try:
-            n = publish_file(args.files[0], opts, on_open=started)
+            with _sigterm_interrupts():
+                n = publish_file(args.files[0], opts, on_open=started)
         except ClosedLoopError as exc:
             from closedloop.errors import SourceError
 
@@ -413,14 +434,60 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 error = error.removeprefix(named)
             print(f"  {r.file}: error: {error}", file=sys.stderr, flush=True)
 
-    if args.out is not None:
-        make_out_root(args.out, f"--out {args.out}")  # a folder that cannot be made stops here, one line
-    with _default_out(args.out, f"closedloop-replay-{_dt.datetime.now():%Y%m%d-%H%M%S}") as out:
-        results = replay_batch(args.files, out, opts, jobs=args.jobs, scheduler=args.scheduler, on_result=show)
-        ok = sum(r.ok for r in results)
-        _print_table(results)
-        print(f"closedloop replay: {ok} of {len(results)} files replayed; summary table: {out / 'replay_summary.csv'}")
+    from experiments.replay import BatchInterrupted, dask_client
+
+    # an unreachable scheduler stops here, one line, before any folder is made
+    client = dask_client(args.scheduler) if args.scheduler is not None else None
+    try:
+        if args.out is not None:
+            make_out_root(args.out, f"--out {args.out}")  # a folder that cannot be made stops here, one line
+        with _default_out(args.out, f"closedloop-replay-{_dt.datetime.now():%Y%m%d-%H%M%S}") as out:
+            interrupted = ""
+            try:
+                results = replay_batch(args.files, out, opts, jobs=args.jobs, scheduler=client, on_result=show)
+            except BatchInterrupted as exc:  # the files under way stopped, the others not started
+                results, interrupted = exc.results, exc.signal
+            ok = sum(r.ok for r in results)
+            _print_table(results)
+            print(
+                f"closedloop replay: {ok} of {len(results)} files replayed; summary table: {out / 'replay_summary.csv'}"
+            )
+    finally:
+        if client is not None:
+            import logging
+
+            log = logging.getLogger("distributed.client")
+            level = log.level
+            log.setLevel(logging.CRITICAL)  # a scheduler lost mid-batch: its files say so; no reconnect traceback
+            try:
+                client.close()
+            finally:
+                log.setLevel(level)
+    if interrupted:
+        print(f"closedloop replay: interrupted ({interrupted})", file=sys.stderr)
+        return 130
     return 0 if ok == len(results) else 1
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt (as SIGINT does) while the block runs in the main thread: the command
+    ends as interrupted (exit 130), its LSL outlets closed, instead of being killed."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, saved)
 
 
 def _new_folder(base: str) -> Path:

@@ -34,7 +34,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -652,8 +652,10 @@ class Session:
             self.safety.output_off(self._now(), "session ended")
             with contextlib.suppress(Exception):
                 self.safety.stimulator.close()
-            self._remove_signals(loop, installed)
-            self._finish()
+            try:
+                self._finish()  # a signal now only queues a stop: the session's files are written whole
+            finally:
+                self._remove_signals(loop, installed)
         return res
 
     # -- setup ----------------------------------------------------------------------------------------
@@ -674,21 +676,26 @@ class Session:
         except Exception:
             return math.nan
 
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[tuple[int, Any]]:
+        """SIGINT and SIGTERM stop the session; returns each signal installed with the handler it replaced."""
         installed = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
+                before = signal.getsignal(sig)
                 loop.add_signal_handler(sig, self.request_stop, f"received {sig.name}")
-                installed.append(sig)
+                installed.append((sig, before))
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / platform
                 pass
         return installed
 
     @staticmethod
-    def _remove_signals(loop: asyncio.AbstractEventLoop, installed: list[int]) -> None:
-        for sig in installed:
+    def _remove_signals(loop: asyncio.AbstractEventLoop, installed: list[tuple[int, Any]]) -> None:
+        """Put back the handlers the session replaced (asyncio's removal would leave Python's defaults)."""
+        for sig, before in installed:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
+                if before is not None:
+                    signal.signal(sig, before)
 
     def _prepare(self) -> None:
         info: StreamInfo = self.source.info

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
+import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,8 +43,10 @@ from closedloop.stimulators import ShadowStimulator
 __all__ = [
     "SESSION_FILES",
     "SUMMARY_COLUMNS",
+    "BatchInterrupted",
     "ReplayOptions",
     "ReplayResult",
+    "dask_client",
     "make_out_root",
     "publish_file",
     "replay_batch",
@@ -569,6 +575,240 @@ def _check_unused(out: Path, dirs: list[Path]) -> None:
             )
 
 
+class BatchInterrupted(KeyboardInterrupt):
+    """A batch stopped by SIGINT or SIGTERM. The files being replayed stopped where they were (their session
+    files written, status ``stopped``), the rest were not started (status ``interrupted``); replay_summary.csv
+    holds them all. ``results``: every file's result, in input order; ``signal``: the signal's name."""
+
+    def __init__(self, results: list[ReplayResult], signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.results = results
+        self.signal = signal_name
+
+
+#: How long an interrupted batch waits for its workers' replays to stop and write their files (s), before it passes
+#: the signal on to them (one sent to the batch's process only, e.g. ``kill -INT PID``), then before it kills them.
+INTERRUPT_GRACE_S = 5.0
+
+
+def _by_signal(r: ReplayResult) -> str:
+    """The signal that stopped the replay of ``r`` (its session's "received SIGINT"), or ""."""
+    m = re.fullmatch(r"received (SIG[A-Z]+)", r.error) if r.status == "stopped" else None
+    return m.group(1) if m else ""
+
+
+class _Signals:
+    """SIGINT and SIGTERM while a batch runs (main thread only): recorded, and a KeyboardInterrupt raised while
+    ``busy`` (a session, which handles both itself, ends as stopped). Idle (a pool worker between files), the
+    signal is only recorded: the worker then starts no other file."""
+
+    def __init__(self) -> None:
+        self.signal = ""
+        self.busy = True
+        self._saved: dict[int, object] = {}
+
+    def install(self) -> None:
+        """(Re)install the handlers: a session's own are removed at its end, leaving the defaults."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._saved.setdefault(sig, signal.getsignal(sig))
+            signal.signal(sig, self._on_signal)
+
+    def restore(self) -> None:
+        for sig, handler in self._saved.items():
+            with contextlib.suppress(TypeError, ValueError):
+                signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._saved.clear()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signal = self.signal or signal.Signals(signum).name
+        if self.busy:
+            raise KeyboardInterrupt(self.signal)
+
+
+_WORKER_SIGNALS = _Signals()  # in a pool worker process
+
+
+def _worker_init() -> None:
+    _WORKER_SIGNALS.busy = False
+    _WORKER_SIGNALS.install()
+
+
+def _pool_replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayResult:
+    """replay_file in a pool worker: once the worker has been signalled, it replays no further file."""
+    sigs = _WORKER_SIGNALS
+    if sigs.signal:
+        return _not_replayed(path, out_dir)
+    sigs.install()
+    sigs.busy = True
+    try:
+        r = replay_file(path, out_dir, options)
+    except KeyboardInterrupt:  # signalled outside its session (opening the file, writing the report)
+        r = ReplayResult(str(path), "stopped", f"received {sigs.signal or 'SIGINT'}", str(out_dir))
+    finally:
+        sigs.busy = False
+        sigs.install()
+    sigs.signal = sigs.signal or _by_signal(r)
+    return r
+
+
+def _not_replayed(path: Path, out_dir: Path) -> ReplayResult:
+    return ReplayResult(str(path), "interrupted", "not replayed: the batch was interrupted", str(out_dir))
+
+
+def dask_client(scheduler):
+    """A ``dask.distributed.Client`` for ``scheduler`` (an address, or a Client: returned as it is);
+    a :class:`ConfigError` naming the address if Dask is missing or the scheduler cannot be reached."""
+    try:
+        from dask.distributed import Client
+    except ImportError as exc:
+        raise ConfigError("--scheduler needs Dask: pip install 'closedloop[dask]'") from exc
+    if isinstance(scheduler, Client):
+        return scheduler
+    try:
+        return Client(scheduler)
+    except (OSError, ValueError, TypeError) as exc:  # refused, timed out, not an address
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"--scheduler {scheduler!r}: cannot connect to a Dask scheduler: {text}") from None
+
+
+def _as_given(r: ReplayResult, given: Path, given_dir: Path, sent: Path, sent_dir: Path) -> ReplayResult:
+    """A result computed on absolute paths (Dask workers), told with the paths as the user gave them."""
+    r.file, r.out_dir = str(given), str(given_dir)
+    for a, b in ((str(sent), str(given)), (str(sent_dir), str(given_dir))):
+        r.error, r.hint = r.error.replace(a, b), r.hint.replace(a, b)
+    return r
+
+
+def _run_dask(
+    client, files: list[Path], dirs: list[Path], options: ReplayOptions, done: Callable[[int, ReplayResult], None]
+) -> None:
+    """The files on a Dask cluster. The workers need absolute paths (their working folder is their own); a task
+    that fails there (a worker lost, the scheduler gone) fails its file, and when the cluster has had no worker
+    for Dask's connect timeout, the files still waiting fail too."""
+    import dask
+    from dask.distributed import wait
+
+    def absolute(p: str | None) -> str | None:
+        return None if p is None else str(Path(p).absolute())
+
+    sent = [Path(f).absolute() for f in files]
+    sent_dirs = [Path(d).absolute() for d in dirs]
+    opts = dataclasses.replace(options, protocol=absolute(options.protocol), progress=False)
+    futures = {
+        client.submit(replay_file, str(f), str(d), opts, pure=False): i
+        for i, (f, d) in enumerate(zip(sent, sent_dirs, strict=True))
+    }
+    patience = float(dask.utils.parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s"))
+    no_workers_since: float | None = None
+    pending = set(futures)
+    try:
+        while pending:
+            try:
+                wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # none finished within the second
+                pass
+            except Exception:  # futures cancelled (the scheduler gone: they end failed, below), ...
+                time.sleep(0.1)
+            finished = {fut for fut in pending if fut.done()}
+            pending -= finished
+            for fut in finished:
+                i = futures[fut]
+                try:
+                    r = fut.result()
+                except Exception as exc:  # the task's worker died, the scheduler went away, ...
+                    text = " ".join(str(exc).split()) or type(exc).__name__
+                    r = ReplayResult(str(sent[i]), "failed", f"{sent[i]}: on Dask: {text}", str(sent_dirs[i]))
+                done(i, _as_given(r, files[i], dirs[i], sent[i], sent_dirs[i]))
+            if not pending:
+                break
+            try:
+                workers = len(client.scheduler_info().get("workers", {}))
+            except Exception:  # the scheduler is gone: the futures end cancelled, handled above
+                workers = 1
+            now = time.monotonic()
+            no_workers_since = None if workers else (no_workers_since or now)
+            if no_workers_since is not None and now - no_workers_since > patience:
+                for fut in pending:
+                    i = futures[fut]
+                    error = f"{files[i]}: not replayed: the Dask cluster has had no workers for {patience:g} s"
+                    done(i, ReplayResult(str(files[i]), "failed", error, str(dirs[i])))
+                break
+    finally:
+        with contextlib.suppress(Exception):
+            client.cancel([f for f in futures if not f.done()])
+
+
+def _run_pool(
+    files: list[Path],
+    dirs: list[Path],
+    options: ReplayOptions,
+    jobs: int,
+    done: Callable[[int, ReplayResult], None],
+    sigs: _Signals,
+) -> None:
+    """The files on ``jobs`` worker processes. Interrupted (SIGINT, SIGTERM), no further file starts, and the
+    replays under way stop and write their files; workers still running after INTERRUPT_GRACE_S are signalled
+    in turn, then killed."""
+    quiet = dataclasses.replace(options, progress=False)
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
+    futures = {pool.submit(_pool_replay, f, d, quiet): i for i, (f, d) in enumerate(zip(files, dirs, strict=True))}
+    seen: set[concurrent.futures.Future] = set()
+
+    def collect(fut: concurrent.futures.Future) -> None:
+        seen.add(fut)
+        i = futures[fut]
+        if fut.cancelled():  # not started: told as not replayed once the batch has ended
+            return
+        try:
+            r = fut.result()
+        except BaseException as exc:  # a worker killed (BrokenProcessPool), ...
+            r = ReplayResult(
+                str(files[i]), "failed", f"{files[i]}: unexpected {type(exc).__name__}: {exc}", str(dirs[i])
+            )
+            if sigs.signal:
+                r.status, r.error = "stopped", f"received {sigs.signal}"
+        done(i, r)
+
+    try:
+        for fut in concurrent.futures.as_completed(futures):
+            collect(fut)
+        pool.shutdown(wait=True)
+    except KeyboardInterrupt:
+        sigs.signal = sigs.signal or "SIGINT"
+        for fut in futures:
+            fut.cancel()
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        for step in ("wait", "terminate", "kill"):
+            if step == "terminate":  # the signal went to the batch only (kill -INT PID): pass it on
+                for p in procs:
+                    with contextlib.suppress(Exception):
+                        os.kill(p.pid, signal.Signals[sigs.signal])
+            elif step == "kill":
+                for p in procs:
+                    with contextlib.suppress(Exception):
+                        p.kill()
+            running = [f for f in futures if f not in seen and not f.cancelled()]
+            try:
+                finished, _ = concurrent.futures.wait(running, timeout=INTERRUPT_GRACE_S if step != "kill" else 1.0)
+            except KeyboardInterrupt:  # signalled again: do not wait
+                finished = set()
+            for fut in finished:
+                collect(fut)
+            if len(finished) == len(running):
+                break
+        pool.shutdown(wait=True, cancel_futures=True)  # the workers have ended or are idle: quick
+        for fut in futures:
+            if fut not in seen:
+                if fut.done():
+                    collect(fut)
+                else:
+                    i = futures[fut]
+                    done(i, ReplayResult(str(files[i]), "stopped", f"received {sigs.signal}", str(dirs[i])))
+        raise
+
+
 def replay_batch(
     paths: list[str | Path],
     out_root: str | Path,
@@ -585,61 +825,60 @@ def replay_batch(
         Worker processes (default: all cores); 1 runs in this process.
     scheduler:
         Address of a Dask distributed scheduler (``tcp://host:8786``), or a ``dask.distributed.Client``:
-        the files run on its workers instead (needs ``pip install 'closedloop[dask]'``).
+        the files run on its workers instead (needs ``pip install 'closedloop[dask]'``; the workers are given
+        absolute paths, so they must see the files and the output folder where this process does).
     on_result:
         Called with each result as it finishes.
 
     Raises :class:`ConfigError` before any work if ``out_root`` cannot be created or already holds a replay's
-    results (replay_summary.csv, or session files in a folder this batch would write).
+    results (replay_summary.csv, or session files in a folder this batch would write), or if the Dask scheduler
+    cannot be reached. Interrupted (SIGINT, or SIGTERM in the main thread), the files under way stop and write
+    what they have, no other file starts, replay_summary.csv is written and :class:`BatchInterrupted` raised.
     """
     options = options or ReplayOptions()
     out = Path(out_root)
     files = [Path(p) for p in paths]
     dirs = _out_dirs(files, out)
     _check_unused(out, dirs)  # before any work: an earlier replay's results stay as they are
-    make_out_root(out)
+    client = dask_client(scheduler) if scheduler is not None else None  # an unreachable one: before any folder
     results: list[ReplayResult | None] = [None] * len(files)
-    if scheduler is not None:
-        try:
-            from dask.distributed import Client, as_completed
-        except ImportError as exc:
-            raise ConfigError("--scheduler needs Dask: pip install 'closedloop[dask]'") from exc
-        client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
-        try:
-            futures = {
-                client.submit(replay_file, str(f), str(d), options, pure=False): i
-                for i, (f, d) in enumerate(zip(files, dirs, strict=True))
-            }
-            for fut in as_completed(futures):
-                results[futures[fut]] = r = fut.result()
-                if on_result:
-                    on_result(r)
-        finally:
-            if client is not scheduler:
-                client.close()
-    else:
-        jobs = max(1, min(jobs or os.cpu_count() or 1, len(files)))
-        if jobs == 1:
-            for i, (f, d) in enumerate(zip(files, dirs, strict=True)):
-                results[i] = r = replay_file(f, d, options)
-                if on_result:
-                    on_result(r)
+
+    def done(i: int, r: ReplayResult) -> None:
+        results[i] = r
+        if on_result:
+            on_result(r)
+
+    sigs = _Signals()
+    try:
+        make_out_root(out)
+        sigs.install()
+        if client is not None:
+            _run_dask(client, files, dirs, options, done)
         else:
-            quiet = dataclasses.replace(options, progress=False)
-            with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
-                futures = {
-                    pool.submit(replay_file, f, d, quiet): i for i, (f, d) in enumerate(zip(files, dirs, strict=True))
-                }
-                for fut in concurrent.futures.as_completed(futures):
-                    results[futures[fut]] = r = fut.result()
-                    if on_result:
-                        on_result(r)
-    final = [r for r in results if r is not None]
+            jobs = max(1, min(jobs or os.cpu_count() or 1, len(files)))
+            if jobs == 1:
+                for i, (f, d) in enumerate(zip(files, dirs, strict=True)):
+                    done(i, replay_file(f, d, options))
+                    sigs.install()  # a session leaves the default handlers
+                    if _by_signal(results[i]):  # type: ignore[arg-type]
+                        sigs.signal = sigs.signal or _by_signal(results[i])  # type: ignore[arg-type]
+                        raise KeyboardInterrupt(sigs.signal)
+            else:
+                _run_pool(files, dirs, options, jobs, done, sigs)
+    except KeyboardInterrupt:
+        sigs.signal = sigs.signal or "SIGINT"
+    finally:
+        sigs.restore()
+        if client is not None and client is not scheduler:
+            client.close()
+    final = [r if r is not None else _not_replayed(f, d) for r, f, d in zip(results, files, dirs, strict=True)]
     with open(out / "replay_summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
         w.writeheader()
         for r in final:
             w.writerow(r.row())
+    if sigs.signal:
+        raise BatchInterrupted(final, sigs.signal)
     return final
 
 
