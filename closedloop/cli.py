@@ -525,7 +525,10 @@ def _default_out(given: Path | None, base: str):
 
 def _print_table(results) -> None:
     cols = ("file", "status", "duration_s", "pulses", "effort_median_uv", "mdf_first_hz", "mdf_last_hz", "x_real_time")
-    rows = [[str(r.row()[c]) if c != "file" else Path(r.file).name for c in cols] for r in results]
+    names = [Path(r.file).name for r in results]
+    if len(set(names)) < len(names):  # the same name in several folders: the paths as given tell them apart
+        names = [str(r.file) for r in results]
+    rows = [[str(r.row()[c]) if c != "file" else name for c in cols] for r, name in zip(results, names, strict=True)]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for row in rows:

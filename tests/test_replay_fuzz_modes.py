@@ -229,3 +229,17 @@ def test_a_session_puts_back_the_signal_handlers_it_replaced(tmp_path):
     finally:
         for s, h in before.items():
             signal.signal(s, h)
+
+
+def test_the_printed_table_tells_files_of_the_same_name_apart(capsys):
+    """Two files named alike in different folders: the printed table shows their paths (their rows would read
+    the same otherwise); distinct names stay short."""
+    from closedloop.cli import _print_table
+    from experiments.replay import ReplayResult
+
+    _print_table([ReplayResult("a/rec.edf", "completed", "", "o/rec"), ReplayResult("b/rec.edf", "failed", "x", "")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("a/rec.edf ") and lines[2].startswith("b/rec.edf ")
+    _print_table([ReplayResult("a/one.edf", "completed", "", ""), ReplayResult("b/two.edf", "completed", "", "")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("one.edf ") and lines[2].startswith("two.edf ")
