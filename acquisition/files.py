@@ -27,7 +27,8 @@ extension               read with                           EMG channels, units,
 .mat (MATLAB v4-v7)     scipy.io.loadmat (whole file)       Ninapro-style ``emg`` or the single signal
 .mat (MATLAB v7.3)      h5py (whole file)                   array; see "MATLAB files" below
 .h5 .hdf5 (OpenSignals) h5py (lazy)                         ``raw/channel_N`` with ``sensor == 'EMG'``;
-                                                            the PLUX EMG transfer function
+                                                            the PLUX EMG transfer function; pulses from
+                                                            the onsets of a ``digital/digital_N`` line
 ======================  ==================================  ===========================================
 
 WFDB records
@@ -1334,6 +1335,18 @@ def _eeglab_size_check(path: Path, raw: Any) -> None:
         )
 
 
+def _code_onsets(codes: np.ndarray) -> np.ndarray:
+    """Sample indices where events begin on a trigger line ``(n,)`` of integer codes: where the code leaves the
+    idle level (the commonest code: 0 on most systems, not on all), the sample before the first counting as
+    idle; changes of code before the return to idle belong to the same event, and the return to idle ends it."""
+    if codes.size == 0:
+        return np.empty(0, np.int64)
+    values, counts = np.unique(codes, return_counts=True)
+    idle = values[np.argmax(counts)]
+    prev = np.concatenate(([idle], codes[:-1]))
+    return np.flatnonzero((codes != idle) & (prev == idle))
+
+
 def _mne_pulses(
     path: Path,
     fmt: str,
@@ -1363,13 +1376,7 @@ def _mne_pulses(
         codes = np.rint(np.nan_to_num(v)).astype(np.int64)
         if fmt == "BDF":
             codes &= 0xFFFF  # BioSemi Status: trigger lines are the low 16 bits, the rest are status flags
-        # an event begins where the code leaves the idle level (the commonest code: 0 on most systems, not on
-        # all), the sample before the first counting as idle; changes of code before the return to idle belong
-        # to the same event, and the return to idle ends it
-        values, counts = np.unique(codes, return_counts=True)
-        idle = values[np.argmax(counts)]
-        prev = np.concatenate(([idle], codes[:-1]))
-        onsets = np.flatnonzero((codes != idle) & (prev == idle))
+        onsets = _code_onsets(codes)
         if onsets.size:
             return onsets / float(raw.info["sfreq"]), f"stim channel:{names[i]}"
     return np.empty(0), "none"
@@ -2029,6 +2036,7 @@ def _opensignals_reader(path: Path, fmt: str, opts: _Options, f: Any) -> Recordi
     meas_date = None
     with contextlib.suppress(ValueError, TypeError):
         meas_date = datetime.strptime(f"{attrs.get('date')} {attrs.get('time')}", "%Y-%m-%d %H:%M:%S.%f")
+    pulses, source = _opensignals_pulses(g, int(n), rate)
     extra = {
         "device": name,
         "attrs": attrs,
@@ -2043,13 +2051,33 @@ def _opensignals_reader(path: Path, fmt: str, opts: _Options, f: Any) -> Recordi
         int(n),
         [k for _, k in found],
         ["ADC (PLUX EMG transfer function)"] * len(found),
-        np.empty(0),
+        pulses,
         None,
-        "none",
+        source,
         meas_date=meas_date,
         extra=extra,
     )
     return _OpenSignalsReader(info, clock, f, datasets, np.asarray(bits))
+
+
+def _opensignals_pulses(g: Any, n: int, rate: float) -> tuple[np.ndarray, str]:
+    """Pulse times (s) from the device's digital channels (``digital/digital_N``: a stimulator's trigger on a
+    digital port): the event onsets (:func:`_code_onsets`) of the first one that has any."""
+    import h5py
+
+    dig = g.get("digital")
+    if not isinstance(dig, h5py.Group):
+        return np.empty(0), "none"
+    names = sorted((k for k in dig if re.fullmatch(r"digital_\d+", k)), key=lambda k: int(k.split("_")[1]))
+    for k in names:
+        ds = dig[k]
+        if not isinstance(ds, h5py.Dataset) or ds.ndim == 0 or ds.dtype.kind not in "iub":
+            continue
+        codes = np.asarray(ds[:n]).reshape(min(n, ds.shape[0]), -1)[:, 0].astype(np.int64)
+        onsets = _code_onsets(codes)
+        if onsets.size:
+            return onsets / rate, f"digital channel:{k}"
+    return np.empty(0), "none"
 
 
 _OPENERS: dict[str, Callable[[Path, str, _Options], RecordingReader]] = {

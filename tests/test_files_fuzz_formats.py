@@ -252,3 +252,42 @@ def test_mat_with_two_rate_variables_that_disagree_is_refused(tmp_path: Path) ->
     savemat(path, {"emg": np.zeros((2000, 2)), "Fs": 2000, "fs": 2000.0})  # the same rate twice is fine
     with open_recording(path) as reader:
         assert reader.info.rate_hz == 2000.0
+
+
+# ------------------------------------------------------------------------------------------- OpenSignals
+
+
+def test_opensignals_pulses_from_a_digital_trigger_line(tmp_path: Path) -> None:
+    """A stimulator's trigger on a PLUX digital port (``digital/digital_N``, 0 at rest, 1 while high): its rises
+    are the pulses; a digital line that stays at rest (as in the shared recording) gives none."""
+    import h5py
+
+    rate, n = 1000, 5000
+    onsets = np.array([120, 480, 1003, 2500, 4998])
+    line = np.zeros(n, np.uint16)
+    for o in onsets:
+        line[o : o + 3] = 1  # high for 3 ms, cut by the end of the recording for the last one
+    adc = np.random.default_rng(3).integers(30000, 35000, n).astype(np.uint16)
+    path = tmp_path / "plux.h5"
+    with h5py.File(path, "w") as f:
+        dev = f.create_group("00:07:80:3B:46:61")
+        dev.attrs["sampling rate"] = np.int32(rate)
+        dev.attrs["resolution"] = np.array([16], dtype=np.int32)
+        dev.attrs["channels"] = np.array([1], dtype=np.int32)
+        dev.attrs["nsamples"] = np.int32(n)
+        raw = dev.create_group("raw")
+        ds = raw.create_dataset("channel_1", data=adc[:, None])
+        ds.attrs["sensor"] = "EMG"
+        dig = dev.create_group("digital")
+        dig.create_dataset("digital_1", data=np.zeros((n, 1), np.uint16))  # at rest throughout: no pulses
+        dig.create_dataset("digital_2", data=line[:, None])
+    rec = open_recording(path)
+    assert rec.info.pulse_source == "digital channel:digital_2"
+    np.testing.assert_allclose(rec.info.pulse_times_s, onsets / rate)
+    np.testing.assert_allclose(rec.read(0, n)[:, 0], (adc / 2**16 - 0.5) * 3.0 / 1000.0)
+    rec.close()
+    with h5py.File(path, "a") as f:
+        del f["00:07:80:3B:46:61/digital/digital_2"]
+    rec = open_recording(path)
+    assert rec.info.pulse_source == "none" and rec.info.pulse_times_s.size == 0
+    rec.close()
