@@ -62,7 +62,10 @@ def test_an_interrupted_batch_stops_and_starts_no_other_file(tmp_path, jobs, sig
         start_new_session=True,
     )
     try:
-        time.sleep(4.0)  # the first replays have started (the command starts in 1-3 s), none has finished
+        deadline = time.monotonic() + 60.0  # the first replays have started (their session files exist), none ended
+        while not list(out.glob("*/session.xdf")) and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.1)
+        time.sleep(0.5)
         children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
         t = time.monotonic()
         p.send_signal(sig)
