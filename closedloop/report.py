@@ -187,13 +187,21 @@ def build_report(session_dir: str | Path, extra: dict | None = None) -> dict:
                 ax.legend(loc="upper right", fontsize=8)
             ax.set_title("EMG (raw) with stimulation pulses")
         elif panel == "intensity":
-            if pulses is not None and pulses.values.size:
-                ax.plot(pulses.timestamps - t0, pulses.channel("amplitude_ma"), ".", ms=2, color="tab:red")
-            ax.set_ylabel("pulse (mA)")
-            lim = s.get("limits", {}).get("max_amplitude_ma")
-            if lim:
-                ax.axhline(lim, ls="--", color="gray", lw=0.8, label=f"limit {lim:g} mA")
-                ax.legend(loc="upper right", fontsize=8)
+            amps = pulses.channel("amplitude_ma") if pulses is not None and pulses.values.size else np.empty(0)
+            if amps.size and not np.isfinite(amps).any():  # a recording's pulses without amplitudes: their rate
+                tp = pulses.timestamps - t0  # type: ignore[union-attr]
+                if tp.size > 1:
+                    ax.plot(tp[1:], 1.0 / np.maximum(np.diff(tp), 1e-9), ".", ms=2, color="tab:red")
+                ax.set_ylabel("pulse rate (Hz)")
+                ax.set_title(f"{tp.size} pulses (the recording holds no amplitudes): rate from one to the next")
+            else:
+                if amps.size:
+                    ax.plot(pulses.timestamps - t0, amps, ".", ms=2, color="tab:red")  # type: ignore[union-attr]
+                ax.set_ylabel("pulse (mA)")
+                lim = s.get("limits", {}).get("max_amplitude_ma")
+                if lim:
+                    ax.axhline(lim, ls="--", color="gray", lw=0.8, label=f"limit {lim:g} mA")
+                    ax.legend(loc="upper right", fontsize=8)
         elif panel == "effort" and est is not None:
             pct = est.channel("effort_pct_mvc")
             if np.isfinite(pct).any():
@@ -214,7 +222,9 @@ def build_report(session_dir: str | Path, extra: dict | None = None) -> dict:
                     label=f"true drive (x100), r = {r:.3f}",
                 )
             ax.legend(loc="upper right", fontsize=8)
-            ax.set_title("volitional effort between pulses vs the participant's true drive")
+            ax.set_title(
+                "volitional effort between pulses" + (" vs the participant's true drive" if truth is not None else "")
+            )
         elif panel == "force" and force is not None:
             ax.plot(force.timestamps - t0, force.values[:, 0], lw=0.6, color="tab:purple")
             ax.set_ylabel("force (N)")
