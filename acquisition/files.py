@@ -1635,6 +1635,13 @@ def _wfdb_frames_stored(path: Path, header: Any) -> int | None:
     return min(frames) if frames else None
 
 
+#: Extensions beside a WFDB header that are not annotation files (the header, data, sidecar documents and exports).
+_NOT_ANNOTATORS = frozenset(
+    "hea dat mat edf bdf csv tsv txt md json xml html htm pdf png jpg jpeg svg npy npz h5 hdf5 xdf fif zip gz "
+    "xws log ini cfg yaml yml toml py m".split()
+)
+
+
 def _wfdb_pulses(
     wfdb: Any, path: Path, opts: _Options, frame_rate: float, data_files: set[str], extra: dict[str, Any]
 ) -> tuple[np.ndarray, str]:
@@ -1644,7 +1651,7 @@ def _wfdb_pulses(
     found: list[tuple[str, np.ndarray, list[str]]] = []
     for f in sorted(path.parent.glob(glob.escape(path.stem) + ".*")):
         ext = f.name[len(path.stem) + 1 :]
-        if f.suffix.lower() in (".hea", ".dat") or f.name in data_files or not f.is_file() or "." in ext:
+        if f.name in data_files or ext.lower() in _NOT_ANNOTATORS or not re.fullmatch(r"\w+", ext) or not f.is_file():
             continue
         try:
             with warnings.catch_warnings():

@@ -200,9 +200,12 @@ def test_wfdb_unreadable_annotation_file_is_noted_not_fatal(tmp_path: Path) -> N
     x = np.random.default_rng(6).normal(0, 0.05, (n, 1))
     _wrsamp(tmp_path, "rec", fs=fs, units=["mV"], sig_name=["EMG"], p_signal=x, fmt=["16"])
     (tmp_path / "rec.atr").write_bytes(b"\xff" * 7)  # not an annotation file
+    (tmp_path / "rec.csv").write_text("t,emg\n0,1\n")  # sidecar files are not annotators: tried and not said
+    (tmp_path / "rec.txt").write_text("notes")
     rec = open_recording(tmp_path / "rec.hea")
     assert rec.info.pulse_source == "none"
-    assert any(w.startswith("rec.atr: not read as WFDB annotations") for w in rec.info.extra["warnings"])
+    said = [w for w in rec.info.extra["warnings"] if "not read as WFDB annotations" in w]
+    assert len(said) == 1 and said[0].startswith("rec.atr: "), said
     np.testing.assert_allclose(rec.read(0, n)[:, 0], x[:, 0] * 1e-3, atol=1e-3 * 0.05 * 2**-14 * 8)
     rec.close()
 
