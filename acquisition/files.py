@@ -105,6 +105,7 @@ import contextlib
 import dataclasses
 import glob
 import gzip
+import importlib
 import logging
 import math
 import re
@@ -133,6 +134,7 @@ __all__ = [
     "FileSource",
     "RecordingInfo",
     "RecordingReader",
+    "import_reader",
     "open_recording",
 ]
 
@@ -154,6 +156,34 @@ READABLE_EXTENSIONS: dict[str, str] = {
     ".h5": "OpenSignals",
     ".hdf5": "OpenSignals",
 }
+
+#: The library (module, and the reader in it: MNE loads its readers lazily) for each format (:func:`import_reader`).
+_READER_MODULES = {
+    "EDF": ("mne.io", "read_raw_edf"),
+    "BDF": ("mne.io", "read_raw_bdf"),
+    "GDF": ("mne.io", "read_raw_gdf"),
+    "FIF": ("mne.io", "read_raw_fif"),
+    "BrainVision": ("mne.io", "read_raw_brainvision"),
+    "EEGLAB": ("mne.io", "read_raw_eeglab"),
+    "XDF": ("pyxdf", "load_xdf"),
+    "WFDB": ("wfdb", "rdheader"),
+    "MAT": ("scipy.io", "loadmat"),
+    "OpenSignals": ("h5py", "File"),
+}
+
+
+def import_reader(path: str | PathLike[str]) -> None:
+    """Import the library that reads ``path``'s format, once per process (MNE's import and its lazily loaded
+    reader take ~0.1-0.5 s): a replay timing its file leaves that out. Unknown formats and missing libraries:
+    nothing (opening the file says why)."""
+    name = str(path).lower()
+    fmt = next((f for ext, f in READABLE_EXTENSIONS.items() if name.endswith(ext)), None)
+    if fmt is not None:
+        module, reader = _READER_MODULES[fmt]
+        with contextlib.suppress(ImportError, AttributeError), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # wfdb's own use of pandas, on import
+            getattr(importlib.import_module(module), reader)
+
 
 # Companion files people open by mistake, and the file to open instead.
 _COMPANIONS = {
@@ -974,16 +1004,10 @@ def _read_raw_mne(path: Path, fmt: str, extra: dict[str, Any], **kwargs: Any) ->
     """The file opened lazily with MNE's reader for ``fmt``; its warnings are kept in ``extra``."""
     import mne
 
-    readers: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
-        # EDF/BDF labels are kept whole ("EMG 2", not MNE's "2"); _edf_types reads their type words
-        "EDF": (mne.io.read_raw_edf, {"infer_types": False}),
-        "BDF": (mne.io.read_raw_bdf, {"infer_types": False}),
-        "GDF": (mne.io.read_raw_gdf, {}),
-        "FIF": (mne.io.read_raw_fif, {}),
-        "BrainVision": (mne.io.read_raw_brainvision, {}),
-        "EEGLAB": (mne.io.read_raw_eeglab, {}),
-    }
-    reader, defaults = readers[fmt]
+    # only this format's reader: MNE loads each reader's module (and what it imports) when it is first named
+    reader = getattr(mne.io, _READER_MODULES[fmt][1])
+    # EDF/BDF labels are kept whole ("EMG 2", not MNE's "2"); _edf_types reads their type words
+    defaults = {"infer_types": False} if fmt in ("EDF", "BDF") else {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         raw = reader(str(path), preload=False, verbose="warning", **defaults, **kwargs)

@@ -294,3 +294,33 @@ def test_opensignals_pulses_from_a_digital_trigger_line(tmp_path: Path) -> None:
     rec = open_recording(path)
     assert rec.info.pulse_source == "none" and rec.info.pulse_times_s.size == 0
     rec.close()
+
+
+def test_a_file_is_opened_with_its_own_reader_only(tmp_path: Path) -> None:
+    """Opening an EDF loads MNE's EDF reader, not the BrainVision, EEGLAB and FIF readers (MNE loads a reader's
+    module, and the epochs/evoked machinery the FIF one imports, when it is first named: ~0.1 s of a first file's
+    replay); after :func:`import_reader` the opening imports no reader at all."""
+    import json
+    import subprocess
+    import sys
+
+    import mne
+
+    path = tmp_path / "r.edf"
+    x = np.random.default_rng(1).normal(0, 50e-6, (2, 2000))
+    mne.export.export_raw(
+        path, mne.io.RawArray(x, mne.create_info(["EMG1", "EMG2"], 1000.0, "emg"), verbose="error"), verbose="error"
+    )
+    code = (
+        "import json, sys; from acquisition.files import import_reader, open_recording; "
+        f"import_reader({str(path)!r}); loaded = set(sys.modules); open_recording({str(path)!r}).close(); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('mne.io.')))); "
+        "new = set(sys.modules) - loaded - {'mne.io.constants'}; "
+        "print(json.dumps(sorted(m for m in new if m.startswith('mne.io.'))))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    all_io, opened = (json.loads(line) for line in out.splitlines()[-2:])
+    assert "mne.io.edf" in all_io
+    assert not any(m.startswith(("mne.io.brainvision", "mne.io.eeglab", "mne.io.fiff")) for m in all_io), all_io
+    assert opened == []
