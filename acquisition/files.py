@@ -134,6 +134,7 @@ __all__ = [
     "FileSource",
     "RecordingInfo",
     "RecordingReader",
+    "format_extension",
     "import_reader",
     "open_recording",
 ]
@@ -172,12 +173,16 @@ _READER_MODULES = {
 }
 
 
+def format_extension(path: Path) -> str:
+    """The extension that names ``path``'s format (lower case; ``.fif.gz`` whole)."""
+    return ".fif.gz" if path.name.lower().endswith(".fif.gz") else path.suffix.lower()
+
+
 def import_reader(path: str | PathLike[str]) -> None:
     """Import the library that reads ``path``'s format, once per process (MNE's import and its lazily loaded
     reader take ~0.1-0.5 s): a replay timing its file leaves that out. Unknown formats and missing libraries:
     nothing (opening the file says why)."""
-    name = str(path).lower()
-    fmt = next((f for ext, f in READABLE_EXTENSIONS.items() if name.endswith(ext)), None)
+    fmt = READABLE_EXTENSIONS.get(format_extension(Path(path)))
     if fmt is not None:
         module, reader = _READER_MODULES[fmt]
         with contextlib.suppress(ImportError, AttributeError), warnings.catch_warnings():
@@ -596,8 +601,7 @@ def open_recording(
     """
     p = Path(path)
     opts = _options(channels, stream, rate_hz, units, pulse_annotation)
-    name = p.name.lower()
-    ext = ".fif.gz" if name.endswith(".fif.gz") else p.suffix.lower()
+    ext = format_extension(p)
     fmt = READABLE_EXTENSIONS.get(ext)
     if fmt is None:
         if ext in _COMPANIONS:

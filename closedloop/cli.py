@@ -345,6 +345,8 @@ _BATCH_ONLY = (("out", "--out"), ("protocol", "--protocol"), ("scheduler", "--sc
 def _cmd_replay(args: argparse.Namespace) -> int:
     from experiments.replay import ReplayOptions, make_out_root, publish_file, replay_batch
 
+    # unset: as fast as possible, or real time for --publish-lsl (a live device needs a pace)
+    speed = _speed(args.speed) if args.speed is not None else (1.0 if args.publish_lsl else None)
     if args.publish_lsl:
         from closedloop.errors import ConfigError
 
@@ -355,7 +357,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 f"{'does' if len(unused) == 1 else 'do'} not apply "
                 "(replay without --publish-lsl for estimates, a shadow controller or a batch)"
             )
-        if args.speed is not None and _speed(args.speed) is None:
+        if speed is None:
             raise ConfigError(
                 f"--publish-lsl --speed {args.speed}: a live device needs a pace; give a factor of real time "
                 "(e.g. 1, or 10), or leave --speed out for real time"
@@ -370,7 +372,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"--pulse-marker {args.pulse_marker!r} is not a regular expression: {exc}") from None
     opts = ReplayOptions(
-        speed=_speed(args.speed or "max"),
+        speed=speed,
         chunk_size=args.chunk,
         channels=_channel_names(args.channels),
         stream=args.stream,
@@ -395,8 +397,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             from closedloop.errors import ConfigError
 
             raise ConfigError("--publish-lsl republishes one file at a time")
-        if opts.speed is None:
-            opts = ReplayOptions(**{**opts.__dict__, "speed": 1.0})
         opened = False
 
         def started() -> None:

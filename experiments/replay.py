@@ -521,14 +521,12 @@ def _out_dirs(paths: list[Path], out_root: Path) -> list[Path]:
     case-insensitively (folders on case-insensitive file systems must differ too).
     """
 
-    from acquisition.files import READABLE_EXTENSIONS
+    from acquisition.files import format_extension
 
     def stem(p: Path) -> str:  # the name less its format's extension (dots in the name itself stay)
         if p.name == "session.xdf":
             return f"{p.parent.name}-replay"
-        low = p.name.lower()
-        ext = max((e for e in READABLE_EXTENSIONS if low.endswith(e)), key=len, default=p.suffix)
-        return p.name[: len(p.name) - len(ext)] or p.name
+        return p.name[: len(p.name) - len(format_extension(p))] or p.name
 
     stems = [stem(p) for p in paths]
     own = {s.casefold() for s in stems}  # every file's own name: reserved for its first occurrence
@@ -611,11 +609,11 @@ class _Signals:
         self._saved: dict[int, object] = {}
 
     def install(self) -> None:
-        """(Re)install the handlers: a session's own are removed at its end, leaving the defaults."""
+        """Install the handlers (a session puts them back when it ends: Session._remove_signals)."""
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self._saved.setdefault(sig, signal.getsignal(sig))
+            self._saved[sig] = signal.getsignal(sig)
             signal.signal(sig, self._on_signal)
 
     def restore(self) -> None:
@@ -643,7 +641,6 @@ def _pool_replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRes
     sigs = _WORKER_SIGNALS
     if sigs.signal:
         return _not_replayed(path, out_dir)
-    sigs.install()
     sigs.busy = True
     try:
         r = replay_file(path, out_dir, options)
@@ -651,7 +648,6 @@ def _pool_replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRes
         r = ReplayResult(str(path), "stopped", f"received {sigs.signal or 'SIGINT'}", str(out_dir))
     finally:
         sigs.busy = False
-        sigs.install()
     sigs.signal = sigs.signal or _by_signal(r)
     return r
 
@@ -861,10 +857,10 @@ def replay_batch(
             jobs = max(1, min(jobs or os.cpu_count() or 1, len(files)))
             if jobs == 1:
                 for i, (f, d) in enumerate(zip(files, dirs, strict=True)):
-                    done(i, replay_file(f, d, options))
-                    sigs.install()  # a session leaves the default handlers
-                    if _by_signal(results[i]):  # type: ignore[arg-type]
-                        sigs.signal = sigs.signal or _by_signal(results[i])  # type: ignore[arg-type]
+                    r = replay_file(f, d, options)
+                    done(i, r)
+                    if _by_signal(r):  # the session stopped on SIGINT/SIGTERM: so does the batch
+                        sigs.signal = sigs.signal or _by_signal(r)
                         raise KeyboardInterrupt(sigs.signal)
             else:
                 _run_pool(files, dirs, options, jobs, done, sigs)
