@@ -62,6 +62,7 @@ SUMMARY_COLUMNS = (
     "channels",
     "rate_hz",
     "duration_s",
+    "replayed_s",
     "pulses",
     "pulse_source",
     "shadow_pulses",
@@ -399,7 +400,8 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
         "format": rec.format,
         "channels": len(rec.channel_names),
         "rate_hz": rec.rate_hz,
-        "duration_s": round(duration, 3),
+        "duration_s": round(duration, 3),  # the recording's length
+        "replayed_s": round(float(s.get("duration_s") or 0.0), 3),  # how much of it was replayed (summary.json's)
         "pulses": s.get("pulses"),
         "pulse_source": rec.pulse_source,
         "shadow_pulses": s.get("shadow_pulses"),
@@ -423,7 +425,9 @@ async def _replay(path: Path, out_dir: Path, options: ReplayOptions) -> ReplayRe
             + (f" (the file's annotations are {shown})" if notes else "")
             + f"; pulses: {rec.pulse_source}"
         )
-    elif not s.get("pulses") and notes:  # events were there, none taken as pulses: say which, and how to pick
+    elif not s.get("pulses") and s.get("intervals") and notes:
+        # the samples were replayed, the file's events were there and none was taken as a pulse: say which, and how
+        # to pick (not when the replay never got to the samples: that failure is the error, not the pulses)
         hints.append(f"no pulses; the file's annotations are {shown} (--pulse-marker REGEX picks the pulses)")
     shown_warnings = ("pulse time(s)", "seem missed", "corrupt", "truncat")  # the readers' warnings a user must see
     hints += [w for w in rec.extra.get("warnings") or () if any(k in str(w).lower() for k in shown_warnings)]

@@ -1,6 +1,7 @@
 """Replay modes under abuse: interrupted batches, --publish-lsl's options, Dask schedulers that are wrong or go away."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import mne
 import numpy as np
 import pytest
 
-from experiments.replay import ReplayOptions, replay_batch
+from experiments.replay import ReplayOptions, replay_batch, replay_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +85,11 @@ def test_an_interrupted_batch_stops_and_starts_no_other_file(tmp_path, jobs, sig
     for r in rows:
         if r["status"] == "stopped":
             assert r["error"] == f"received {sig.name}"
-            assert (Path(r["out_dir"]) / "summary.json").exists()
+            summary = json.loads((Path(r["out_dir"]) / "summary.json").read_text())
+            # the recording's length, and how much of it was replayed before the stop (as summary.json says)
+            assert float(r["duration_s"]) == 8.0
+            assert 0 < float(r["replayed_s"]) < 8.0
+            assert float(r["replayed_s"]) == pytest.approx(summary["duration_s"], abs=1e-3)
     time.sleep(0.5)
     assert [c for c in children if Path(f"/proc/{c}").exists()] == []
 
@@ -246,3 +251,17 @@ def test_the_printed_table_tells_files_of_the_same_name_apart(capsys):
     _print_table([ReplayResult("a/one.edf", "completed", "", ""), ReplayResult("b/two.edf", "completed", "", "")])
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("one.edf ") and lines[2].startswith("two.edf ")
+
+
+def test_a_file_that_could_not_start_gets_no_hint_about_its_pulses(tmp_path):
+    """A replay into a folder that already holds a session fails before any sample is read: the error says so,
+    and the hint did say "no pulses; the file's annotations are 'stim'" as if its pulses had not been found."""
+    f = tmp_path / "rec.edf"
+    _edf(f, 3)
+    first = replay_file(f, tmp_path / "o", ReplayOptions(report=False))
+    assert first.ok, first.error
+    assert first.values["pulses"] > 0 and first.hint == ""
+    assert first.values["replayed_s"] == pytest.approx(first.values["duration_s"], abs=1e-3)
+    again = replay_file(f, tmp_path / "o", ReplayOptions(report=False))
+    assert again.status == "failed" and "cannot create the session files" in again.error
+    assert "pulses" not in again.hint and again.values["replayed_s"] == 0.0
