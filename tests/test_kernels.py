@@ -116,14 +116,21 @@ def test_the_estimator_gives_the_same_estimates_with_the_kernels(method, history
     _same(_run(ivs, info, cfg, False, 37), _run(ivs, info, cfg, True, 37), NLMS_RTOL if method == "nlms" else 0.0)
 
 
+#: The spectral indices, from the Welch kernel's own FFT (see welch_periodograms), agree to this.
+SPECTRAL_RTOL = 1e-12
+SPECTRAL_FIELDS = ("channel_mdf_hz", "channel_mnf_hz", "channel_fi_nsm5")
+
+
 def _same(plain, fast, rtol: float = 0.0):
-    """Every field of every estimate identical (NaN == NaN), numbers to ``rtol`` where it is not 0."""
+    """Every field of every estimate identical (NaN == NaN), numbers to ``rtol`` where it is not 0, the spectral
+    indices to ``SPECTRAL_RTOL`` at least."""
     assert len(plain) == len(fast)
     for a, b in zip(plain, fast, strict=True):
         for name in a.__dataclass_fields__:
             u, v = getattr(a, name), getattr(b, name)
-            if rtol and isinstance(u, (float, np.ndarray)):
-                np.testing.assert_allclose(v, u, rtol=rtol, atol=0.0, equal_nan=True, err_msg=f"{a.index} {name}")
+            tol = max(rtol, SPECTRAL_RTOL) if name in SPECTRAL_FIELDS else rtol
+            if tol and isinstance(u, (float, np.ndarray)):
+                np.testing.assert_allclose(v, u, rtol=tol, atol=0.0, equal_nan=True, err_msg=f"{a.index} {name}")
             elif isinstance(u, np.ndarray):
                 assert np.array_equal(u, v, equal_nan=True), (a.index, name)
             elif isinstance(u, float) and math.isnan(u):
@@ -157,7 +164,9 @@ def test_irregular_intervals_give_the_same_estimates_with_the_kernels(method):
 @needs_kernels
 @settings(max_examples=30, deadline=None)
 @given(n_ch=st.integers(1, 9), chunks=st.lists(st.integers(0, 700), min_size=1, max_size=5), seed=st.integers(0, 2**31))
-def test_welch_with_the_kernels_is_bitwise_welch_without(n_ch, chunks, seed):
+def test_welch_with_the_kernels_is_welch_without(n_ch, chunks, seed):
+    """The same segments kept, the same periodograms to 1e-13 of each one's largest bin (the kernel's FFT sums in
+    its own order), the same ring; the indices to SPECTRAL_RTOL."""
     rng = np.random.default_rng(seed)
     plain = StreamingWelch(2048.0, n_ch, band_hz=(20.0, 450.0), band_only=True)
     fast = StreamingWelch(2048.0, n_ch, band_hz=(20.0, 450.0), band_only=True)
@@ -165,10 +174,63 @@ def test_welch_with_the_kernels_is_bitwise_welch_without(n_ch, chunks, seed):
     for n in chunks:
         x = rng.standard_normal((n_ch, n)) * 50.0
         valid = rng.random(n) > 0.1
-        a, b = plain.push_channels_first(x, valid), fast.push_channels_first(x, valid)
-        for u, v in zip(a, b, strict=True):
-            assert np.array_equal(u, v)
-    assert np.array_equal(plain.ring, fast.ring)
+        (ea, ka, pa), (eb, kb, pb) = plain.push_channels_first(x, valid), fast.push_channels_first(x, valid)
+        assert np.array_equal(ea, eb) and np.array_equal(ka, kb) and pa.shape == pb.shape
+        _close_periodograms(pb, pa)
+    _close_periodograms(fast.ring.transpose(0, 2, 1), plain.ring.transpose(0, 2, 1))
+    a, b = plain.indices(), fast.indices()
+    assert (a is None) == (b is None)
+    for u, v in zip(a or (), b or (), strict=True):
+        np.testing.assert_allclose(v, u, rtol=SPECTRAL_RTOL)
+
+
+def _close_periodograms(got: np.ndarray, ref: np.ndarray, tol: float = 1e-13) -> None:
+    """``(S, C, F)`` periodograms equal to ``tol`` times each (segment, channel)'s largest power."""
+    assert got.shape == ref.shape
+    if ref.size:
+        scale = np.abs(ref).max(axis=-1, keepdims=True)
+        assert np.all(np.abs(got - ref) <= tol * scale), np.max(np.abs(got - ref) / np.where(scale > 0, scale, 1))
+
+
+@needs_kernels
+@settings(max_examples=60, deadline=None)
+@given(
+    log_n=st.integers(2, 10),
+    n_ch=st.integers(1, 40),
+    n_seg=st.integers(0, 6),
+    bins=st.data(),
+    seed=st.integers(0, 2**31),
+)
+def test_the_welch_kernel_is_scipys_rfft(log_n, n_ch, n_seg, bins, seed):
+    """The kernel's powers of windowed segments (any starts, any bins from 0 Hz to Nyquist, channel counts that do
+    and do not fill its lanes) are |scipy.fft.rfft|^2 of the same windowed samples, to 1e-14 of the largest."""
+    from scipy import fft as sp_fft
+
+    n = 1 << log_n
+    first = bins.draw(st.integers(0, n // 2))
+    n_f = bins.draw(st.integers(1, n // 2 + 1 - first))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_ch, 3 * n)) * rng.uniform(1e-3, 1e3)
+    x[:, rng.integers(0, 3 * n)] = 0.0
+    starts = np.sort(rng.integers(0, 2 * n + 1, n_seg)).astype(np.int64)
+    window = signal.get_window("hann", n) * rng.uniform(0.1, 10.0)
+    got = np.full((n_seg, n_ch, n_f), np.nan)
+    K.welch_periodograms(x, starts, window, first, got, *K.fft_tables(n, first, n_f))
+    segs = np.stack([x[:, a : a + n] for a in starts]) if n_seg else np.empty((0, n_ch, n))
+    spec = sp_fft.rfft(segs * window, axis=-1)[..., first : first + n_f]
+    _close_periodograms(got, spec.real**2 + spec.imag**2, 1e-14)
+
+
+@needs_kernels
+def test_welch_keeps_scipys_fft_for_segments_of_other_lengths():
+    """nperseg not a power of two: the kernels leave the FFT to scipy, and the periodograms are bitwise numpy's."""
+    rng = np.random.default_rng(3)
+    plain = StreamingWelch(2000.0, 3, nperseg=250, band_hz=(20.0, 450.0))
+    fast = StreamingWelch(2000.0, 3, nperseg=250, band_hz=(20.0, 450.0))
+    fast.kernels = K
+    x = rng.standard_normal((3, 1500))
+    for u, v in zip(plain.push_channels_first(x), fast.push_channels_first(x), strict=True):
+        assert np.array_equal(u, v)
 
 
 @needs_kernels

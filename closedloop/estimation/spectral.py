@@ -198,8 +198,9 @@ class StreamingWelch:
         Keep only the periodogram bins inside ``band_hz`` (all that :meth:`indices` uses): ``freqs``, the ring
         and :meth:`psd` then cover those bins (there must be at least one).
     kernels:
-        Compiled kernels (:func:`closedloop.estimation.kernels.load`) for the periodograms' powers (the same
-        numbers); None (default): numpy. An attribute, set after construction.
+        Compiled kernels (:func:`closedloop.estimation.kernels.load`) for the periodograms (their own FFT for
+        segments of a power of two samples: the same powers to about 1e-15 of each periodogram's largest bin);
+        None (default): numpy and scipy. An attribute, set after construction.
 
     Attributes
     ----------
@@ -270,6 +271,7 @@ class StreamingWelch:
         # the density scaling of all but the 0 Hz and Nyquist bins, folded into the window (its square root)
         self._window_scaled = self.window * math.sqrt(scale[1])
         self._halved = [i for i, f in enumerate(self.freqs) if f in (0.0, freqs[-1])]  # 0 Hz, Nyquist (kept)
+        self._tables: tuple[ModuleType, tuple[np.ndarray, ...]] | None = None  # see _fft_tables
         self.reset()
 
     @property
@@ -420,12 +422,27 @@ class StreamingWelch:
         if starts.size == 0:
             return ends, keep, None
         n_new = starts.size
+        pgram = np.empty((n_new, self.n_channels, self.freqs.shape[0]))
+        tables = self._fft_tables()
+        if tables is not None:  # compiled: the kernel's own FFT, windowing the samples as it loads them
+            at = np.ascontiguousarray(starts, dtype=np.int64)
+            self.kernels.welch_periodograms(ext, at, self._window_scaled, self._bins.start or 0, pgram, *tables)
+        else:
+            self._periodograms(ext, starts, pgram)
+        for i in self._halved:  # ... with half the scale at 0 Hz and the Nyquist frequency
+            pgram[..., i] *= 0.5
+        self._into_ring(pgram[-self.ring_size :], frac[-self.ring_size :])
+        return ends, keep, pgram
+
+    def _periodograms(self, ext: np.ndarray, starts: np.ndarray, pgram: np.ndarray) -> None:
+        """``pgram`` ``(S, C, F)``: the powers of the windowed segments of ``ext`` ``(C, L)`` beginning at
+        ``starts`` ``(S,)``, with scipy's FFT, the bins kept (density scaling except at 0 Hz and Nyquist)."""
+        nps, hop, n_new = self.nperseg, self.hop, starts.size
         if n_new == 1 or int(starts[-1] - starts[0]) == (n_new - 1) * hop:  # consecutive: a strided view
             row, col = ext.strides
             segs = as_strided(ext[:, starts[0] :], (n_new, self.n_channels, nps), (hop * col, row, col))
         else:
             segs = sliding_window_view(ext, nps, axis=1)[:, starts].transpose(1, 0, 2)
-        pgram = np.empty((n_new, self.n_channels, self.freqs.shape[0]))
         # a few segments at a time: their samples, windowed samples and spectra stay in the CPU's cache
         step = max(1, _FFT_BLOCK_ELEMENTS // (self.n_channels * nps))
         windowed = np.empty((min(step, n_new), self.n_channels, nps))
@@ -439,10 +456,16 @@ class StreamingWelch:
                 spec = spec[..., self._bins]  # (segments, C, n_freqs)
                 np.multiply(spec.real, spec.real, out=pgram[i:j])
                 pgram[i:j] += np.square(spec.imag)  # density, one-sided: ...
-        for i in self._halved:  # ... with half the scale at 0 Hz and the Nyquist frequency
-            pgram[..., i] *= 0.5
-        self._into_ring(pgram[-self.ring_size :], frac[-self.ring_size :])
-        return ends, keep, pgram
+
+    def _fft_tables(self) -> tuple[np.ndarray, ...] | None:
+        """The compiled FFT's tables for this segment length and these bins (made once per kernels module);
+        None without kernels or for a segment length that is not a power of two (scipy's FFT then)."""
+        k, nps = self.kernels, self.nperseg
+        if k is None or nps < 4 or nps & (nps - 1):
+            return None
+        if self._tables is None or self._tables[0] is not k:
+            self._tables = (k, k.fft_tables(nps, self._bins.start or 0, self.freqs.shape[0]))
+        return self._tables[1]
 
     def _into_ring(self, pgram: np.ndarray, frac: np.ndarray) -> None:
         """Put at most ``ring_size`` new periodograms (and their valid fractions) into the ring."""
