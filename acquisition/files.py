@@ -26,8 +26,8 @@ extension               read with                           EMG channels, units,
                         sampto)``; optional dependency)     see "WFDB records" below
 .mat (MATLAB v4-v7)     scipy.io.loadmat (whole file)       Ninapro-style ``emg`` or the single signal
 .mat (MATLAB v7.3)      h5py (whole file)                   array; see "MATLAB files" below
-.h5 .hdf5 (OpenSignals) h5py (lazy)                         ``raw/channel_N`` with ``sensor == 'EMG'``;
-                                                            the PLUX EMG transfer function; pulses from
+.h5 .hdf5 (OpenSignals) h5py (lazy)                         ``raw/channel_N`` of an EMG sensor (PLUX,
+                                                            BITalino): its transfer function; pulses from
                                                             the onsets of a ``digital/digital_N`` line
 ======================  ==================================  ===========================================
 
@@ -57,9 +57,10 @@ MATLAB files
 
 OpenSignals (PLUX) files
     The device group (``stream`` picks one by name if there are several) holds ``raw/channel_N``
-    datasets; those whose attribute ``sensor`` is ``EMG`` are read. Rate from the group's attribute
-    ``sampling rate``, ADC resolution (bits) from ``resolution``. The PLUX EMG sensor's transfer function
-    (supply 3 V, gain 1000) gives volts: ``(adc / 2**resolution - 0.5) * 3.0 / 1000``.
+    datasets; those whose attribute ``sensor`` is an EMG sensor are read: ``EMG`` (biosignalsplux) or
+    ``EMGBITREV`` (BITalino (r)evolution). Rate from the group's attribute ``sampling rate``, ADC resolution
+    (bits) from ``resolution``. The sensor's transfer function gives volts: ``(adc / 2**resolution - 0.5) *
+    VCC / G``, with VCC = 3 V and G = 1000 for PLUX's EMG sensor, VCC = 3.3 V and G = 1009 for BITalino's.
 
 MNE formats
     Annotation texts are searched with ``pulse_annotation`` (default ``(?i)stim|pulse|trigger``); GDF
@@ -202,9 +203,12 @@ _MAT_RATE_NAMES = ("frequency", "fs", "Fs", "FS", "sampling_rate", "srate")
 _MAT_PULSE_NAMES = ("pulses", "stim_times")
 _MAT_MIN_SAMPLES = 100
 
-# PLUX EMG sensor: supply voltage (V) and gain; volts = (adc / 2**bits - 0.5) * VCC / GAIN.
-_PLUX_VCC_V = 3.0
-_PLUX_EMG_GAIN = 1000.0
+# OpenSignals EMG sensors (the dataset attribute ``sensor``): supply voltage (V), gain and name, from the sensors'
+# data sheets; volts = (adc / 2**bits - 0.5) * VCC / GAIN.
+_OPENSIGNALS_EMG = {
+    "EMG": (3.0, 1000.0, "PLUX EMG sensor"),  # biosignalsplux
+    "EMGBITREV": (3.3, 1009.0, "BITalino (r)evolution EMG sensor"),
+}
 
 # MNE channel types whose channels count as EMG candidates when no channel is typed 'emg'.
 _VOLTAGE_TYPES = frozenset({"eeg", "emg", "ecg", "eog", "seeg", "ecog", "dbs", "misc"})
@@ -527,7 +531,8 @@ class _WFDBReader(RecordingReader):
 
 
 class _OpenSignalsReader(RecordingReader):
-    """Lazy reads of ``raw/channel_N`` datasets, converted with the PLUX EMG transfer function."""
+    """Lazy reads of ``raw/channel_N`` datasets, converted with each EMG sensor's transfer function (``volts``:
+    ``(n_channels,)`` VCC / gain of each)."""
 
     def __init__(
         self,
@@ -536,15 +541,17 @@ class _OpenSignalsReader(RecordingReader):
         h5file: Any,
         datasets: list[Any],
         resolution_bits: np.ndarray,
+        volts: np.ndarray,
     ) -> None:
         super().__init__(info, pulse_times_clock)
         self._file = h5file
         self._datasets = datasets
         self._full_scale = 2.0 ** resolution_bits.astype(np.float64)
+        self._volts = np.asarray(volts, dtype=np.float64)
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         adc = np.column_stack([np.asarray(ds[start:stop], dtype=np.float64).reshape(-1) for ds in self._datasets])
-        return (adc / self._full_scale - 0.5) * (_PLUX_VCC_V / _PLUX_EMG_GAIN)
+        return (adc / self._full_scale - 0.5) * self._volts
 
     def close(self) -> None:
         super().close()
@@ -2017,7 +2024,7 @@ def _opensignals_reader(path: Path, fmt: str, opts: _Options, f: Any) -> Recordi
         out = []
         for k, ds in g["raw"].items():
             m = re.fullmatch(r"channel_(\d+)", k)
-            if m and isinstance(ds, h5py.Dataset) and str(_attr(ds.attrs.get("sensor", ""))).upper() == "EMG":
+            if m and isinstance(ds, h5py.Dataset) and _sensor(ds) in _OPENSIGNALS_EMG:
                 out.append((int(m.group(1)), k))
         return sorted(out)
 
@@ -2048,16 +2055,20 @@ def _opensignals_reader(path: Path, fmt: str, opts: _Options, f: Any) -> Recordi
         found = [(int(k.split("_")[1]), k) for k in keys]
     if not found:
         listing = ", ".join(f"{k} ({s})" for k, s in sensors.items()) or "none"
-        raise _fail(path, f"no EMG channels (no raw/channel_N with sensor 'EMG'; channels: {listing})")
+        emg = " or ".join(repr(k) for k in _OPENSIGNALS_EMG)
+        raise _fail(path, f"no EMG channels (no raw/channel_N with sensor {emg}; channels: {listing})")
     rate = float(np.asarray(attrs["sampling rate"]).ravel()[0])
     res = np.asarray(attrs.get("resolution", []), dtype=np.int64).ravel()
     numbers = np.asarray(attrs.get("channels", []), dtype=np.int64).ravel()
+    columns = [str(c) for c in np.asarray(attrs.get("column", []), dtype=object).ravel()]
     bits = []
     for num, k in found:
         if res.size == 1:
             bits.append(int(res[0]))
         elif res.size and numbers.size == res.size and num in numbers.tolist():
             bits.append(int(res[numbers.tolist().index(num)]))
+        elif res.size and len(columns) == res.size and f"A{num}" in columns:  # BITalino: per column (nSeq, I1, ..)
+            bits.append(int(res[columns.index(f"A{num}")]))
         else:
             raise _fail(path, f"no ADC resolution for {k} (attribute 'resolution' = {res.tolist()})")
     datasets = [raw[k] for _, k in found]
@@ -2072,12 +2083,16 @@ def _opensignals_reader(path: Path, fmt: str, opts: _Options, f: Any) -> Recordi
     with contextlib.suppress(ValueError, TypeError):
         meas_date = datetime.strptime(f"{attrs.get('date')} {attrs.get('time')}", "%Y-%m-%d %H:%M:%S.%f")
     pulses, source = _opensignals_pulses(g, int(n), rate)
+    kinds = [_OPENSIGNALS_EMG[_sensor(raw[k])] for _, k in found]
     extra = {
         "device": name,
         "attrs": attrs,
         "labels": {k: _attr(raw[k].attrs.get("label", "")) for _, k in found},
         "resolution_bits": bits,
-        "transfer_function": "V = (adc / 2**bits - 0.5) * 3.0 V / 1000 (PLUX EMG sensor)",
+        "transfer_function": {
+            k: f"V = (adc / 2**bits - 0.5) * {vcc:g} V / {gain:g} ({what})"
+            for (_, k), (vcc, gain, what) in zip(found, kinds, strict=True)
+        },
     }
     info, clock = _finish(
         path,
@@ -2085,14 +2100,20 @@ def _opensignals_reader(path: Path, fmt: str, opts: _Options, f: Any) -> Recordi
         rate,
         int(n),
         [k for _, k in found],
-        ["ADC (PLUX EMG transfer function)"] * len(found),
+        [f"ADC ({what} transfer function)" for _, _, what in kinds],
         pulses,
         None,
         source,
         meas_date=meas_date,
         extra=extra,
     )
-    return _OpenSignalsReader(info, clock, f, datasets, np.asarray(bits))
+    volts = np.array([vcc / gain for vcc, gain, _ in kinds])
+    return _OpenSignalsReader(info, clock, f, datasets, np.asarray(bits), volts)
+
+
+def _sensor(ds: Any) -> str:
+    """An OpenSignals dataset's ``sensor`` attribute, upper case ("" without one)."""
+    return str(_attr(ds.attrs.get("sensor", ""))).strip().upper()
 
 
 def _opensignals_pulses(g: Any, n: int, rate: float) -> tuple[np.ndarray, str]:

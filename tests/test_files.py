@@ -527,14 +527,45 @@ def test_opensignals_h5(tmp_path: Path) -> None:
     step_v = 3.0 / 1000.0 / 2**16
     pulses = _check_replay(src, chunks, uv[:, :2], 0.5 * step_v * (1 + 1e-6), 1000.0, ("channel_1", "channel_3"))
     rec = src.recording
-    assert rec.format == "OpenSignals" and rec.original_units == ("ADC (PLUX EMG transfer function)",) * 2
+    assert rec.format == "OpenSignals" and rec.original_units == ("ADC (PLUX EMG sensor transfer function)",) * 2
     assert rec.meas_date is not None and rec.meas_date.year == 2024
     assert rec.extra["attrs"]["device"] == "channeller"
     np.testing.assert_allclose(pulses, np.array(onsets) / 1000.0, atol=1e-12)
     # only non-EMG sensors: no EMG
     _write_opensignals(path, adc[:, 1:2], ["ECG"])
-    with pytest.raises(FileFormatError, match=r"opensignals\.h5: no EMG channels .*channel_1 \(ECG\)"):
+    with pytest.raises(FileFormatError, match=r"opensignals\.h5: no EMG channels .*'EMGBITREV'.*channel_1 \(ECG\)"):
         open_recording(path)
+
+
+def test_opensignals_h5_bitalino_emg_sensor(tmp_path: Path) -> None:
+    """BITalino (r)evolution's EMG sensor (``EMGBITREV``: 10-bit ADC, VCC 3.3 V, gain 1009, its data sheet's
+    transfer function) beside a PLUX EMG sensor (3 V, 1000), resolutions given per column as BITalino lists
+    them (nSeq, digital I/O, then A1..): each channel in volts by its own sensor's function. Before, a BITalino
+    file had "no EMG channels"."""
+    import h5py
+
+    uv = _signal(rate=1000.0, seed=4)[:, :2] * 0.5  # within BITalino's +-1.64 mV
+    bita = np.rint((uv[:, 0] * 1e-6 * 1009.0 / 3.3 + 0.5) * 2**10)
+    plux = np.rint((uv[:, 1] * 1e-6 * 1000.0 / 3.0 + 0.5) * 2**10)
+    path = tmp_path / "bitalino.h5"
+    _write_opensignals(path, np.column_stack([bita, plux]), ["EMGBITREV", "EMG"], bits=10)
+    with h5py.File(path, "r+") as f:
+        dev = f["00:07:80:3B:46:61"]
+        dev.attrs["resolution"] = np.array([4, 1, 1, 1, 1, 10, 10], dtype=np.int32)
+        dev.attrs["column"] = np.array(["nSeq", "I1", "I2", "O1", "O2", "A1", "A2"], dtype=h5py.string_dtype())
+    src, chunks = _replay(path)
+    got = np.concatenate([c.samples for c in chunks])
+    step = np.array([3.3 / 1009.0, 3.0 / 1000.0]) / 2**10  # one ADC step, volts
+    assert np.all(np.abs(got - uv * 1e-6) <= 0.5 * step * (1 + 1e-9))
+    # the exact transfer functions, not merely within a step: the ADC values back through them
+    np.testing.assert_allclose(got[:, 0], (bita / 2**10 - 0.5) * 3.3 / 1009.0, rtol=1e-12, atol=0.0)
+    np.testing.assert_allclose(got[:, 1], (plux / 2**10 - 0.5) * 3.0 / 1000.0, rtol=1e-12, atol=0.0)
+    rec = src.recording
+    assert rec.original_units == (
+        "ADC (BITalino (r)evolution EMG sensor transfer function)",
+        "ADC (PLUX EMG sensor transfer function)",
+    )
+    assert "1009" in rec.extra["transfer_function"]["channel_1"]
 
 
 # ------------------------------------------------------------------------------ pacing, detection
