@@ -24,6 +24,13 @@ from closedloop.estimation.filters import SOSFilter, bandpass_sos, notch_sos
 from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
 from closedloop.estimation.segmenter import Interval
 from closedloop.estimation.spectral import StreamingWelch, _band_indices
+from closedloop.estimation.volitional import (
+    METHODS,
+    VolitionalEstimator,
+    _gathered_errors,
+    _gathered_products,
+    _sum_sq,
+)
 from closedloop.types import StreamInfo
 
 K = kernels.load()
@@ -244,3 +251,128 @@ def test_advance_lags_kernel_decays_then_adds_step_by_step(n_ch, n_u, seed):
     K.advance_lags(lags, rows, decay, bounds, group_lag, sums, out)
     assert np.array_equal(lags, expected)
     assert np.array_equal(out, np.array(snaps).reshape(out.shape))
+
+
+def _layout(rng, n_ch: int, hist: int, n_old: int, lens: list[int], gaps: list[int], b0: int, min_n: int):
+    """Past segments kept from an earlier call (``n_old`` of them) and new ones in a channels-first ``y`` with
+    gaps between them, planned as :meth:`VolitionalEstimator.segments` plans them: the samples ``src`` of all of
+    them side by side (the numpy code's layout) and ``y``, ``old``, ``begin`` (the kernels')."""
+    old_lens = [int(v) for v in rng.integers(b0 + min_n - 3, 90, n_old)]
+    old = [rng.standard_normal((n_ch, m)) * 10.0 ** rng.uniform(-3, 3) for m in old_lens]
+    starts = np.cumsum([gaps[0]] + [ln + g for ln, g in zip(lens[:-1], gaps[1:], strict=True)]).astype(np.int64)
+    y = rng.standard_normal((n_ch, int(starts[-1]) + lens[-1] + 3)) * 10.0 ** rng.uniform(-3, 3)
+    all_len = np.array(old_lens + lens, np.int64)
+    k_all = n_old + np.arange(len(lens))
+    n_past = np.minimum(hist, k_all)
+    n = np.array(lens, np.int64)
+    for j in range(hist):
+        n = np.where(n_past > j, np.minimum(n, all_len[np.maximum(k_all - 1 - j, 0)]), n)
+    pred = (n_past > 0) & (n - b0 >= min_n)
+    idx = np.flatnonzero(pred)
+    s0, s1 = int(starts[0]), int(starts[-1]) + lens[-1]
+    src = np.concatenate([*old, y[:, s0:s1]], axis=1)
+    off_old = np.cumsum([0, *old_lens]).astype(np.int64)
+    off = np.concatenate([off_old[:-1], off_old[-1] + starts - s0])
+    begin = np.concatenate([off_old[:-1], starts]).astype(np.int64)
+    old_arr = np.concatenate(old, axis=1) if old else np.empty((n_ch, 0))
+    return y, src, off, int(off_old[-1]) - s0, old_arr, begin, starts, idx, n[idx], n_past[idx]
+
+
+_SEGMENTS = st.lists(st.tuples(st.integers(3, 90), st.integers(0, 4)), min_size=1, max_size=9)
+
+
+@needs_kernels
+@settings(max_examples=120, deadline=None)
+@given(
+    n_ch=st.integers(1, 9),
+    hist=st.integers(1, 3),
+    n_old=st.integers(0, 3),
+    segs=_SEGMENTS,
+    fit=st.sampled_from([(6, 41), (3, 20), (8, 9), (6, 90)]),
+    seed=st.integers(0, 2**31),
+)
+def test_window_products_kernel_is_the_numpy_products(n_ch, hist, n_old, segs, fit, seed):
+    """Segments of every length (windows cut short, too short to predict), a past kept from an earlier call or
+    none: the kernel's products over the fit windows are the numpy code's, bit for bit (einsum's sums)."""
+    rng = np.random.default_rng(seed)
+    est = VolitionalEstimator("gs", n_ch, 6, fit, 41, 10, hist)
+    n_old = min(n_old, hist)
+    y, src, off, _, old, begin, _, idx, nk, mp = _layout(
+        rng, n_ch, hist, n_old, [s for s, _ in segs], [g for _, g in segs], 6, 10
+    )
+    assume(idx.size > 0)
+    m0, m1 = est._fit_windows(nk)
+    gram, cross = _gathered_products(src, off, n_old + idx, m0, m1, np.arange(hist) < mp[:, None])
+    got_g, got_c = np.full_like(gram, np.nan), np.full_like(cross, np.nan)
+    K.window_products(y, old, begin, n_old, n_old + idx, mp, m0, m1, got_g, got_c)
+    assert np.array_equal(got_g, gram)
+    assert np.array_equal(got_c, cross)
+
+
+@needs_kernels
+@settings(max_examples=120, deadline=None)
+@given(
+    n_ch=st.integers(1, 9),
+    hist=st.integers(1, 3),
+    n_old=st.integers(0, 3),
+    segs=_SEGMENTS,
+    seed=st.integers(0, 2**31),
+)
+def test_prediction_error_kernel_is_the_numpy_prediction_error(n_ch, hist, n_old, segs, seed):
+    """The kernel reads the past segments from ``y`` itself (segments from the last to the first) and from the
+    kept ones: the numpy code's prediction errors, which read a copy, bit for bit; the gaps are untouched."""
+    rng = np.random.default_rng(seed)
+    n_old = min(n_old, hist)
+    y, src, off, own, old, begin, starts, idx, nk, mp = _layout(
+        rng, n_ch, hist, n_old, [s for s, _ in segs], [g for _, g in segs], 6, 10
+    )
+    assume(idx.size > 0)
+    w = rng.standard_normal((n_ch, idx.size, hist)) * (np.arange(hist) < mp[:, None])
+    gain = np.sqrt(1.0 + _sum_sq(w))
+    expected = y.copy()
+    _gathered_errors(expected, src, off, own, starts[idx], n_old + idx, mp, 6, nk, w, gain)
+    K.prediction_error(y, old, begin, n_old, n_old + idx, mp, 6, nk, w, gain)
+    assert np.array_equal(y, expected)
+
+
+@needs_kernels
+@settings(max_examples=80, deadline=None)
+@given(
+    n_ch=st.integers(1, 5),
+    method=st.sampled_from(METHODS),
+    hist=st.integers(1, 3),
+    fit=st.sampled_from([(6, 41), (3, 20), (8, 9)]),
+    calls=st.lists(_SEGMENTS, min_size=1, max_size=3),
+    seed=st.integers(0, 2**31),
+)
+def test_segments_with_the_kernels_are_the_numpy_segments(n_ch, method, hist, fit, calls, seed):
+    """Consecutive batches of pulse segments (one segment, short ones, windows of different lengths, the past
+    carried from call to call): every output and the state after each call are the numpy path's, bit for bit but
+    for the nlms weight recursion (NLMS_RTOL)."""
+    rng = np.random.default_rng(seed)
+    plain = VolitionalEstimator(method, n_ch, 6, fit, 41, 10, hist)
+    fast = VolitionalEstimator(method, n_ch, 6, fit, 41, 10, hist)
+    fast.kernels = K
+    rtol = NLMS_RTOL if method == "nlms" else 0.0
+    pos = 1000
+    for segs in calls:
+        lens = np.array([s for s, _ in segs], np.int64)
+        starts = np.cumsum([0] + [s + g for s, g in segs[:-1]]).astype(np.int64) + segs[0][1]
+        y = rng.standard_normal((n_ch, int(starts[-1] + lens[-1]) + 2)) * 50.0
+        positions = pos + starts
+        pos = int(positions[-1] + lens[-1]) + 7
+        y_plain, y_fast = y.copy(), y.copy()
+        a = plain.segments(y_plain, starts, starts + lens, positions)
+        b = fast.segments(y_fast, starts, starts + lens, positions)
+        assert a.method == b.method
+        for name in ("lo", "hi", "n_past", "lags"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+        if rtol:
+            np.testing.assert_allclose(y_fast, y_plain, rtol=rtol, atol=0.0)
+            np.testing.assert_allclose(b.weights, a.weights, rtol=rtol, atol=0.0)
+            np.testing.assert_allclose(fast._w, plain._w, rtol=rtol, atol=0.0)
+        else:
+            assert np.array_equal(y_fast, y_plain)
+            assert np.array_equal(b.weights, a.weights)
+        assert [p for p, _ in fast._past] == [p for p, _ in plain._past]
+        assert all(np.array_equal(u, v) for (_, u), (_, v) in zip(fast._past, plain._past, strict=True))

@@ -23,6 +23,7 @@ __all__ = [
     "sosfilt_channels_first",
     "warm_up",
     "weigh_ring_means",
+    "window_products",
 ]
 
 _F8_2D = numba.float64[:, ::1]
@@ -76,37 +77,166 @@ def sosfilt_channels_first(sos, xt, zi):  # pragma: no cover - compiled
 
 
 @numba.njit(
-    numba.void(_F8_2D, _F8_2D, _I8_1D, _I8_1D, _I8_2D, _I8_1D, _F8_3D, _F8_2D),
+    numba.void(_F8_2D, _F8_2D, _I8_1D, numba.int64, _I8_1D, _I8_1D, numba.int64, _I8_1D, _F8_3D, _F8_2D),
     cache=True,
     nogil=True,
     boundscheck=False,
 )
-def prediction_error(y, src, lo, hi, shift, n_past, w, gain):  # pragma: no cover - compiled
-    """The normalised prediction errors of pulse segments, in place: for segment ``p`` and every sample
-    ``t`` of ``[lo[p], hi[p])`` of the ``(C, N)`` signal ``y``, ``y[c, t] - src[c, t + shift[p, j]] * w[c, p, j]``
-    subtracted lag by lag (``j < n_past[p]``), then divided by ``gain[c, p]`` (what
+def prediction_error(y, old, begin, n_old, seg, n_past, lo, hi, w, gain):  # pragma: no cover - compiled
+    """The normalised prediction errors of pulse segments, in place in the ``(C, N)`` signal ``y``.
+
+    Segment ``k`` (of ``K``: first the ``n_old`` kept from earlier batches, then those in ``y``) starts at sample
+    ``begin[k]`` of ``old`` ``(C, M)`` (``k < n_old``) or of ``y``. For each predicted segment ``p``
+    (``k = seg[p] >= n_old``, increasing) and every sample ``t`` of ``[lo, hi[p])`` after its pulse,
+    ``y[c, begin[k] + t] - x_j[c, t] * w[c, p, j]`` is subtracted lag by lag (``j < n_past[p]``, ``x_j`` the
+    samples of segment ``k - 1 - j``), then divided by ``gain[c, p]`` ``(C, P)`` (``w``: ``(C, P, H)``): what
     :meth:`~closedloop.estimation.volitional.VolitionalEstimator.segments` computes with numpy, in the same
-    order). ``src`` ``(C, M)`` holds the past segments' samples before any prediction error replaced them."""
+    order. The segments are done from the last to the first, so that the past segments in ``y`` still hold
+    their samples from before the call (as a copy of them would)."""
     n_ch = y.shape[0]
-    for p in range(lo.shape[0]):
-        a, b, m = lo[p], hi[p], n_past[p]
-        for c in range(n_ch):
-            row, past, g = y[c], src[c], gain[c, p]
+    for c in range(n_ch):
+        row = y[c]
+        before = old[c]
+        for p in range(seg.shape[0] - 1, -1, -1):
+            k, m = seg[p], n_past[p]
+            n = hi[p] - lo
+            if n <= 0:
+                continue
+            a = begin[k] + lo
+            out = row[a : a + n]
+            g = gain[c, p]
             if m == 1:  # one pass for the usual one or two lags
-                w0, s0 = w[c, p, 0], shift[p, 0]
-                for t in range(a, b):
-                    row[t] = (row[t] - past[t + s0] * w0) / g
+                s0 = k - 1
+                x0 = (before if s0 < n_old else row)[begin[s0] + lo : begin[s0] + lo + n]
+                w0 = w[c, p, 0]
+                for t in range(n):
+                    out[t] = (out[t] - x0[t] * w0) / g
             elif m == 2:
-                w0, w1, s0, s1 = w[c, p, 0], w[c, p, 1], shift[p, 0], shift[p, 1]
-                for t in range(a, b):
-                    row[t] = ((row[t] - past[t + s0] * w0) - past[t + s1] * w1) / g
+                s0, s1 = k - 1, k - 2
+                x0 = (before if s0 < n_old else row)[begin[s0] + lo : begin[s0] + lo + n]
+                x1 = (before if s1 < n_old else row)[begin[s1] + lo : begin[s1] + lo + n]
+                w0, w1 = w[c, p, 0], w[c, p, 1]
+                for t in range(n):
+                    out[t] = ((out[t] - x0[t] * w0) - x1[t] * w1) / g
             else:
                 for j in range(m):
-                    wj, sj = w[c, p, j], shift[p, j]
-                    for t in range(a, b):
-                        row[t] -= past[t + sj] * wj
-                for t in range(a, b):
-                    row[t] /= g
+                    sj = k - 1 - j
+                    xj = (before if sj < n_old else row)[begin[sj] + lo : begin[sj] + lo + n]
+                    wj = w[c, p, j]
+                    for t in range(n):
+                        out[t] -= xj[t] * wj
+                for t in range(n):
+                    out[t] /= g
+
+
+@numba.njit(nogil=True, boundscheck=False)
+def _window_tile(src, at, n, tile):  # pragma: no cover - compiled
+    """``tile[t, c] = src[c, at + t]`` for ``t < n``: a window of every channel, samples first (read along the
+    rows: down a column, rows 2^k samples long would all fall in the same cache set)."""
+    for c in range(src.shape[0]):
+        row = src[c, at : at + n]
+        for t in range(n):
+            tile[t, c] = row[t]
+
+
+@numba.njit(nogil=True, boundscheck=False)
+def _window_dot(a, b, n, acc, out):  # pragma: no cover - compiled
+    """``out[c] = sum over t < n of a[t, c] * b[t, c]`` for ``(W, C)`` windows, summed as numpy's einsum sums a
+    contiguous ``"l,l->"`` (its SSE loop: two lanes, even and odd samples; eight samples a step, each lane adding
+    the products of its four from the last to the first onto its sum; then pairs, the second lane's missing past
+    the end; then the two lanes added, then that added to 0), so the same numbers. ``acc`` ``(2, C)``: scratch."""
+    n_ch = a.shape[1]
+    for c in range(n_ch):
+        acc[0, c] = 0.0
+        acc[1, c] = 0.0
+    i = 0
+    while n - i >= 8:
+        for c in range(n_ch):
+            acc[0, c] = a[i, c] * b[i, c] + (
+                a[i + 2, c] * b[i + 2, c] + (a[i + 4, c] * b[i + 4, c] + (a[i + 6, c] * b[i + 6, c] + acc[0, c]))
+            )
+            acc[1, c] = a[i + 1, c] * b[i + 1, c] + (
+                a[i + 3, c] * b[i + 3, c] + (a[i + 5, c] * b[i + 5, c] + (a[i + 7, c] * b[i + 7, c] + acc[1, c]))
+            )
+        i += 8
+    while n - i >= 2:
+        for c in range(n_ch):
+            acc[0, c] = a[i, c] * b[i, c] + acc[0, c]
+            acc[1, c] = a[i + 1, c] * b[i + 1, c] + acc[1, c]
+        i += 2
+    if i < n:
+        for c in range(n_ch):
+            acc[0, c] = a[i, c] * b[i, c] + acc[0, c]
+    for c in range(n_ch):
+        out[c] = 0.0 + (acc[0, c] + acc[1, c])
+
+
+@numba.njit(
+    numba.void(
+        _F8_2D, _F8_2D, _I8_1D, numba.int64, _I8_1D, _I8_1D, _I8_1D, _I8_1D, numba.float64[:, :, :, ::1], _F8_3D
+    ),
+    cache=True,
+    nogil=True,
+    boundscheck=False,
+)
+def window_products(y, old, begin, n_old, seg, n_past, fit0, fit1, gram, cross):  # pragma: no cover - compiled
+    """The products over their fit windows of pulse segments and their past ones, for the prediction weights.
+
+    Segments are numbered as in :func:`prediction_error` (``begin``, ``n_old``: the first ``n_old`` in ``old``,
+    the others in ``y``, both ``(C, *)``). For predicted segment ``p`` (``k = seg[p]``, increasing) with
+    ``m = n_past[p]`` past segments and the fit window ``[fit0[p], fit1[p])`` (samples after each segment's
+    pulse), ``x_j`` the window of segment ``k - 1 - j`` and ``x`` its own: ``gram[c, p, i, j] = <x_i, x_j>``
+    ``(C, P, H, H)`` and ``cross[c, p, i] = <x_i, x>`` ``(C, P, H)``, 0 for ``i`` or ``j >= m``; each sum as
+    numpy's einsum forms it (see :func:`_window_dot`), so :func:`~closedloop.estimation.volitional._products`'
+    numbers. The windows are turned samples-first (channels side by side) and each product of two segments'
+    windows is formed once (a segment's ``<x_i, x_j>`` is its predecessor's ``<x_{i-1}, x_{j-1}>`` when their
+    windows agree), ``H + 1`` per segment."""
+    n_ch = y.shape[0]
+    hist = gram.shape[2]
+    slots = hist + 1  # segments k - hist .. k: slot r % slots
+    width = 0
+    for p in range(seg.shape[0]):
+        width = max(width, fit1[p] - fit0[p])
+    tiles = np.empty((slots, max(width, 1), n_ch))
+    tile_of = np.full((slots, 3), -1, np.int64)  # (segment, window start, window end) each tile holds
+    lag = np.empty((slots, slots, n_ch))  # lag[r % slots, d] = <window of r, window of r - d>
+    lag_of = np.full((slots, 3), -1, np.int64)
+    have = np.zeros((slots, slots), np.bool_)
+    acc = np.empty((2, n_ch))
+    for p in range(seg.shape[0]):
+        k, m, w0, w1 = seg[p], n_past[p], fit0[p], fit1[p]
+        for r in range(k - m, k + 1):
+            s = r % slots
+            if tile_of[s, 0] != r or tile_of[s, 1] != w0 or tile_of[s, 2] != w1:
+                _window_tile(old if r < n_old else y, begin[r] + w0, w1 - w0, tiles[s])
+                tile_of[s, 0], tile_of[s, 1], tile_of[s, 2] = r, w0, w1
+        for i in range(hist):
+            for j in range(i, hist + 1):  # j = hist: cross[i], the product with the current segment
+                if i >= m or (j < hist and j >= m):
+                    if j < hist:
+                        for c in range(n_ch):
+                            gram[c, p, i, j] = 0.0
+                            gram[c, p, j, i] = 0.0
+                    else:
+                        for c in range(n_ch):
+                            cross[c, p, i] = 0.0
+                    continue
+                r, d = (k - 1 - i, j - i) if j < hist else (k, i + 1)
+                s = r % slots
+                if lag_of[s, 0] != r or lag_of[s, 1] != w0 or lag_of[s, 2] != w1:
+                    lag_of[s, 0], lag_of[s, 1], lag_of[s, 2] = r, w0, w1
+                    have[s, :] = False
+                if not have[s, d]:
+                    _window_dot(tiles[s], tiles[(r - d) % slots], w1 - w0, acc, lag[s, d])
+                    have[s, d] = True
+                v = lag[s, d]
+                if j < hist:
+                    for c in range(n_ch):
+                        gram[c, p, i, j] = v[c]
+                        gram[c, p, j, i] = v[c]
+                else:
+                    for c in range(n_ch):
+                        cross[c, p, i] = v[c]
 
 
 @numba.njit(
@@ -286,5 +416,6 @@ def warm_up() -> None:
     nlms_weights(np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1)), np.zeros((2, 1, 1)))
     window, out = np.zeros((1, 2, 1)), np.zeros((2, 1, 1))
     mwave_measures(window, np.ones((2, 1)), np.zeros((1, 1)), out, np.zeros((1, 1), np.int64))
-    one, zero = np.ones(1, np.int64), np.zeros((1, 1), np.int64)
-    prediction_error(np.zeros((1, 2)), np.zeros((1, 2)), one, one, zero, one, np.zeros((1, 1, 1)), np.ones((1, 1)))
+    y, old, begin, one = np.zeros((1, 4)), np.zeros((1, 2)), np.array([0, 2], np.int64), np.ones(1, np.int64)
+    window_products(y, old, begin, 1, one, one, 0 * one, 2 * one, np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1)))
+    prediction_error(y, old, begin, 1, one, one, 0, 2 * one, np.zeros((1, 1, 1)), np.ones((1, 1)))
