@@ -29,6 +29,7 @@ from closedloop.estimation.volitional import (
     VolitionalEstimator,
     _gathered_errors,
     _gathered_products,
+    _products,
     _sum_sq,
 )
 from closedloop.types import StreamInfo
@@ -376,3 +377,44 @@ def test_segments_with_the_kernels_are_the_numpy_segments(n_ch, method, hist, fi
             assert np.array_equal(b.weights, a.weights)
         assert [p for p, _ in fast._past] == [p for p, _ in plain._past]
         assert all(np.array_equal(u, v) for (_, u), (_, v) in zip(fast._past, plain._past, strict=True))
+
+
+@needs_kernels
+@settings(max_examples=100, deadline=None)
+@given(
+    n_ch=st.integers(1, 9),
+    n_p=st.integers(1, 12),
+    hist=st.integers(1, 3),
+    n_old=st.integers(0, 3),
+    silent=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_nlms_steps_kernel_is_the_nlms_weights_and_gains(n_ch, n_p, hist, n_old, silent, seed):
+    """Weights, gains and the state after the segments: bit for bit what ``_weights`` gives with the
+    ``nlms_weights`` kernel (and ``_sum_sq``), and within NLMS_RTOL of numpy's; the first segments of a stream
+    (fewer past segments) and a channel without power (trace 0) included."""
+    rng = np.random.default_rng(seed)
+    n_past = np.minimum(hist, np.arange(n_p) + n_old)
+    n_past = np.maximum(n_past, 1)
+    x = rng.standard_normal((n_ch, n_p, hist + 1, 12)) * 10.0 ** rng.uniform(-3, 3)
+    if silent:
+        x[0] = 0.0
+    present = np.arange(hist) < n_past[:, None]
+    gram, cross = _products(x[:, :, hist], [x[:, :, j] for j in range(hist)], present)
+    start = rng.standard_normal((n_ch, hist))
+    mu = rng.uniform(0.05, 1.0)
+    ests = []
+    for kern in (K, None):
+        est = VolitionalEstimator("nlms", n_ch, 6, (6, 41), 41, 10, hist, mu=mu)
+        est.kernels = kern
+        est._w[:] = start
+        w = est._weights(gram, cross, n_past)
+        ests.append((w, np.sqrt(1.0 + _sum_sq(w)), est._w.copy()))
+    state = start.copy()
+    w, gain = np.empty((n_ch, n_p, hist)), np.empty((n_ch, n_p))
+    K.nlms_steps(gram, cross, n_past, mu, state, w, gain)
+    assert np.array_equal(w, ests[0][0])
+    assert np.array_equal(gain, ests[0][1])
+    assert np.array_equal(state, ests[0][2])
+    for got, ref in zip((w, gain, state), ests[1], strict=True):
+        np.testing.assert_allclose(got, ref, rtol=NLMS_RTOL, atol=1e-300)

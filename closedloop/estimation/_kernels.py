@@ -17,6 +17,7 @@ __all__ = [
     "largest_jumps",
     "median_frequencies",
     "mwave_measures",
+    "nlms_steps",
     "nlms_weights",
     "power_spectrum",
     "prediction_error",
@@ -402,6 +403,45 @@ def nlms_weights(gram, cross, coef, w):  # pragma: no cover - compiled
                 w[k + 1, c, i] = acc + cross[c, k, i] * a
 
 
+@numba.njit(
+    numba.void(numba.float64[:, :, :, ::1], _F8_3D, _I8_1D, numba.float64, _F8_2D, _F8_3D, _F8_2D),
+    cache=True,
+    nogil=True,
+    boundscheck=False,
+)
+def nlms_steps(gram, cross, n_past, mu, state, w, gain):  # pragma: no cover - compiled
+    """The ``nlms`` weights of consecutive segments and their prediction errors' gains, from the products over
+    their fit windows ``gram`` ``(C, P, H, H)`` and ``cross`` ``(C, P, H)`` (0 beyond ``n_past[p]``): for each
+    segment, into ``w`` ``(C, P, H)`` the weights before it (``state`` ``(C, H)``, updated in place) times 1.0 for
+    the past segments it has, 0.0 beyond, into ``gain`` ``(C, P)`` ``sqrt(1 + |w|^2)``; then the step with
+    ``coef = mu / trace(gram)`` (``mu`` where the trace is not positive) as :func:`nlms_weights` takes it. What
+    :meth:`~closedloop.estimation.volitional.VolitionalEstimator._weights` (with :func:`nlms_weights`) and
+    ``_sum_sq`` compute, in the same order (the trace summed from 0, the squares added lag by lag)."""
+    n_ch, n_p, hist = cross.shape
+    new = np.empty(hist)
+    for k in range(n_p):
+        m = n_past[k]
+        for c in range(n_ch):
+            g, x, v = gram[c, k], cross[c, k], state[c]
+            trace = 0.0
+            for j in range(hist):
+                trace += g[j, j]
+            a = mu / (trace if trace > 0 else 1.0)
+            ss = 0.0
+            for j in range(hist):
+                wj = v[j] * (1.0 if j < m else 0.0)
+                w[c, k, j] = wj
+                ss = wj * wj if j == 0 else ss + wj * wj
+            gain[c, k] = np.sqrt(1.0 + ss)
+            for i in range(hist):
+                acc = 0.0
+                for j in range(hist):
+                    acc += ((1.0 if i == j else 0.0) - g[i, j] * a) * v[j]
+                new[i] = acc + x[i] * a
+            for i in range(hist):
+                v[i] = new[i]
+
+
 def warm_up() -> None:
     """Call every kernel once on tiny inputs: numba's start-up and the loading of the compiled code happen
     here, not in the first batch."""
@@ -414,6 +454,15 @@ def warm_up() -> None:
     power_spectrum(np.zeros((1, 1, 2), np.complex128), 1, np.zeros((1, 1, 1)))
     weigh_ring_means(np.ones((1, 1, 1)), np.ones(1, np.int64), np.ones(1, np.int64), np.ones((1, 1, 1)))
     nlms_weights(np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1)), np.zeros((2, 1, 1)))
+    nlms_steps(
+        np.zeros((1, 1, 1, 1)),
+        np.zeros((1, 1, 1)),
+        np.ones(1, np.int64),
+        0.5,
+        np.zeros((1, 1)),
+        np.zeros((1, 1, 1)),
+        np.zeros((1, 1)),
+    )
     window, out = np.zeros((1, 2, 1)), np.zeros((2, 1, 1))
     mwave_measures(window, np.ones((2, 1)), np.zeros((1, 1)), out, np.zeros((1, 1), np.int64))
     y, old, begin, one = np.zeros((1, 4)), np.zeros((1, 2)), np.array([0, 2], np.int64), np.ones(1, np.int64)
