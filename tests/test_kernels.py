@@ -412,8 +412,12 @@ def test_nlms_steps_kernel_is_the_nlms_weights_and_gains(n_ch, n_p, hist, n_old,
         ests.append((w, np.sqrt(1.0 + _sum_sq(w)), est._w.copy()))
     state = start.copy()
     w, gain = np.empty((n_ch, n_p, hist)), np.empty((n_ch, n_p))
-    K.nlms_steps(gram, cross, n_past, mu, state, w, gain)
+    rows = np.sort(rng.choice(n_p + 3, n_p, replace=False))  # the segments' rows among those of a batch
+    weights = np.zeros((n_p + 3, n_ch, hist))
+    K.nlms_steps(gram, cross, n_past, mu, state, w, gain, rows, weights)
     assert np.array_equal(w, ests[0][0])
+    assert np.array_equal(weights[rows], w.transpose(1, 0, 2))
+    assert not np.delete(weights, rows, axis=0).any()
     assert np.array_equal(gain, ests[0][1])
     assert np.array_equal(state, ests[0][2])
     for got, ref in zip((w, gain, state), ests[1], strict=True):

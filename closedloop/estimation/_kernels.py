@@ -404,19 +404,20 @@ def nlms_weights(gram, cross, coef, w):  # pragma: no cover - compiled
 
 
 @numba.njit(
-    numba.void(numba.float64[:, :, :, ::1], _F8_3D, _I8_1D, numba.float64, _F8_2D, _F8_3D, _F8_2D),
+    numba.void(numba.float64[:, :, :, ::1], _F8_3D, _I8_1D, numba.float64, _F8_2D, _F8_3D, _F8_2D, _I8_1D, _F8_3D),
     cache=True,
     nogil=True,
     boundscheck=False,
 )
-def nlms_steps(gram, cross, n_past, mu, state, w, gain):  # pragma: no cover - compiled
+def nlms_steps(gram, cross, n_past, mu, state, w, gain, rows, weights):  # pragma: no cover - compiled
     """The ``nlms`` weights of consecutive segments and their prediction errors' gains, from the products over
     their fit windows ``gram`` ``(C, P, H, H)`` and ``cross`` ``(C, P, H)`` (0 beyond ``n_past[p]``): for each
     segment, into ``w`` ``(C, P, H)`` the weights before it (``state`` ``(C, H)``, updated in place) times 1.0 for
     the past segments it has, 0.0 beyond, into ``gain`` ``(C, P)`` ``sqrt(1 + |w|^2)``; then the step with
     ``coef = mu / trace(gram)`` (``mu`` where the trace is not positive) as :func:`nlms_weights` takes it. What
     :meth:`~closedloop.estimation.volitional.VolitionalEstimator._weights` (with :func:`nlms_weights`) and
-    ``_sum_sq`` compute, in the same order (the trace summed from 0, the squares added lag by lag)."""
+    ``_sum_sq`` compute, in the same order (the trace summed from 0, the squares added lag by lag). The weights
+    go into ``weights[rows[p]]`` ``(C, H)`` too (a batch's weights by segment)."""
     n_ch, n_p, hist = cross.shape
     new = np.empty(hist)
     for k in range(n_p):
@@ -431,6 +432,7 @@ def nlms_steps(gram, cross, n_past, mu, state, w, gain):  # pragma: no cover - c
             for j in range(hist):
                 wj = v[j] * (1.0 if j < m else 0.0)
                 w[c, k, j] = wj
+                weights[rows[k], c, j] = wj
                 ss = wj * wj if j == 0 else ss + wj * wj
             gain[c, k] = np.sqrt(1.0 + ss)
             for i in range(hist):
@@ -454,17 +456,10 @@ def warm_up() -> None:
     power_spectrum(np.zeros((1, 1, 2), np.complex128), 1, np.zeros((1, 1, 1)))
     weigh_ring_means(np.ones((1, 1, 1)), np.ones(1, np.int64), np.ones(1, np.int64), np.ones((1, 1, 1)))
     nlms_weights(np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1)), np.zeros((2, 1, 1)))
-    nlms_steps(
-        np.zeros((1, 1, 1, 1)),
-        np.zeros((1, 1, 1)),
-        np.ones(1, np.int64),
-        0.5,
-        np.zeros((1, 1)),
-        np.zeros((1, 1, 1)),
-        np.zeros((1, 1)),
-    )
+    w, one = np.zeros((1, 1, 1)), np.ones(1, np.int64)
+    nlms_steps(np.zeros((1, 1, 1, 1)), w, one, 0.5, np.zeros((1, 1)), w, np.zeros((1, 1)), 0 * one, np.zeros((1, 1, 1)))
     window, out = np.zeros((1, 2, 1)), np.zeros((2, 1, 1))
     mwave_measures(window, np.ones((2, 1)), np.zeros((1, 1)), out, np.zeros((1, 1), np.int64))
-    y, old, begin, one = np.zeros((1, 4)), np.zeros((1, 2)), np.array([0, 2], np.int64), np.ones(1, np.int64)
+    y, old, begin = np.zeros((1, 4)), np.zeros((1, 2)), np.array([0, 2], np.int64)
     window_products(y, old, begin, 1, one, one, 0 * one, 2 * one, np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1)))
     prediction_error(y, old, begin, 1, one, one, 0, 2 * one, np.zeros((1, 1, 1)), np.ones((1, 1)))

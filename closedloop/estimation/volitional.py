@@ -459,14 +459,14 @@ class VolitionalEstimator:
         gram = np.empty((n_ch, n_p, hist, hist))
         cross = np.empty((n_ch, n_p, hist))
         self.kernels.window_products(y, old, begin, n_old, seg, mp, m0, m1, gram, cross)
-        if self.method == "nlms":  # the weights, their steps and the gains in one pass
+        if self.method == "nlms":  # the weights (into weights too), their steps and the gains in one pass
             w = np.empty((n_ch, n_p, hist))
             gain = np.empty((n_ch, n_p))
-            self.kernels.nlms_steps(gram, cross, mp, self.mu, self._w, w, gain)
+            self.kernels.nlms_steps(gram, cross, mp, self.mu, self._w, w, gain, idx, weights)
         else:
             w = np.ascontiguousarray(self._weights(gram, cross, mp))  # (C, Pp, H)
             gain = np.sqrt(1.0 + _sum_sq(w))  # (C, Pp)
-        weights[idx, :, : w.shape[2]] = w.transpose(1, 0, 2)
+            weights[idx, :, : w.shape[2]] = w.transpose(1, 0, 2)
         self.kernels.prediction_error(y, old, begin, n_old, seg, mp, self.blank_n, nk, w, gain)
 
     def _weights(self, gram: np.ndarray, cross: np.ndarray, n_past: np.ndarray) -> np.ndarray:
