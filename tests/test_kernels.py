@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -254,32 +255,67 @@ def test_advance_lags_kernel_decays_then_adds_step_by_step(n_ch, n_u, seed):
     assert np.array_equal(out, np.array(snaps).reshape(out.shape))
 
 
-def _layout(rng, n_ch: int, hist: int, n_old: int, lens: list[int], gaps: list[int], b0: int, min_n: int):
-    """Past segments kept from an earlier call (``n_old`` of them) and new ones in a channels-first ``y`` with
-    gaps between them, planned as :meth:`VolitionalEstimator.segments` plans them: the samples ``src`` of all of
-    them side by side (the numpy code's layout) and ``y``, ``old``, ``begin`` (the kernels')."""
-    old_lens = [int(v) for v in rng.integers(b0 + min_n - 3, 90, n_old)]
-    old = [rng.standard_normal((n_ch, m)) * 10.0 ** rng.uniform(-3, 3) for m in old_lens]
-    starts = np.cumsum([gaps[0]] + [ln + g for ln, g in zip(lens[:-1], gaps[1:], strict=True)]).astype(np.int64)
-    y = rng.standard_normal((n_ch, int(starts[-1]) + lens[-1] + 3)) * 10.0 ** rng.uniform(-3, 3)
-    all_len = np.array(old_lens + lens, np.int64)
-    k_all = n_old + np.arange(len(lens))
-    n_past = np.minimum(hist, k_all)
-    n = np.array(lens, np.int64)
-    for j in range(hist):
-        n = np.where(n_past > j, np.minimum(n, all_len[np.maximum(k_all - 1 - j, 0)]), n)
-    pred = (n_past > 0) & (n - b0 >= min_n)
-    idx = np.flatnonzero(pred)
-    s0, s1 = int(starts[0]), int(starts[-1]) + lens[-1]
-    src = np.concatenate([*old, y[:, s0:s1]], axis=1)
-    off_old = np.cumsum([0, *old_lens]).astype(np.int64)
-    off = np.concatenate([off_old[:-1], off_old[-1] + starts - s0])
-    begin = np.concatenate([off_old[:-1], starts]).astype(np.int64)
-    old_arr = np.concatenate(old, axis=1) if old else np.empty((n_ch, 0))
-    return y, src, off, int(off_old[-1]) - s0, old_arr, begin, starts, idx, n[idx], n_past[idx]
+def _layout(rng, est: VolitionalEstimator, n_old: int, segs: list[tuple[int, int]]) -> SimpleNamespace:
+    """``n_old`` past segments kept from an earlier call (in ``est``) and new ones ``(length, gap before)`` in a
+    channels-first ``y``, planned by the numpy code (:meth:`VolitionalEstimator._plan`): the samples ``src`` of
+    all of them side by side (the numpy code's layout) and ``y``, ``old``, ``begin`` (the kernels')."""
+    n_ch, b0 = est.n_channels, est.blank_n
+    lens = [ln for ln, _ in segs]
+    old_lens = np.where(rng.random(n_old) < 0.3, rng.integers(15, 18, n_old), rng.integers(8, 90, n_old))
+    old = [rng.standard_normal((n_ch, int(m))) * 10.0 ** rng.uniform(-3, 3) for m in old_lens]
+    starts = np.cumsum([segs[0][1]] + [ln + g for ln, (_, g) in zip(lens[:-1], segs[1:], strict=True)])
+    starts = starts.astype(np.int64)
+    ends = starts + np.array(lens, np.int64)
+    y = rng.standard_normal((n_ch, int(ends[-1]) + 3)) * 10.0 ** rng.uniform(-3, 3)
+    positions = 5000 + starts
+    est._past = [(int(4000 + 100 * i), seg) for i, seg in enumerate(old)]
+    n_past, n, lags, lo, hi = est._plan(starts, ends, positions)
+    src = np.concatenate([*old, y[:, starts[0] : ends[-1]]], axis=1)
+    off_old = np.cumsum([0, *(seg.shape[1] for seg in old)]).astype(np.int64)
+    return SimpleNamespace(
+        y=y,
+        src=src,
+        off=np.concatenate([off_old[:-1], off_old[-1] + starts - starts[0]]),
+        own=int(off_old[-1] - starts[0]),  # y[:, t] is src[:, t + own]
+        old=np.concatenate(old, axis=1) if old else np.empty((n_ch, 0)),
+        begin=np.concatenate([off_old[:-1], starts]).astype(np.int64),
+        starts=starts,
+        ends=ends,
+        positions=positions,
+        plan=(n_past, n, lags, lo, hi),
+        idx=np.flatnonzero(n_past),
+        b0=b0,
+    )
 
 
-_SEGMENTS = st.lists(st.tuples(st.integers(3, 90), st.integers(0, 4)), min_size=1, max_size=9)
+#: segments (length, gap before): any length, and those at the edges (16 = blank_n + min_n, 41 = post_n)
+_SEGMENTS = st.lists(
+    st.tuples(st.one_of(st.integers(3, 90), st.sampled_from([15, 16, 17, 40, 41, 42])), st.integers(0, 4)),
+    min_size=1,
+    max_size=9,
+)
+
+
+@needs_kernels
+@settings(max_examples=150, deadline=None)
+@given(
+    method=st.sampled_from(METHODS),
+    hist=st.integers(1, 3),
+    n_old=st.integers(0, 3),
+    segs=_SEGMENTS,
+    seed=st.integers(0, 2**31),
+)
+def test_plan_segments_kernel_is_the_numpy_plan(method, hist, n_old, segs, seed):
+    """Past segments kept or not, segments too short to predict, ``post``: the kernel's plan is ``_plan``'s."""
+    rng = np.random.default_rng(seed)
+    est = VolitionalEstimator(method, 2, 6, (6, 41), 41, 10, hist)
+    lay = _layout(rng, est, min(n_old, est.history), segs)
+    est.kernels = K
+    *plan, begin = est._plan_compiled(lay.starts, lay.ends, lay.positions)
+    for got, ref in zip(plan, lay.plan, strict=True):
+        assert got.dtype == ref.dtype
+        assert np.array_equal(got, ref)
+    assert np.array_equal(begin, lay.begin)
 
 
 @needs_kernels
@@ -297,15 +333,14 @@ def test_window_products_kernel_is_the_numpy_products(n_ch, hist, n_old, segs, f
     none: the kernel's products over the fit windows are the numpy code's, bit for bit (einsum's sums)."""
     rng = np.random.default_rng(seed)
     est = VolitionalEstimator("gs", n_ch, 6, fit, 41, 10, hist)
-    n_old = min(n_old, hist)
-    y, src, off, _, old, begin, _, idx, nk, mp = _layout(
-        rng, n_ch, hist, n_old, [s for s, _ in segs], [g for _, g in segs], 6, 10
-    )
-    assume(idx.size > 0)
-    m0, m1 = est._fit_windows(nk)
-    gram, cross = _gathered_products(src, off, n_old + idx, m0, m1, np.arange(hist) < mp[:, None])
+    lay = _layout(rng, est, min(n_old, hist), segs)
+    n_past, n = lay.plan[:2]
+    assume(lay.idx.size > 0)
+    k = len(est._past) + lay.idx
+    m0, m1 = est._fit_windows(n[lay.idx])
+    gram, cross = _gathered_products(lay.src, lay.off, k, m0, m1, np.arange(hist) < n_past[lay.idx, None])
     got_g, got_c = np.full_like(gram, np.nan), np.full_like(cross, np.nan)
-    K.window_products(y, old, begin, n_old, n_old + idx, mp, m0, m1, got_g, got_c)
+    K.window_products(lay.y, lay.old, lay.begin, len(est._past), lay.idx, n_past, n, *fit, 6, got_g, got_c)
     assert np.array_equal(got_g, gram)
     assert np.array_equal(got_c, cross)
 
@@ -323,17 +358,18 @@ def test_prediction_error_kernel_is_the_numpy_prediction_error(n_ch, hist, n_old
     """The kernel reads the past segments from ``y`` itself (segments from the last to the first) and from the
     kept ones: the numpy code's prediction errors, which read a copy, bit for bit; the gaps are untouched."""
     rng = np.random.default_rng(seed)
-    n_old = min(n_old, hist)
-    y, src, off, own, old, begin, starts, idx, nk, mp = _layout(
-        rng, n_ch, hist, n_old, [s for s, _ in segs], [g for _, g in segs], 6, 10
-    )
+    est = VolitionalEstimator("gs", n_ch, 6, (6, 41), 41, 10, hist)
+    lay = _layout(rng, est, min(n_old, hist), segs)
+    n_past, n = lay.plan[:2]
+    idx = lay.idx
     assume(idx.size > 0)
-    w = rng.standard_normal((n_ch, idx.size, hist)) * (np.arange(hist) < mp[:, None])
+    w = rng.standard_normal((n_ch, idx.size, hist)) * (np.arange(hist) < n_past[idx, None])
     gain = np.sqrt(1.0 + _sum_sq(w))
-    expected = y.copy()
-    _gathered_errors(expected, src, off, own, starts[idx], n_old + idx, mp, 6, nk, w, gain)
-    K.prediction_error(y, old, begin, n_old, n_old + idx, mp, 6, nk, w, gain)
-    assert np.array_equal(y, expected)
+    n_old = len(est._past)
+    expected = lay.y.copy()
+    _gathered_errors(expected, lay.src, lay.off, lay.own, lay.starts[idx], n_old + idx, n_past[idx], 6, n[idx], w, gain)
+    K.prediction_error(lay.y, lay.old, lay.begin, n_old, idx, n_past, 6, n, w, gain)
+    assert np.array_equal(lay.y, expected)
 
 
 @needs_kernels
@@ -414,7 +450,9 @@ def test_nlms_steps_kernel_is_the_nlms_weights_and_gains(n_ch, n_p, hist, n_old,
     w, gain = np.empty((n_ch, n_p, hist)), np.empty((n_ch, n_p))
     rows = np.sort(rng.choice(n_p + 3, n_p, replace=False))  # the segments' rows among those of a batch
     weights = np.zeros((n_p + 3, n_ch, hist))
-    K.nlms_steps(gram, cross, n_past, mu, state, w, gain, rows, weights)
+    past_of_row = np.zeros(n_p + 3, np.int64)
+    past_of_row[rows] = n_past
+    K.nlms_steps(gram, cross, rows, past_of_row, mu, state, w, gain, weights)
     assert np.array_equal(w, ests[0][0])
     assert np.array_equal(weights[rows], w.transpose(1, 0, 2))
     assert not np.delete(weights, rows, axis=0).any()

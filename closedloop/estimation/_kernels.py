@@ -19,6 +19,7 @@ __all__ = [
     "mwave_measures",
     "nlms_steps",
     "nlms_weights",
+    "plan_segments",
     "power_spectrum",
     "prediction_error",
     "sosfilt_channels_first",
@@ -83,14 +84,15 @@ def sosfilt_channels_first(sos, xt, zi):  # pragma: no cover - compiled
     nogil=True,
     boundscheck=False,
 )
-def prediction_error(y, old, begin, n_old, seg, n_past, lo, hi, w, gain):  # pragma: no cover - compiled
+def prediction_error(y, old, begin, n_old, rows, n_past, lo, hi, w, gain):  # pragma: no cover - compiled
     """The normalised prediction errors of pulse segments, in place in the ``(C, N)`` signal ``y``.
 
-    Segment ``k`` (of ``K``: first the ``n_old`` kept from earlier batches, then those in ``y``) starts at sample
-    ``begin[k]`` of ``old`` ``(C, M)`` (``k < n_old``) or of ``y``. For each predicted segment ``p``
-    (``k = seg[p] >= n_old``, increasing) and every sample ``t`` of ``[lo, hi[p])`` after its pulse,
-    ``y[c, begin[k] + t] - x_j[c, t] * w[c, p, j]`` is subtracted lag by lag (``j < n_past[p]``, ``x_j`` the
-    samples of segment ``k - 1 - j``), then divided by ``gain[c, p]`` ``(C, P)`` (``w``: ``(C, P, H)``): what
+    Segment ``k`` (the ``n_old`` kept from earlier batches, then the ``S`` of this one) starts at sample
+    ``begin[k]`` of ``old`` ``(C, M)`` (``k < n_old``) or of ``y`` (as :func:`plan_segments` gives it). Predicted
+    segment ``p`` is the batch's segment ``s = rows[p]`` (increasing), ``k = n_old + s``; for every sample ``t``
+    of ``[lo, hi[s])`` after its pulse, ``y[c, begin[k] + t] - x_j[c, t] * w[c, p, j]`` is subtracted lag by
+    lag (``j < n_past[s]``, ``x_j`` the samples of segment ``k - 1 - j``), then divided by ``gain[c, p]``
+    (``w`` ``(C, P, H)``, ``gain`` ``(C, P)``): what
     :meth:`~closedloop.estimation.volitional.VolitionalEstimator.segments` computes with numpy, in the same
     order. The segments are done from the last to the first, so that the past segments in ``y`` still hold
     their samples from before the call (as a copy of them would)."""
@@ -98,9 +100,10 @@ def prediction_error(y, old, begin, n_old, seg, n_past, lo, hi, w, gain):  # pra
     for c in range(n_ch):
         row = y[c]
         before = old[c]
-        for p in range(seg.shape[0] - 1, -1, -1):
-            k, m = seg[p], n_past[p]
-            n = hi[p] - lo
+        for p in range(rows.shape[0] - 1, -1, -1):
+            s = rows[p]
+            k, m = n_old + s, n_past[s]
+            n = hi[s] - lo
             if n <= 0:
                 continue
             a = begin[k] + lo
@@ -128,6 +131,76 @@ def prediction_error(y, old, begin, n_old, seg, n_past, lo, hi, w, gain):  # pra
                         out[t] -= xj[t] * wj
                 for t in range(n):
                     out[t] /= g
+
+
+@numba.njit(
+    numba.void(
+        _I8_1D,
+        _I8_1D,
+        _I8_1D,
+        _I8_1D,
+        _I8_1D,
+        numba.int64,
+        numba.int64,
+        numba.int64,
+        numba.int64,
+        _I8_1D,
+        _I8_1D,
+        _I8_2D,
+        _I8_1D,
+        _I8_1D,
+        _I8_1D,
+    ),
+    cache=True,
+    nogil=True,
+    boundscheck=False,
+)
+def plan_segments(
+    past_len, past_pos, starts, ends, positions, n_max, b0, min_n, post_n, n_past, n, lags, lo, hi, begin
+):  # pragma: no cover - compiled
+    """What each of ``S`` consecutive pulse segments is predicted from, as
+    :meth:`~closedloop.estimation.volitional.VolitionalEstimator.segments` plans it with numpy (integers only).
+
+    Segment ``s`` is ``[starts[s], ends[s])`` of the batch (its pulse at stream sample ``positions[s]``), after
+    the ``K`` past segments kept (``past_len``, ``past_pos``: their lengths and pulses, the oldest first). Into
+    ``n_past[s]`` how many of the ``min(n_max, K + s)`` segments before it it is predicted from (0: too few
+    samples in common, at least ``b0 + min_n``, or ``n_max`` 0: the ``post`` window), ``n[s]`` the samples it
+    has in common with them, ``lags[s, j]`` ``(S, H)`` the distance to past segment ``j`` (most recent first;
+    0 beyond ``n_past[s]``), ``[lo[s], hi[s])`` its volitional range in the batch (``[starts + b0, starts + n)``,
+    or ``[starts + post_n, ends)`` cut to the segment), ``begin`` ``(K + S,)`` where each segment starts (the
+    kept ones side by side from 0, then ``starts``)."""
+    n_old = past_len.shape[0]
+    at = 0
+    for k in range(n_old):
+        begin[k] = at
+        at += past_len[k]
+    for s in range(starts.shape[0]):
+        begin[n_old + s] = starts[s]
+    for s in range(starts.shape[0]):
+        k = n_old + s
+        m = min(n_max, k)
+        common = ends[s] - starts[s]
+        for j in range(lags.shape[1]):
+            lags[s, j] = 0
+        for j in range(m):
+            r = k - 1 - j
+            if r < n_old:
+                common = min(common, past_len[r])
+                lags[s, j] = positions[s] - past_pos[r]
+            else:
+                common = min(common, ends[r - n_old] - starts[r - n_old])
+                lags[s, j] = positions[s] - positions[r - n_old]
+        n[s] = common
+        if m > 0 and common - b0 >= min_n:
+            n_past[s] = m
+            lo[s] = starts[s] + b0
+            hi[s] = starts[s] + common
+        else:
+            n_past[s] = 0
+            for j in range(lags.shape[1]):
+                lags[s, j] = 0
+            lo[s] = min(starts[s] + post_n, ends[s])
+            hi[s] = ends[s]
 
 
 @numba.njit(nogil=True, boundscheck=False)
@@ -174,38 +247,58 @@ def _window_dot(a, b, n, acc, out):  # pragma: no cover - compiled
 
 @numba.njit(
     numba.void(
-        _F8_2D, _F8_2D, _I8_1D, numba.int64, _I8_1D, _I8_1D, _I8_1D, _I8_1D, numba.float64[:, :, :, ::1], _F8_3D
+        _F8_2D,
+        _F8_2D,
+        _I8_1D,
+        numba.int64,
+        _I8_1D,
+        _I8_1D,
+        _I8_1D,
+        numba.int64,
+        numba.int64,
+        numba.int64,
+        numba.float64[:, :, :, ::1],
+        _F8_3D,
     ),
     cache=True,
     nogil=True,
     boundscheck=False,
 )
-def window_products(y, old, begin, n_old, seg, n_past, fit0, fit1, gram, cross):  # pragma: no cover - compiled
+def window_products(y, old, begin, n_old, rows, n_past, n, fit0, fit1, b0, gram, cross):  # pragma: no cover - compiled
     """The products over their fit windows of pulse segments and their past ones, for the prediction weights.
 
-    Segments are numbered as in :func:`prediction_error` (``begin``, ``n_old``: the first ``n_old`` in ``old``,
-    the others in ``y``, both ``(C, *)``). For predicted segment ``p`` (``k = seg[p]``, increasing) with
-    ``m = n_past[p]`` past segments and the fit window ``[fit0[p], fit1[p])`` (samples after each segment's
-    pulse), ``x_j`` the window of segment ``k - 1 - j`` and ``x`` its own: ``gram[c, p, i, j] = <x_i, x_j>``
-    ``(C, P, H, H)`` and ``cross[c, p, i] = <x_i, x>`` ``(C, P, H)``, 0 for ``i`` or ``j >= m``; each sum as
-    numpy's einsum forms it (see :func:`_window_dot`), so :func:`~closedloop.estimation.volitional._products`'
-    numbers. The windows are turned samples-first (channels side by side) and each product of two segments'
-    windows is formed once (a segment's ``<x_i, x_j>`` is its predecessor's ``<x_{i-1}, x_{j-1}>`` when their
-    windows agree), ``H + 1`` per segment."""
+    Segments are numbered and found as in :func:`prediction_error` (``begin``, ``n_old``: the first ``n_old`` in
+    ``old``, the others in ``y``, both ``(C, *)``; predicted segment ``p`` is the batch's ``s = rows[p]``,
+    ``k = n_old + s``). Its fit window (samples after each segment's pulse) is ``[fit0, fit1)`` cut to the
+    ``n[s]`` samples it has in common with its ``m = n_past[s]`` past segments, or ``[b0, n[s])`` where fewer
+    than 2 of it are left. With ``x_j`` the window of segment ``k - 1 - j`` and ``x`` its own:
+    ``gram[c, p, i, j] = <x_i, x_j>`` ``(C, P, H, H)`` and ``cross[c, p, i] = <x_i, x>`` ``(C, P, H)``, 0 for
+    ``i`` or ``j >= m``; each sum as numpy's einsum forms it (see :func:`_window_dot`), so the numbers of
+    :func:`~closedloop.estimation.volitional._products` over the windows of ``VolitionalEstimator._fit_windows``.
+    The windows are turned samples-first (channels side by side) and each product of two segments' windows is
+    formed once (a segment's ``<x_i, x_j>`` is its predecessor's ``<x_{i-1}, x_{j-1}>`` when their windows
+    agree), ``H + 1`` per segment."""
     n_ch = y.shape[0]
     hist = gram.shape[2]
     slots = hist + 1  # segments k - hist .. k: slot r % slots
+    n_p = rows.shape[0]
+    w0s, w1s = np.empty(n_p, np.int64), np.empty(n_p, np.int64)
     width = 0
-    for p in range(seg.shape[0]):
-        width = max(width, fit1[p] - fit0[p])
+    for p in range(n_p):
+        common = n[rows[p]]
+        w0, w1 = min(fit0, common), min(fit1, common)
+        if w1 - w0 < 2:
+            w0, w1 = b0, common
+        w0s[p], w1s[p] = w0, w1
+        width = max(width, w1 - w0)
     tiles = np.empty((slots, max(width, 1), n_ch))
     tile_of = np.full((slots, 3), -1, np.int64)  # (segment, window start, window end) each tile holds
     lag = np.empty((slots, slots, n_ch))  # lag[r % slots, d] = <window of r, window of r - d>
     lag_of = np.full((slots, 3), -1, np.int64)
     have = np.zeros((slots, slots), np.bool_)
     acc = np.empty((2, n_ch))
-    for p in range(seg.shape[0]):
-        k, m, w0, w1 = seg[p], n_past[p], fit0[p], fit1[p]
+    for p in range(n_p):
+        k, m, w0, w1 = n_old + rows[p], n_past[rows[p]], w0s[p], w1s[p]
         for r in range(k - m, k + 1):
             s = r % slots
             if tile_of[s, 0] != r or tile_of[s, 1] != w0 or tile_of[s, 2] != w1:
@@ -404,24 +497,25 @@ def nlms_weights(gram, cross, coef, w):  # pragma: no cover - compiled
 
 
 @numba.njit(
-    numba.void(numba.float64[:, :, :, ::1], _F8_3D, _I8_1D, numba.float64, _F8_2D, _F8_3D, _F8_2D, _I8_1D, _F8_3D),
+    numba.void(numba.float64[:, :, :, ::1], _F8_3D, _I8_1D, _I8_1D, numba.float64, _F8_2D, _F8_3D, _F8_2D, _F8_3D),
     cache=True,
     nogil=True,
     boundscheck=False,
 )
-def nlms_steps(gram, cross, n_past, mu, state, w, gain, rows, weights):  # pragma: no cover - compiled
+def nlms_steps(gram, cross, rows, n_past, mu, state, w, gain, weights):  # pragma: no cover - compiled
     """The ``nlms`` weights of consecutive segments and their prediction errors' gains, from the products over
-    their fit windows ``gram`` ``(C, P, H, H)`` and ``cross`` ``(C, P, H)`` (0 beyond ``n_past[p]``): for each
+    their fit windows ``gram`` ``(C, P, H, H)`` and ``cross`` ``(C, P, H)`` (segment ``p`` is the batch's
+    ``rows[p]``; 0 beyond its ``n_past[rows[p]]`` past segments): for each
     segment, into ``w`` ``(C, P, H)`` the weights before it (``state`` ``(C, H)``, updated in place) times 1.0 for
     the past segments it has, 0.0 beyond, into ``gain`` ``(C, P)`` ``sqrt(1 + |w|^2)``; then the step with
     ``coef = mu / trace(gram)`` (``mu`` where the trace is not positive) as :func:`nlms_weights` takes it. What
     :meth:`~closedloop.estimation.volitional.VolitionalEstimator._weights` (with :func:`nlms_weights`) and
     ``_sum_sq`` compute, in the same order (the trace summed from 0, the squares added lag by lag). The weights
-    go into ``weights[rows[p]]`` ``(C, H)`` too (a batch's weights by segment)."""
+    go into ``weights[rows[p]]`` ``(C, H)`` too (the batch's weights by segment)."""
     n_ch, n_p, hist = cross.shape
     new = np.empty(hist)
     for k in range(n_p):
-        m = n_past[k]
+        m = n_past[rows[k]]
         for c in range(n_ch):
             g, x, v = gram[c, k], cross[c, k], state[c]
             trace = 0.0
@@ -457,9 +551,12 @@ def warm_up() -> None:
     weigh_ring_means(np.ones((1, 1, 1)), np.ones(1, np.int64), np.ones(1, np.int64), np.ones((1, 1, 1)))
     nlms_weights(np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1)), np.zeros((2, 1, 1)))
     w, one = np.zeros((1, 1, 1)), np.ones(1, np.int64)
-    nlms_steps(np.zeros((1, 1, 1, 1)), w, one, 0.5, np.zeros((1, 1)), w, np.zeros((1, 1)), 0 * one, np.zeros((1, 1, 1)))
+    nlms_steps(np.zeros((1, 1, 1, 1)), w, 0 * one, one, 0.5, np.zeros((1, 1)), w, np.zeros((1, 1)), w)
     window, out = np.zeros((1, 2, 1)), np.zeros((2, 1, 1))
     mwave_measures(window, np.ones((2, 1)), np.zeros((1, 1)), out, np.zeros((1, 1), np.int64))
-    y, old, begin = np.zeros((1, 4)), np.zeros((1, 2)), np.array([0, 2], np.int64)
-    window_products(y, old, begin, 1, one, one, 0 * one, 2 * one, np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1)))
-    prediction_error(y, old, begin, 1, one, one, 0, 2 * one, np.zeros((1, 1, 1)), np.ones((1, 1)))
+    e, lags = np.empty(1, np.int64), np.empty((1, 1), np.int64)
+    begin = np.empty(2, np.int64)
+    plan_segments(2 * one, 0 * one, 0 * one, 2 * one, 2 * one, 1, 0, 1, 0, one.copy(), one.copy(), lags, e, e, begin)
+    y, old = np.zeros((1, 4)), np.zeros((1, 2))
+    window_products(y, old, begin, 1, 0 * one, one, 2 * one, 0, 2, 0, np.zeros((1, 1, 1, 1)), w)
+    prediction_error(y, old, begin, 1, 0 * one, one, 0, 2 * one, w, np.ones((1, 1)))

@@ -276,9 +276,9 @@ class VolitionalEstimator:
         positions:
             ``(P,)`` stream sample index of each pulse.
         """
-        starts = np.asarray(starts, dtype=np.int64)
-        ends = np.asarray(ends, dtype=np.int64)
-        positions = np.asarray(positions, dtype=np.int64)
+        starts = np.ascontiguousarray(starts, dtype=np.int64)
+        ends = np.ascontiguousarray(ends, dtype=np.int64)
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
         n_seg = starts.size
         if n_seg == 1:
             b = self.segment_in_place(y, int(starts[0]), int(ends[0]), int(positions[0]))
@@ -286,6 +286,32 @@ class VolitionalEstimator:
             return b
         self.settle()
         n_ch = y.shape[0]
+        hist = self.history
+        past = self._past
+        if self.kernels is not None:
+            n_past, n, lags, lo, hi, begin = self._plan_compiled(starts, ends, positions)
+        else:
+            n_past, n, lags, lo, hi = self._plan(starts, ends, positions)
+        pred = n_past > 0
+        weights = np.zeros((n_seg, n_ch, hist))
+        # the past for the next call: copies taken before the prediction errors overwrite y
+        keep = [(int(positions[k]), y[:, starts[k] : ends[k]].copy()) for k in range(max(0, n_seg - hist), n_seg)]
+        if pred.any():
+            if self.kernels is not None:
+                self._predict_compiled(y, begin, n, n_past, np.flatnonzero(pred), weights)
+            else:
+                self._predict(y, starts, ends, n, n_past, pred, weights)
+        self._past = (past + keep)[-hist:]
+        methods = (self.method,) * n_seg if pred.all() else tuple(self.method if p else "post" for p in pred.tolist())
+        return SegmentBatch(methods, lo, hi, n_past, lags, weights)
+
+    def _plan(
+        self, starts: np.ndarray, ends: np.ndarray, positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What the consecutive segments ``[starts, ends)`` (pulses at stream samples ``positions``) are predicted
+        from: the number of past segments ``(P,)`` (0: ``post``), the samples they have in common with them
+        ``(P,)``, the lags ``(P, H)``, the volitional ranges ``lo``, ``hi`` ``(P,)``."""
+        n_seg = starts.size
         hist = self.history
         b0 = self.blank_n
         past = self._past
@@ -308,14 +334,26 @@ class VolitionalEstimator:
         lags[~pred] = 0
         lo = np.where(pred, starts + b0, np.minimum(starts + self.post_n, ends))
         hi = np.where(pred, starts + n, ends)
-        weights = np.zeros((n_seg, n_ch, hist))
-        # the past for the next call: copies taken before the prediction errors overwrite y
-        keep = [(int(positions[k]), y[:, starts[k] : ends[k]].copy()) for k in range(max(0, n_seg - hist), n_seg)]
-        if pred.any():
-            self._predict(y, starts, ends, n, n_past, pred, weights)
-        self._past = (past + keep)[-hist:]
-        methods = tuple(self.method if p else "post" for p in pred.tolist())
-        return SegmentBatch(methods, lo, hi, n_past, lags, weights)
+        return n_past, n, lags, lo, hi
+
+    def _plan_compiled(
+        self, starts: np.ndarray, ends: np.ndarray, positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_plan` by the ``plan_segments`` kernel, and where each segment starts: the kept ones side by side
+        (as :meth:`_predict_compiled` puts them), then ``starts``."""
+        n_seg = starts.size
+        past = self._past
+        past_len = np.array([seg.shape[1] for _, seg in past], np.int64)
+        past_pos = np.array([pos for pos, _ in past], np.int64)
+        n_past, n, lo, hi = (np.empty(n_seg, np.int64) for _ in range(4))
+        lags = np.empty((n_seg, self.history), np.int64)
+        begin = np.empty(len(past) + n_seg, np.int64)
+        n_max = 0 if self.method == "post" else self.history
+        self.kernels.plan_segments(
+            past_len, past_pos, starts, ends, positions, n_max, self.blank_n, self.min_n, self.post_n,
+            n_past, n, lags, lo, hi, begin,
+        )  # fmt: skip
+        return n_past, n, lags, lo, hi, begin
 
     def segment_in_place(self, y: np.ndarray, start: int, end: int, position: int) -> SegmentBatch:
         """:meth:`segments` for the one segment ``y[:, start:end]``: the same estimate in a few small
@@ -404,9 +442,6 @@ class VolitionalEstimator:
         nk = n[idx]
         mp = n_past[idx]
         m0, m1 = self._fit_windows(nk)
-        if self.kernels is not None:
-            self._predict_compiled(y, starts, nk, mp, m0, m1, idx, weights)
-            return
         hist = self.history
         past = self._past
         n_old = len(past)
@@ -434,40 +469,29 @@ class VolitionalEstimator:
         return np.where(narrow, self.blank_n, m0), np.where(narrow, n, m1)
 
     def _predict_compiled(
-        self,
-        y: np.ndarray,
-        starts: np.ndarray,
-        nk: np.ndarray,
-        mp: np.ndarray,
-        m0: np.ndarray,
-        m1: np.ndarray,
-        idx: np.ndarray,
-        weights: np.ndarray,
+        self, y: np.ndarray, begin: np.ndarray, n: np.ndarray, n_past: np.ndarray, idx: np.ndarray, weights: np.ndarray
     ) -> None:
         """:meth:`_predict` with the compiled kernels, the same numbers: the window products and the prediction
-        errors read the past segments where they are (``y``, or the copies kept from the last call) instead of
-        gathering them. ``idx``: the predicted segments, ``nk``, ``mp``, ``[m0, m1)``: their samples in common with
-        their past, their past segments, their fit windows."""
+        errors read the past segments where they are (``y``, or the copies kept from the last call, side by side)
+        instead of gathering them. ``begin``, ``n``, ``n_past``: from :meth:`_plan_compiled`; ``idx``: the
+        predicted segments."""
         past = self._past
         n_old = len(past)
         old = np.concatenate([seg for _, seg in past], axis=1) if past else np.empty((y.shape[0], 0))
-        begin = np.empty(n_old + starts.size, np.int64)  # where each segment starts: in old, then in y
-        begin[:n_old] = np.cumsum([0] + [seg.shape[1] for _, seg in past[:-1]]) if past else 0
-        begin[n_old:] = starts
-        seg = n_old + idx
         n_ch, n_p, hist = y.shape[0], idx.size, self.history
+        b0, (fit0, fit1) = self.blank_n, self.mwave_n
         gram = np.empty((n_ch, n_p, hist, hist))
         cross = np.empty((n_ch, n_p, hist))
-        self.kernels.window_products(y, old, begin, n_old, seg, mp, m0, m1, gram, cross)
+        self.kernels.window_products(y, old, begin, n_old, idx, n_past, n, fit0, fit1, b0, gram, cross)
         if self.method == "nlms":  # the weights (into weights too), their steps and the gains in one pass
             w = np.empty((n_ch, n_p, hist))
             gain = np.empty((n_ch, n_p))
-            self.kernels.nlms_steps(gram, cross, mp, self.mu, self._w, w, gain, idx, weights)
+            self.kernels.nlms_steps(gram, cross, idx, n_past, self.mu, self._w, w, gain, weights)
         else:
-            w = np.ascontiguousarray(self._weights(gram, cross, mp))  # (C, Pp, H)
+            w = np.ascontiguousarray(self._weights(gram, cross, n_past[idx]))  # (C, Pp, H)
             gain = np.sqrt(1.0 + _sum_sq(w))  # (C, Pp)
             weights[idx, :, : w.shape[2]] = w.transpose(1, 0, 2)
-        self.kernels.prediction_error(y, old, begin, n_old, seg, mp, self.blank_n, nk, w, gain)
+        self.kernels.prediction_error(y, old, begin, n_old, idx, n_past, b0, n, w, gain)
 
     def _weights(self, gram: np.ndarray, cross: np.ndarray, n_past: np.ndarray) -> np.ndarray:
         """The prediction weights ``(C, P, H)`` of consecutive segments from the products over their windows:
