@@ -339,10 +339,11 @@ def test_window_products_kernel_is_the_numpy_products(n_ch, hist, n_old, segs, f
     k = len(est._past) + lay.idx
     m0, m1 = est._fit_windows(n[lay.idx])
     gram, cross = _gathered_products(lay.src, lay.off, k, m0, m1, np.arange(hist) < n_past[lay.idx, None])
-    got_g, got_c = np.full_like(gram, np.nan), np.full_like(cross, np.nan)
+    got_g = np.full(gram.shape[1:] + gram.shape[:1], np.nan)  # channels last
+    got_c = np.full(cross.shape[1:] + cross.shape[:1], np.nan)
     K.window_products(lay.y, lay.old, lay.begin, len(est._past), lay.idx, n_past, n, *fit, 6, got_g, got_c)
-    assert np.array_equal(got_g, gram)
-    assert np.array_equal(got_c, cross)
+    assert np.array_equal(got_g.transpose(3, 0, 1, 2), gram)
+    assert np.array_equal(got_c.transpose(2, 0, 1), cross)
 
 
 @needs_kernels
@@ -368,7 +369,8 @@ def test_prediction_error_kernel_is_the_numpy_prediction_error(n_ch, hist, n_old
     n_old = len(est._past)
     expected = lay.y.copy()
     _gathered_errors(expected, lay.src, lay.off, lay.own, lay.starts[idx], n_old + idx, n_past[idx], 6, n[idx], w, gain)
-    K.prediction_error(lay.y, lay.old, lay.begin, n_old, idx, n_past, 6, n, w, gain)
+    w_last, gain_last = np.ascontiguousarray(w.transpose(1, 2, 0)), np.ascontiguousarray(gain.T)  # channels last
+    K.prediction_error(lay.y, lay.old, lay.begin, n_old, idx, n_past, 6, n, w_last, gain_last)
     assert np.array_equal(lay.y, expected)
 
 
@@ -447,12 +449,14 @@ def test_nlms_steps_kernel_is_the_nlms_weights_and_gains(n_ch, n_p, hist, n_old,
         w = est._weights(gram, cross, n_past)
         ests.append((w, np.sqrt(1.0 + _sum_sq(w)), est._w.copy()))
     state = start.copy()
-    w, gain = np.empty((n_ch, n_p, hist)), np.empty((n_ch, n_p))
+    w, gain = np.empty((n_p, hist, n_ch)), np.empty((n_p, n_ch))  # channels last
     rows = np.sort(rng.choice(n_p + 3, n_p, replace=False))  # the segments' rows among those of a batch
     weights = np.zeros((n_p + 3, n_ch, hist))
     past_of_row = np.zeros(n_p + 3, np.int64)
     past_of_row[rows] = n_past
+    gram, cross = np.ascontiguousarray(gram.transpose(1, 2, 3, 0)), np.ascontiguousarray(cross.transpose(1, 2, 0))
     K.nlms_steps(gram, cross, rows, past_of_row, mu, state, w, gain, weights)
+    w, gain = w.transpose(2, 0, 1), gain.T
     assert np.array_equal(w, ests[0][0])
     assert np.array_equal(weights[rows], w.transpose(1, 0, 2))
     assert not np.delete(weights, rows, axis=0).any()

@@ -91,8 +91,8 @@ def prediction_error(y, old, begin, n_old, rows, n_past, lo, hi, w, gain):  # pr
     ``begin[k]`` of ``old`` ``(C, M)`` (``k < n_old``) or of ``y`` (as :func:`plan_segments` gives it). Predicted
     segment ``p`` is the batch's segment ``s = rows[p]`` (increasing), ``k = n_old + s``; for every sample ``t``
     of ``[lo, hi[s])`` after its pulse, ``y[c, begin[k] + t] - x_j[c, t] * w[c, p, j]`` is subtracted lag by
-    lag (``j < n_past[s]``, ``x_j`` the samples of segment ``k - 1 - j``), then divided by ``gain[c, p]``
-    (``w`` ``(C, P, H)``, ``gain`` ``(C, P)``): what
+    lag (``j < n_past[s]``, ``x_j`` the samples of segment ``k - 1 - j``), then divided by ``gain[p, c]``
+    (``w`` ``(P, H, C)``, ``gain`` ``(P, C)``: channels last, as :func:`nlms_steps` gives them): what
     :meth:`~closedloop.estimation.volitional.VolitionalEstimator.segments` computes with numpy, in the same
     order. The segments are done from the last to the first, so that the past segments in ``y`` still hold
     their samples from before the call (as a copy of them would)."""
@@ -108,25 +108,25 @@ def prediction_error(y, old, begin, n_old, rows, n_past, lo, hi, w, gain):  # pr
                 continue
             a = begin[k] + lo
             out = row[a : a + n]
-            g = gain[c, p]
+            g = gain[p, c]
             if m == 1:  # one pass for the usual one or two lags
                 s0 = k - 1
                 x0 = (before if s0 < n_old else row)[begin[s0] + lo : begin[s0] + lo + n]
-                w0 = w[c, p, 0]
+                w0 = w[p, 0, c]
                 for t in range(n):
                     out[t] = (out[t] - x0[t] * w0) / g
             elif m == 2:
                 s0, s1 = k - 1, k - 2
                 x0 = (before if s0 < n_old else row)[begin[s0] + lo : begin[s0] + lo + n]
                 x1 = (before if s1 < n_old else row)[begin[s1] + lo : begin[s1] + lo + n]
-                w0, w1 = w[c, p, 0], w[c, p, 1]
+                w0, w1 = w[p, 0, c], w[p, 1, c]
                 for t in range(n):
                     out[t] = ((out[t] - x0[t] * w0) - x1[t] * w1) / g
             else:
                 for j in range(m):
                     sj = k - 1 - j
                     xj = (before if sj < n_old else row)[begin[sj] + lo : begin[sj] + lo + n]
-                    wj = w[c, p, j]
+                    wj = w[p, j, c]
                     for t in range(n):
                         out[t] -= xj[t] * wj
                 for t in range(n):
@@ -272,14 +272,15 @@ def window_products(y, old, begin, n_old, rows, n_past, n, fit0, fit1, b0, gram,
     ``k = n_old + s``). Its fit window (samples after each segment's pulse) is ``[fit0, fit1)`` cut to the
     ``n[s]`` samples it has in common with its ``m = n_past[s]`` past segments, or ``[b0, n[s])`` where fewer
     than 2 of it are left. With ``x_j`` the window of segment ``k - 1 - j`` and ``x`` its own:
-    ``gram[c, p, i, j] = <x_i, x_j>`` ``(C, P, H, H)`` and ``cross[c, p, i] = <x_i, x>`` ``(C, P, H)``, 0 for
-    ``i`` or ``j >= m``; each sum as numpy's einsum forms it (see :func:`_window_dot`), so the numbers of
+    ``gram[p, i, j, c] = <x_i, x_j>`` ``(P, H, H, C)`` and ``cross[p, i, c] = <x_i, x>`` ``(P, H, C)``, 0 for
+    ``i`` or ``j >= m`` (channels last: ``_products``' arrays transposed); each sum as numpy's einsum forms it
+    (see :func:`_window_dot`), so the numbers of
     :func:`~closedloop.estimation.volitional._products` over the windows of ``VolitionalEstimator._fit_windows``.
     The windows are turned samples-first (channels side by side) and each product of two segments' windows is
     formed once (a segment's ``<x_i, x_j>`` is its predecessor's ``<x_{i-1}, x_{j-1}>`` when their windows
     agree), ``H + 1`` per segment."""
     n_ch = y.shape[0]
-    hist = gram.shape[2]
+    hist = gram.shape[1]
     slots = hist + 1  # segments k - hist .. k: slot r % slots
     n_p = rows.shape[0]
     w0s, w1s = np.empty(n_p, np.int64), np.empty(n_p, np.int64)
@@ -308,12 +309,10 @@ def window_products(y, old, begin, n_old, rows, n_past, n, fit0, fit1, b0, gram,
             for j in range(i, hist + 1):  # j = hist: cross[i], the product with the current segment
                 if i >= m or (j < hist and j >= m):
                     if j < hist:
-                        for c in range(n_ch):
-                            gram[c, p, i, j] = 0.0
-                            gram[c, p, j, i] = 0.0
+                        gram[p, i, j, :] = 0.0
+                        gram[p, j, i, :] = 0.0
                     else:
-                        for c in range(n_ch):
-                            cross[c, p, i] = 0.0
+                        cross[p, i, :] = 0.0
                     continue
                 r, d = (k - 1 - i, j - i) if j < hist else (k, i + 1)
                 s = r % slots
@@ -325,12 +324,10 @@ def window_products(y, old, begin, n_old, rows, n_past, n, fit0, fit1, b0, gram,
                     have[s, d] = True
                 v = lag[s, d]
                 if j < hist:
-                    for c in range(n_ch):
-                        gram[c, p, i, j] = v[c]
-                        gram[c, p, j, i] = v[c]
+                    gram[p, i, j, :] = v
+                    gram[p, j, i, :] = v
                 else:
-                    for c in range(n_ch):
-                        cross[c, p, i] = v[c]
+                    cross[p, i, :] = v
 
 
 @numba.njit(
@@ -504,38 +501,63 @@ def nlms_weights(gram, cross, coef, w):  # pragma: no cover - compiled
 )
 def nlms_steps(gram, cross, rows, n_past, mu, state, w, gain, weights):  # pragma: no cover - compiled
     """The ``nlms`` weights of consecutive segments and their prediction errors' gains, from the products over
-    their fit windows ``gram`` ``(C, P, H, H)`` and ``cross`` ``(C, P, H)`` (segment ``p`` is the batch's
-    ``rows[p]``; 0 beyond its ``n_past[rows[p]]`` past segments): for each
-    segment, into ``w`` ``(C, P, H)`` the weights before it (``state`` ``(C, H)``, updated in place) times 1.0 for
-    the past segments it has, 0.0 beyond, into ``gain`` ``(C, P)`` ``sqrt(1 + |w|^2)``; then the step with
-    ``coef = mu / trace(gram)`` (``mu`` where the trace is not positive) as :func:`nlms_weights` takes it. What
+    their fit windows ``gram`` ``(P, H, H, C)`` and ``cross`` ``(P, H, C)`` (as :func:`window_products` gives them;
+    segment ``p`` is the batch's ``rows[p]``, 0 beyond its ``n_past[rows[p]]`` past segments): for each segment,
+    into ``w`` ``(P, H, C)`` the weights before it (``state`` ``(C, H)``, updated in place) times 1.0 for the past
+    segments it has, 0.0 beyond, also into ``weights[rows[p]]`` ``(C, H)`` (the batch's weights by segment), into
+    ``gain`` ``(P, C)`` ``sqrt(1 + |w|^2)``; then the step with ``coef = mu / trace(gram)`` (``mu`` where the
+    trace is not positive) as :func:`nlms_weights` takes it. What
     :meth:`~closedloop.estimation.volitional.VolitionalEstimator._weights` (with :func:`nlms_weights`) and
-    ``_sum_sq`` compute, in the same order (the trace summed from 0, the squares added lag by lag). The weights
-    go into ``weights[rows[p]]`` ``(C, H)`` too (the batch's weights by segment)."""
-    n_ch, n_p, hist = cross.shape
-    new = np.empty(hist)
+    ``_sum_sq`` compute, in the same order (the trace summed from 0, the squares added lag by lag), each
+    operation for all channels side by side."""
+    n_p, hist, n_ch = cross.shape
+    v = np.empty((hist, n_ch))  # the state, channels last
+    for c in range(n_ch):
+        for j in range(hist):
+            v[j, c] = state[c, j]
+    new = np.empty((hist, n_ch))
+    coef = np.empty(n_ch)
+    acc = np.empty(n_ch)
     for k in range(n_p):
         m = n_past[rows[k]]
+        g, x, wk, gk = gram[k], cross[k], w[k], gain[k]
+        coef[:] = 0.0  # the trace
+        for j in range(hist):
+            gjj = g[j, j]
+            for c in range(n_ch):
+                coef[c] += gjj[c]
         for c in range(n_ch):
-            g, x, v = gram[c, k], cross[c, k], state[c]
-            trace = 0.0
+            coef[c] = mu / (coef[c] if coef[c] > 0 else 1.0)
+        for j in range(hist):
+            on = 1.0 if j < m else 0.0
+            wj, vj = wk[j], v[j]
+            for c in range(n_ch):
+                wj[c] = vj[c] * on
+            if j == 0:
+                for c in range(n_ch):
+                    acc[c] = wj[c] * wj[c]
+            else:
+                for c in range(n_ch):
+                    acc[c] += wj[c] * wj[c]
+        for c in range(n_ch):
+            gk[c] = np.sqrt(1.0 + acc[c])
+        out = weights[rows[k]]
+        for j in range(hist):
+            for c in range(n_ch):
+                out[c, j] = wk[j, c]
+        for i in range(hist):
+            acc[:] = 0.0
             for j in range(hist):
-                trace += g[j, j]
-            a = mu / (trace if trace > 0 else 1.0)
-            ss = 0.0
-            for j in range(hist):
-                wj = v[j] * (1.0 if j < m else 0.0)
-                w[c, k, j] = wj
-                weights[rows[k], c, j] = wj
-                ss = wj * wj if j == 0 else ss + wj * wj
-            gain[c, k] = np.sqrt(1.0 + ss)
-            for i in range(hist):
-                acc = 0.0
-                for j in range(hist):
-                    acc += ((1.0 if i == j else 0.0) - g[i, j] * a) * v[j]
-                new[i] = acc + x[i] * a
-            for i in range(hist):
-                v[i] = new[i]
+                d, gij, vj = 1.0 if i == j else 0.0, g[i, j], v[j]
+                for c in range(n_ch):
+                    acc[c] += (d - gij[c] * coef[c]) * vj[c]
+            xi, ni = x[i], new[i]
+            for c in range(n_ch):
+                ni[c] = acc[c] + xi[c] * coef[c]
+        v[:, :] = new
+    for c in range(n_ch):
+        for j in range(hist):
+            state[c, j] = v[j, c]
 
 
 def warm_up() -> None:

@@ -480,17 +480,18 @@ class VolitionalEstimator:
         old = np.concatenate([seg for _, seg in past], axis=1) if past else np.empty((y.shape[0], 0))
         n_ch, n_p, hist = y.shape[0], idx.size, self.history
         b0, (fit0, fit1) = self.blank_n, self.mwave_n
-        gram = np.empty((n_ch, n_p, hist, hist))
-        cross = np.empty((n_ch, n_p, hist))
+        gram = np.empty((n_p, hist, hist, n_ch))  # channels last
+        cross = np.empty((n_p, hist, n_ch))
         self.kernels.window_products(y, old, begin, n_old, idx, n_past, n, fit0, fit1, b0, gram, cross)
         if self.method == "nlms":  # the weights (into weights too), their steps and the gains in one pass
-            w = np.empty((n_ch, n_p, hist))
-            gain = np.empty((n_ch, n_p))
+            w = np.empty((n_p, hist, n_ch))
+            gain = np.empty((n_p, n_ch))
             self.kernels.nlms_steps(gram, cross, idx, n_past, self.mu, self._w, w, gain, weights)
         else:
-            w = np.ascontiguousarray(self._weights(gram, cross, n_past[idx]))  # (C, Pp, H)
-            gain = np.sqrt(1.0 + _sum_sq(w))  # (C, Pp)
-            weights[idx, :, : w.shape[2]] = w.transpose(1, 0, 2)
+            wc = self._weights(gram.transpose(3, 0, 1, 2), cross.transpose(2, 0, 1), n_past[idx])  # (C, Pp, H)
+            weights[idx, :, : wc.shape[2]] = wc.transpose(1, 0, 2)
+            w = np.ascontiguousarray(wc.transpose(1, 2, 0))
+            gain = np.ascontiguousarray(np.sqrt(1.0 + _sum_sq(wc)).T)
         self.kernels.prediction_error(y, old, begin, n_old, idx, n_past, b0, n, w, gain)
 
     def _weights(self, gram: np.ndarray, cross: np.ndarray, n_past: np.ndarray) -> np.ndarray:
