@@ -319,6 +319,44 @@ def test_plan_segments_kernel_is_the_numpy_plan(method, hist, n_old, segs, seed)
 
 
 @needs_kernels
+@pytest.mark.parametrize("width", [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 35, 64, 200])
+def test_window_products_exact_says_whether_the_kernel_sums_as_einsum(width):
+    """On a numpy whose einsum sums in another order (other SIMD) the flag is False: the estimator then uses numpy
+    for its batches' products; where it is True the sums agree for windows of any width."""
+    rng = np.random.default_rng(width)
+    y = rng.standard_normal((5, 2 * width + 2)) * 10.0 ** rng.uniform(-6, 6, (5, 2 * width + 2))
+    begin, rows, n = np.array([0, width + 1], np.int64), np.ones(1, np.int64), np.full(2, width + 1, np.int64)
+    gram, cross = np.empty((1, 1, 1, 5)), np.empty((1, 1, 5))
+    K.window_products(y, y[:, :0].copy(), begin, 0, rows, np.array([0, 1]), n, 1, 1 + width, 1, gram, cross)
+    a, b = y[:, width + 2 : 2 * width + 2], y[:, 1 : width + 1]  # the windows [1, 1 + width) (or [1, n) if narrow)
+    same = np.array_equal(cross[0, 0], np.einsum("...l,...l->...", b, a))
+    same &= np.array_equal(gram[0, 0, 0], np.einsum("...l,...l->...", b, b))
+    assert same or not K.window_products_exact
+
+
+@needs_kernels
+def test_segments_without_exact_window_products_are_the_numpy_segments(monkeypatch):
+    rng = np.random.default_rng(3)
+    plain = VolitionalEstimator("gs", 3, 6, (6, 41), 41, 10, 2)
+    fast = VolitionalEstimator("gs", 3, 6, (6, 41), 41, 10, 2)
+    fast.kernels = K
+    monkeypatch.setattr(K, "window_products_exact", False)
+    starts = np.arange(6, dtype=np.int64) * 60
+    y = rng.standard_normal((3, 360))
+    y_plain, y_fast = y.copy(), y.copy()
+    a = plain.segments(y_plain, starts, starts + 60, 100 + starts)
+    b = fast.segments(y_fast, starts, starts + 60, 100 + starts)
+    assert np.array_equal(y_fast, y_plain)
+    assert np.array_equal(a.weights, b.weights)
+
+
+needs_exact = pytest.mark.skipif(
+    K is None or not K.window_products_exact, reason="numpy's einsum sums in another order here: kernel not used"
+)
+
+
+@needs_kernels
+@needs_exact
 @settings(max_examples=120, deadline=None)
 @given(
     n_ch=st.integers(1, 9),

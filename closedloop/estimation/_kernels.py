@@ -26,6 +26,7 @@ __all__ = [
     "warm_up",
     "weigh_ring_means",
     "window_products",
+    "window_products_exact",
 ]
 
 _F8_2D = numba.float64[:, ::1]
@@ -33,6 +34,12 @@ _F8_3D = numba.float64[:, :, ::1]
 _I8_1D = numba.int64[::1]
 _F8_1D = numba.float64[::1]
 _I8_2D = numba.int64[:, ::1]
+
+#: Whether numpy's einsum sums the products of two windows as :func:`window_products` does (numpy's SSE2 loop,
+#: see :func:`_window_dot`): checked by :func:`warm_up` on this machine. A numpy that sums in another order (built
+#: for other SIMD instructions) leaves it False, and the estimator forms the products (and the prediction errors)
+#: of its batches with numpy.
+window_products_exact = False
 
 #: Samples per tile of :func:`sosfilt_channels_first`: a tile of 64 channels (32 KiB) stays in the L1/L2 cache.
 _TILE = 64
@@ -562,7 +569,8 @@ def nlms_steps(gram, cross, rows, n_past, mu, state, w, gain, weights):  # pragm
 
 def warm_up() -> None:
     """Call every kernel once on tiny inputs: numba's start-up and the loading of the compiled code happen
-    here, not in the first batch."""
+    here, not in the first batch; and set :data:`window_products_exact`."""
+    global window_products_exact
     sos = np.array([[1.0, 0.0, 0.0, 1.0, 0.0, 0.0]])
     sosfilt_channels_first(sos, np.zeros((1, 2)), np.zeros((1, 1, 2)))
     largest_jumps(np.zeros((1, 2)), np.zeros(2))
@@ -582,3 +590,24 @@ def warm_up() -> None:
     y, old = np.zeros((1, 4)), np.zeros((1, 2))
     window_products(y, old, begin, 1, 0 * one, one, 2 * one, 0, 2, 0, np.zeros((1, 1, 1, 1)), w)
     prediction_error(y, old, begin, 1, 0 * one, one, 0, 2 * one, w, np.ones((1, 1)))
+    window_products_exact = _sums_as_einsum()
+
+
+def _sums_as_einsum() -> bool:
+    """Whether :func:`window_products` gives numpy's einsum products for windows of 2 to 48 samples, of numbers
+    of very different sizes (a sum in another order differs in the last bits)."""
+    rng = np.random.default_rng(7)
+    y = rng.standard_normal((4, 100)) * 10.0 ** rng.uniform(-6, 6, (4, 100))
+    begin, one = np.array([0, 50], np.int64), np.ones(1, np.int64)
+    gram, cross = np.empty((1, 1, 1, 4)), np.empty((1, 1, 4))
+    for width in range(2, 49):
+        window_products(
+            y, y[:, :0].copy(), begin, 0, one, np.array([0, 1]), 50 + 0 * begin, 1, 1 + width, 0, gram, cross
+        )
+        a, b = y[:, 51 : 51 + width], y[:, 1 : 1 + width]
+        if not (
+            np.array_equal(cross[0, 0], np.einsum("...l,...l->...", b, a))
+            and np.array_equal(gram[0, 0, 0], np.einsum("...l,...l->...", b, b))
+        ):
+            return False
+    return True

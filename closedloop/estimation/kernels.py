@@ -6,7 +6,9 @@ channels, a kernel here does it in one compiled loop: each computes exactly the 
 code it stands in for, in the same order, so the numbers are bitwise the same with or without it
 (``tests/test_kernels.py`` checks each against that code). One exception: the ``nlms`` weight recursion,
 where numpy's matrix product goes through BLAS (its summation order and fused multiply-adds are its own):
-the weights, and so the estimates, agree to about 1e-16 relative.
+the weights, and so the estimates, agree to about 1e-16 relative. The volitional window products are summed
+in the order of numpy's einsum (its SSE2 loop, on every x86-64 wheel); on a numpy that sums in another order
+:data:`~closedloop.estimation._kernels.window_products_exact` is False and those batches use numpy.
 
 Only an estimator made with ``compiled=True`` uses them (``closedloop replay``); the live loop never does,
 as a first call in a process loads numba (about a second) and, the first time on a machine, compiles
