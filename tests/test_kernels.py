@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,6 +25,14 @@ from closedloop.estimation.filters import SOSFilter, bandpass_sos, notch_sos
 from closedloop.estimation.interval import EstimatorConfig, IntervalEstimator
 from closedloop.estimation.segmenter import Interval
 from closedloop.estimation.spectral import StreamingWelch, _band_indices
+from closedloop.estimation.volitional import (
+    METHODS,
+    VolitionalEstimator,
+    _gathered_errors,
+    _gathered_products,
+    _products,
+    _sum_sq,
+)
 from closedloop.types import StreamInfo
 
 K = kernels.load()
@@ -184,11 +193,13 @@ def test_welch_with_the_kernels_is_welch_without(n_ch, chunks, seed):
         np.testing.assert_allclose(v, u, rtol=SPECTRAL_RTOL)
 
 
-def _close_periodograms(got: np.ndarray, ref: np.ndarray, tol: float = 1e-13) -> None:
-    """``(S, C, F)`` periodograms equal to ``tol`` times each (segment, channel)'s largest power."""
+def _close_periodograms(got: np.ndarray, ref: np.ndarray, tol: float = 1e-13, scale: np.ndarray | None = None) -> None:
+    """``(S, C, F)`` periodograms equal to ``tol`` times each (segment, channel)'s largest power (or ``scale``
+    ``(S, C, 1)``: an FFT's rounding is relative to the whole spectrum's power, not the bins compared)."""
     assert got.shape == ref.shape
     if ref.size:
-        scale = np.abs(ref).max(axis=-1, keepdims=True)
+        if scale is None:
+            scale = np.abs(ref).max(axis=-1, keepdims=True)
         assert np.all(np.abs(got - ref) <= tol * scale), np.max(np.abs(got - ref) / np.where(scale > 0, scale, 1))
 
 
@@ -217,8 +228,8 @@ def test_the_welch_kernel_is_scipys_rfft(log_n, n_ch, n_seg, bins, seed):
     got = np.full((n_seg, n_ch, n_f), np.nan)
     K.welch_periodograms(x, starts, window, first, got, *K.fft_tables(n, first, n_f))
     segs = np.stack([x[:, a : a + n] for a in starts]) if n_seg else np.empty((0, n_ch, n))
-    spec = sp_fft.rfft(segs * window, axis=-1)[..., first : first + n_f]
-    _close_periodograms(got, spec.real**2 + spec.imag**2, 1e-14)
+    power = np.abs(sp_fft.rfft(segs * window, axis=-1)) ** 2
+    _close_periodograms(got, power[..., first : first + n_f], 1e-14, power.max(axis=-1, keepdims=True))
 
 
 @needs_kernels
@@ -306,3 +317,252 @@ def test_advance_lags_kernel_decays_then_adds_step_by_step(n_ch, n_u, seed):
     K.advance_lags(lags, rows, decay, bounds, group_lag, sums, out)
     assert np.array_equal(lags, expected)
     assert np.array_equal(out, np.array(snaps).reshape(out.shape))
+
+
+def _layout(rng, est: VolitionalEstimator, n_old: int, segs: list[tuple[int, int]]) -> SimpleNamespace:
+    """``n_old`` past segments kept from an earlier call (in ``est``) and new ones ``(length, gap before)`` in a
+    channels-first ``y``, planned by the numpy code (:meth:`VolitionalEstimator._plan`): the samples ``src`` of
+    all of them side by side (the numpy code's layout) and ``y``, ``old``, ``begin`` (the kernels')."""
+    n_ch, b0 = est.n_channels, est.blank_n
+    lens = [ln for ln, _ in segs]
+    old_lens = np.where(rng.random(n_old) < 0.3, rng.integers(15, 18, n_old), rng.integers(8, 90, n_old))
+    old = [rng.standard_normal((n_ch, int(m))) * 10.0 ** rng.uniform(-3, 3) for m in old_lens]
+    starts = np.cumsum([segs[0][1]] + [ln + g for ln, (_, g) in zip(lens[:-1], segs[1:], strict=True)])
+    starts = starts.astype(np.int64)
+    ends = starts + np.array(lens, np.int64)
+    y = rng.standard_normal((n_ch, int(ends[-1]) + 3)) * 10.0 ** rng.uniform(-3, 3)
+    positions = 5000 + starts
+    est._past = [(int(4000 + 100 * i), seg) for i, seg in enumerate(old)]
+    n_past, n, lags, lo, hi = est._plan(starts, ends, positions)
+    src = np.concatenate([*old, y[:, starts[0] : ends[-1]]], axis=1)
+    off_old = np.cumsum([0, *(seg.shape[1] for seg in old)]).astype(np.int64)
+    return SimpleNamespace(
+        y=y,
+        src=src,
+        off=np.concatenate([off_old[:-1], off_old[-1] + starts - starts[0]]),
+        own=int(off_old[-1] - starts[0]),  # y[:, t] is src[:, t + own]
+        old=np.concatenate(old, axis=1) if old else np.empty((n_ch, 0)),
+        begin=np.concatenate([off_old[:-1], starts]).astype(np.int64),
+        starts=starts,
+        ends=ends,
+        positions=positions,
+        plan=(n_past, n, lags, lo, hi),
+        idx=np.flatnonzero(n_past),
+        b0=b0,
+    )
+
+
+#: segments (length, gap before): any length, and those at the edges (16 = blank_n + min_n, 41 = post_n)
+_SEGMENTS = st.lists(
+    st.tuples(st.one_of(st.integers(3, 90), st.sampled_from([15, 16, 17, 40, 41, 42])), st.integers(0, 4)),
+    min_size=1,
+    max_size=9,
+)
+
+
+@needs_kernels
+@settings(max_examples=150, deadline=None)
+@given(
+    method=st.sampled_from(METHODS),
+    hist=st.integers(1, 3),
+    n_old=st.integers(0, 3),
+    segs=_SEGMENTS,
+    seed=st.integers(0, 2**31),
+)
+def test_plan_segments_kernel_is_the_numpy_plan(method, hist, n_old, segs, seed):
+    """Past segments kept or not, segments too short to predict, ``post``: the kernel's plan is ``_plan``'s."""
+    rng = np.random.default_rng(seed)
+    est = VolitionalEstimator(method, 2, 6, (6, 41), 41, 10, hist)
+    lay = _layout(rng, est, min(n_old, est.history), segs)
+    est.kernels = K
+    *plan, begin = est._plan_compiled(lay.starts, lay.ends, lay.positions)
+    for got, ref in zip(plan, lay.plan, strict=True):
+        assert got.dtype == ref.dtype
+        assert np.array_equal(got, ref)
+    assert np.array_equal(begin, lay.begin)
+
+
+@needs_kernels
+@pytest.mark.parametrize("width", [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 35, 64, 200])
+def test_window_products_exact_says_whether_the_kernel_sums_as_einsum(width):
+    """On a numpy whose einsum sums in another order (other SIMD) the flag is False: the estimator then uses numpy
+    for its batches' products; where it is True the sums agree for windows of any width."""
+    rng = np.random.default_rng(width)
+    y = rng.standard_normal((5, 2 * width + 2)) * 10.0 ** rng.uniform(-6, 6, (5, 2 * width + 2))
+    begin, rows, n = np.array([0, width + 1], np.int64), np.ones(1, np.int64), np.full(2, width + 1, np.int64)
+    gram, cross = np.empty((1, 1, 1, 5)), np.empty((1, 1, 5))
+    K.window_products(y, y[:, :0].copy(), begin, 0, rows, np.array([0, 1]), n, 1, 1 + width, 1, gram, cross)
+    a, b = y[:, width + 2 : 2 * width + 2], y[:, 1 : width + 1]  # the windows [1, 1 + width) (or [1, n) if narrow)
+    same = np.array_equal(cross[0, 0], np.einsum("...l,...l->...", b, a))
+    same &= np.array_equal(gram[0, 0, 0], np.einsum("...l,...l->...", b, b))
+    assert same or not K.window_products_exact
+
+
+@needs_kernels
+def test_segments_without_exact_window_products_are_the_numpy_segments(monkeypatch):
+    rng = np.random.default_rng(3)
+    plain = VolitionalEstimator("gs", 3, 6, (6, 41), 41, 10, 2)
+    fast = VolitionalEstimator("gs", 3, 6, (6, 41), 41, 10, 2)
+    fast.kernels = K
+    monkeypatch.setattr(K, "window_products_exact", False)
+    starts = np.arange(6, dtype=np.int64) * 60
+    y = rng.standard_normal((3, 360))
+    y_plain, y_fast = y.copy(), y.copy()
+    a = plain.segments(y_plain, starts, starts + 60, 100 + starts)
+    b = fast.segments(y_fast, starts, starts + 60, 100 + starts)
+    assert np.array_equal(y_fast, y_plain)
+    assert np.array_equal(a.weights, b.weights)
+
+
+needs_exact = pytest.mark.skipif(
+    K is None or not K.window_products_exact, reason="numpy's einsum sums in another order here: kernel not used"
+)
+
+
+@needs_kernels
+@needs_exact
+@settings(max_examples=120, deadline=None)
+@given(
+    n_ch=st.integers(1, 9),
+    hist=st.integers(1, 3),
+    n_old=st.integers(0, 3),
+    segs=_SEGMENTS,
+    fit=st.sampled_from([(6, 41), (3, 20), (8, 9), (6, 90)]),
+    seed=st.integers(0, 2**31),
+)
+def test_window_products_kernel_is_the_numpy_products(n_ch, hist, n_old, segs, fit, seed):
+    """Segments of every length (windows cut short, too short to predict), a past kept from an earlier call or
+    none: the kernel's products over the fit windows are the numpy code's, bit for bit (einsum's sums)."""
+    rng = np.random.default_rng(seed)
+    est = VolitionalEstimator("gs", n_ch, 6, fit, 41, 10, hist)
+    lay = _layout(rng, est, min(n_old, hist), segs)
+    n_past, n = lay.plan[:2]
+    assume(lay.idx.size > 0)
+    k = len(est._past) + lay.idx
+    m0, m1 = est._fit_windows(n[lay.idx])
+    gram, cross = _gathered_products(lay.src, lay.off, k, m0, m1, np.arange(hist) < n_past[lay.idx, None])
+    got_g = np.full(gram.shape[1:] + gram.shape[:1], np.nan)  # channels last
+    got_c = np.full(cross.shape[1:] + cross.shape[:1], np.nan)
+    K.window_products(lay.y, lay.old, lay.begin, len(est._past), lay.idx, n_past, n, *fit, 6, got_g, got_c)
+    assert np.array_equal(got_g.transpose(3, 0, 1, 2), gram)
+    assert np.array_equal(got_c.transpose(2, 0, 1), cross)
+
+
+@needs_kernels
+@settings(max_examples=120, deadline=None)
+@given(
+    n_ch=st.integers(1, 9),
+    hist=st.integers(1, 3),
+    n_old=st.integers(0, 3),
+    segs=_SEGMENTS,
+    seed=st.integers(0, 2**31),
+)
+def test_prediction_error_kernel_is_the_numpy_prediction_error(n_ch, hist, n_old, segs, seed):
+    """The kernel reads the past segments from ``y`` itself (segments from the last to the first) and from the
+    kept ones: the numpy code's prediction errors, which read a copy, bit for bit; the gaps are untouched."""
+    rng = np.random.default_rng(seed)
+    est = VolitionalEstimator("gs", n_ch, 6, (6, 41), 41, 10, hist)
+    lay = _layout(rng, est, min(n_old, hist), segs)
+    n_past, n = lay.plan[:2]
+    idx = lay.idx
+    assume(idx.size > 0)
+    w = rng.standard_normal((n_ch, idx.size, hist)) * (np.arange(hist) < n_past[idx, None])
+    gain = np.sqrt(1.0 + _sum_sq(w))
+    n_old = len(est._past)
+    expected = lay.y.copy()
+    _gathered_errors(expected, lay.src, lay.off, lay.own, lay.starts[idx], n_old + idx, n_past[idx], 6, n[idx], w, gain)
+    w_last, gain_last = np.ascontiguousarray(w.transpose(1, 2, 0)), np.ascontiguousarray(gain.T)  # channels last
+    K.prediction_error(lay.y, lay.old, lay.begin, n_old, idx, n_past, 6, n, w_last, gain_last)
+    assert np.array_equal(lay.y, expected)
+
+
+@needs_kernels
+@settings(max_examples=80, deadline=None)
+@given(
+    n_ch=st.integers(1, 5),
+    method=st.sampled_from(METHODS),
+    hist=st.integers(1, 3),
+    fit=st.sampled_from([(6, 41), (3, 20), (8, 9)]),
+    calls=st.lists(_SEGMENTS, min_size=1, max_size=3),
+    seed=st.integers(0, 2**31),
+)
+def test_segments_with_the_kernels_are_the_numpy_segments(n_ch, method, hist, fit, calls, seed):
+    """Consecutive batches of pulse segments (one segment, short ones, windows of different lengths, the past
+    carried from call to call): every output and the state after each call are the numpy path's, bit for bit but
+    for the nlms weight recursion (NLMS_RTOL)."""
+    rng = np.random.default_rng(seed)
+    plain = VolitionalEstimator(method, n_ch, 6, fit, 41, 10, hist)
+    fast = VolitionalEstimator(method, n_ch, 6, fit, 41, 10, hist)
+    fast.kernels = K
+    rtol = NLMS_RTOL if method == "nlms" else 0.0
+    pos = 1000
+    for segs in calls:
+        lens = np.array([s for s, _ in segs], np.int64)
+        starts = np.cumsum([0] + [s + g for s, g in segs[:-1]]).astype(np.int64) + segs[0][1]
+        y = rng.standard_normal((n_ch, int(starts[-1] + lens[-1]) + 2)) * 50.0
+        positions = pos + starts
+        pos = int(positions[-1] + lens[-1]) + 7
+        y_plain, y_fast = y.copy(), y.copy()
+        a = plain.segments(y_plain, starts, starts + lens, positions)
+        b = fast.segments(y_fast, starts, starts + lens, positions)
+        assert a.method == b.method
+        for name in ("lo", "hi", "n_past", "lags"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+        if rtol:
+            np.testing.assert_allclose(y_fast, y_plain, rtol=rtol, atol=0.0)
+            np.testing.assert_allclose(b.weights, a.weights, rtol=rtol, atol=0.0)
+            np.testing.assert_allclose(fast._w, plain._w, rtol=rtol, atol=0.0)
+        else:
+            assert np.array_equal(y_fast, y_plain)
+            assert np.array_equal(b.weights, a.weights)
+        assert [p for p, _ in fast._past] == [p for p, _ in plain._past]
+        assert all(np.array_equal(u, v) for (_, u), (_, v) in zip(fast._past, plain._past, strict=True))
+
+
+@needs_kernels
+@settings(max_examples=100, deadline=None)
+@given(
+    n_ch=st.integers(1, 9),
+    n_p=st.integers(1, 12),
+    hist=st.integers(1, 3),
+    n_old=st.integers(0, 3),
+    silent=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_nlms_steps_kernel_is_the_nlms_weights_and_gains(n_ch, n_p, hist, n_old, silent, seed):
+    """Weights, gains and the state after the segments: bit for bit what ``_weights`` gives with the
+    ``nlms_weights`` kernel (and ``_sum_sq``), and within NLMS_RTOL of numpy's; the first segments of a stream
+    (fewer past segments) and a channel without power (trace 0) included."""
+    rng = np.random.default_rng(seed)
+    n_past = np.minimum(hist, np.arange(n_p) + n_old)
+    n_past = np.maximum(n_past, 1)
+    x = rng.standard_normal((n_ch, n_p, hist + 1, 12)) * 10.0 ** rng.uniform(-3, 3)
+    if silent:
+        x[0] = 0.0
+    present = np.arange(hist) < n_past[:, None]
+    gram, cross = _products(x[:, :, hist], [x[:, :, j] for j in range(hist)], present)
+    start = rng.standard_normal((n_ch, hist))
+    mu = rng.uniform(0.05, 1.0)
+    ests = []
+    for kern in (K, None):
+        est = VolitionalEstimator("nlms", n_ch, 6, (6, 41), 41, 10, hist, mu=mu)
+        est.kernels = kern
+        est._w[:] = start
+        w = est._weights(gram, cross, n_past)
+        ests.append((w, np.sqrt(1.0 + _sum_sq(w)), est._w.copy()))
+    state = start.copy()
+    w, gain = np.empty((n_p, hist, n_ch)), np.empty((n_p, n_ch))  # channels last
+    rows = np.sort(rng.choice(n_p + 3, n_p, replace=False))  # the segments' rows among those of a batch
+    weights = np.zeros((n_p + 3, n_ch, hist))
+    past_of_row = np.zeros(n_p + 3, np.int64)
+    past_of_row[rows] = n_past
+    gram, cross = np.ascontiguousarray(gram.transpose(1, 2, 3, 0)), np.ascontiguousarray(cross.transpose(1, 2, 0))
+    K.nlms_steps(gram, cross, rows, past_of_row, mu, state, w, gain, weights)
+    w, gain = w.transpose(2, 0, 1), gain.T
+    assert np.array_equal(w, ests[0][0])
+    assert np.array_equal(weights[rows], w.transpose(1, 0, 2))
+    assert not np.delete(weights, rows, axis=0).any()
+    assert np.array_equal(gain, ests[0][1])
+    assert np.array_equal(state, ests[0][2])
+    for got, ref in zip((w, gain, state), ests[1], strict=True):
+        np.testing.assert_allclose(got, ref, rtol=NLMS_RTOL, atol=1e-300)

@@ -9,6 +9,9 @@ where numpy's matrix product goes through BLAS (its summation order and fused mu
 the weights, and so the estimates, agree to about 1e-16 relative; and the Welch periodograms, whose FFT is the
 kernel's own (64 channels side by side instead of scipy's one at a time, about twice as fast): the powers agree
 with scipy's to about 1e-15 of each periodogram's largest bin, the spectral indices to about 1e-14 relative.
+The volitional window products are summed in the order of numpy's einsum (its SSE2 loop, on every x86-64
+wheel); on a numpy that sums in another order :data:`~closedloop.estimation._kernels.window_products_exact` is
+False and those batches use numpy.
 
 Only an estimator made with ``compiled=True`` uses them (``closedloop replay``); the live loop never does,
 as a first call in a process loads numba (about a second) and, the first time on a machine, compiles

@@ -173,8 +173,9 @@ class VolitionalEstimator:
     Attributes
     ----------
     kernels:
-        Compiled kernels (:func:`closedloop.estimation.kernels.load`) for the prediction errors of a batch of
-        segments (:meth:`segments`): the same numbers, in one pass. None (default): numpy.
+        Compiled kernels (:func:`closedloop.estimation.kernels.load`) for the window products and the prediction
+        errors of a batch of segments (:meth:`segments`): the same numbers, read where the segments are instead of
+        gathered. None (default): numpy.
     """
 
     kernels: ModuleType | None = None
@@ -275,9 +276,9 @@ class VolitionalEstimator:
         positions:
             ``(P,)`` stream sample index of each pulse.
         """
-        starts = np.asarray(starts, dtype=np.int64)
-        ends = np.asarray(ends, dtype=np.int64)
-        positions = np.asarray(positions, dtype=np.int64)
+        starts = np.ascontiguousarray(starts, dtype=np.int64)
+        ends = np.ascontiguousarray(ends, dtype=np.int64)
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
         n_seg = starts.size
         if n_seg == 1:
             b = self.segment_in_place(y, int(starts[0]), int(ends[0]), int(positions[0]))
@@ -285,6 +286,34 @@ class VolitionalEstimator:
             return b
         self.settle()
         n_ch = y.shape[0]
+        hist = self.history
+        past = self._past
+        # the kernels' products are numpy's where numpy's einsum sums as they do (on every x86-64 numpy wheel)
+        compiled = self.kernels is not None and self.kernels.window_products_exact
+        if compiled:
+            n_past, n, lags, lo, hi, begin = self._plan_compiled(starts, ends, positions)
+        else:
+            n_past, n, lags, lo, hi = self._plan(starts, ends, positions)
+        pred = n_past > 0
+        weights = np.zeros((n_seg, n_ch, hist))
+        # the past for the next call: copies taken before the prediction errors overwrite y
+        keep = [(int(positions[k]), y[:, starts[k] : ends[k]].copy()) for k in range(max(0, n_seg - hist), n_seg)]
+        if pred.any():
+            if compiled:
+                self._predict_compiled(y, begin, n, n_past, np.flatnonzero(pred), weights)
+            else:
+                self._predict(y, starts, ends, n, n_past, pred, weights)
+        self._past = (past + keep)[-hist:]
+        methods = (self.method,) * n_seg if pred.all() else tuple(self.method if p else "post" for p in pred.tolist())
+        return SegmentBatch(methods, lo, hi, n_past, lags, weights)
+
+    def _plan(
+        self, starts: np.ndarray, ends: np.ndarray, positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What the consecutive segments ``[starts, ends)`` (pulses at stream samples ``positions``) are predicted
+        from: the number of past segments ``(P,)`` (0: ``post``), the samples they have in common with them
+        ``(P,)``, the lags ``(P, H)``, the volitional ranges ``lo``, ``hi`` ``(P,)``."""
+        n_seg = starts.size
         hist = self.history
         b0 = self.blank_n
         past = self._past
@@ -307,14 +336,26 @@ class VolitionalEstimator:
         lags[~pred] = 0
         lo = np.where(pred, starts + b0, np.minimum(starts + self.post_n, ends))
         hi = np.where(pred, starts + n, ends)
-        weights = np.zeros((n_seg, n_ch, hist))
-        # the past for the next call: copies taken before the prediction errors overwrite y
-        keep = [(int(positions[k]), y[:, starts[k] : ends[k]].copy()) for k in range(max(0, n_seg - hist), n_seg)]
-        if pred.any():
-            self._predict(y, starts, ends, n, n_past, pred, weights)
-        self._past = (past + keep)[-hist:]
-        methods = tuple(self.method if p else "post" for p in pred.tolist())
-        return SegmentBatch(methods, lo, hi, n_past, lags, weights)
+        return n_past, n, lags, lo, hi
+
+    def _plan_compiled(
+        self, starts: np.ndarray, ends: np.ndarray, positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_plan` by the ``plan_segments`` kernel, and where each segment starts: the kept ones side by side
+        (as :meth:`_predict_compiled` puts them), then ``starts``."""
+        n_seg = starts.size
+        past = self._past
+        past_len = np.array([seg.shape[1] for _, seg in past], np.int64)
+        past_pos = np.array([pos for pos, _ in past], np.int64)
+        n_past, n, lo, hi = (np.empty(n_seg, np.int64) for _ in range(4))
+        lags = np.empty((n_seg, self.history), np.int64)
+        begin = np.empty(len(past) + n_seg, np.int64)
+        n_max = 0 if self.method == "post" else self.history
+        self.kernels.plan_segments(
+            past_len, past_pos, starts, ends, positions, n_max, self.blank_n, self.min_n, self.post_n,
+            n_past, n, lags, lo, hi, begin,
+        )  # fmt: skip
+        return n_past, n, lags, lo, hi, begin
 
     def segment_in_place(self, y: np.ndarray, start: int, end: int, position: int) -> SegmentBatch:
         """:meth:`segments` for the one segment ``y[:, start:end]``: the same estimate in a few small
@@ -399,13 +440,13 @@ class VolitionalEstimator:
     ) -> None:
         """Fit the predicted segments' weights on their M-wave windows and replace their prediction range
         ``[blank_n, n)`` in ``y`` by the normalised prediction error; weights go into ``weights``."""
+        idx = np.flatnonzero(pred)  # the predicted segments, in order
+        nk = n[idx]
+        mp = n_past[idx]
+        m0, m1 = self._fit_windows(nk)
         hist = self.history
-        b0 = self.blank_n
-        n_ch = y.shape[0]
         past = self._past
         n_old = len(past)
-        idx = np.flatnonzero(pred)  # the predicted segments, in order
-        n_p = idx.size
         s0, s1 = int(starts[0]), int(ends[-1])
         # sources: the stored past segments and the part of y the new segments cover, side by side
         src = np.concatenate([seg for _, seg in past] + [y[:, s0:s1]], axis=1)
@@ -413,62 +454,47 @@ class VolitionalEstimator:
         f_old = int(off_old[-1])
         off_all = np.concatenate([off_old[:-1], f_old + starts - s0])  # where each segment begins in src
         k_all = n_old + idx
-        nk = n[idx]
-        mp = n_past[idx]
-        # the M-wave window after the blanking, inside what is common to the segment and its past
-        m0 = np.minimum(self.mwave_n[0], nk)
-        m1 = np.minimum(self.mwave_n[1], nk)
-        narrow = m1 - m0 < 2
-        m0 = np.where(narrow, b0, m0)
-        m1 = np.where(narrow, nk, m1)
-        # the window samples of every segment (from the first window start to the last window end); the products
-        # over the windows are formed window by window (segments with the same window together), in exactly the
-        # arithmetic of a segment on its own
-        lw0 = int(m0.min())
-        head = np.take(src, np.minimum(off_all[:, None] + np.arange(lw0, int(m1.max())), src.shape[1] - 1), axis=1)
         present = np.arange(hist) < mp[:, None]  # (Pp, H)
-        span = int(m1.max()) + 1
-        keys, group, count = np.unique(m0 * span + m1, return_inverse=True, return_counts=True)
-        windows = np.stack([keys // span - lw0, keys % span - lw0], axis=1).tolist()  # (start, end) in head
-        main = int(np.argmax(count))  # the usual window: formed for all segments (views), kept where it is theirs
-        a, b = windows[main]
-        gram, cross = _chain_products(head[:, :, a:b], k_all, present)
-        for g, (a, b) in enumerate(windows):
-            if g != main:
-                sel = np.flatnonzero(group == g)
-                ks = k_all[sel]
-                past = [head[:, np.maximum(ks - 1 - j, 0), a:b] for j in range(hist)]
-                gram[:, sel], cross[:, sel] = _products(head[:, ks, a:b], past, present[sel])
+        gram, cross = _gathered_products(src, off_all, k_all, m0, m1, present)
         w = self._weights(gram, cross, mp)  # (C, Pp, H)
-        m = w.shape[2]
-        weights[idx, :, :m] = w.transpose(1, 0, 2)
+        weights[idx, :, : w.shape[2]] = w.transpose(1, 0, 2)
         gain = np.sqrt(1.0 + _sum_sq(w))  # (C, Pp)
-        # prediction errors over [blank_n, n) of every predicted segment, computed in place on y between the
-        # first and the last of them: blocks alternate prediction range and gap (untouched: weight 0, gain 1)
-        lo = starts[idx] + b0
-        hi = starts[idx] + nk
-        if self.kernels is not None:  # the same arithmetic, segment by segment, without index arrays
-            shift = off_all[np.maximum(k_all[:, None] - 1 - np.arange(m), 0)] - starts[idx][:, None]
-            c = np.ascontiguousarray
-            self.kernels.prediction_error(y, src, lo, hi, shift, mp, c(w), c(gain))
-            return
-        a0, a1 = int(lo[0]), int(hi[-1])
-        blens = np.empty(2 * n_p - 1, np.int64)
-        blens[0::2] = hi - lo
-        blens[1::2] = lo[1:] - hi[:-1]
-        t = np.arange(a0, a1)
-        view = y[:, a0:a1]
-        for j in range(m):
-            wb = np.zeros((n_ch, 2 * n_p - 1))
-            wb[:, 0::2] = w[:, :, j]
-            shift = np.full(2 * n_p - 1, f_old - s0)  # gaps read their own sample (times weight 0)
-            shift[0::2] = np.where(mp > j, off_all[np.maximum(k_all - 1 - j, 0)] - starts[idx], f_old - s0)
-            pj = np.take(src, t + np.repeat(shift, blens), axis=1)
-            pj *= np.repeat(wb, blens, axis=1)
-            view -= pj
-        gb = np.ones((n_ch, 2 * n_p - 1))
-        gb[:, 0::2] = gain
-        view /= np.repeat(gb, blens, axis=1)
+        _gathered_errors(y, src, off_all, f_old - s0, starts[idx], k_all, mp, self.blank_n, nk, w, gain)
+
+    def _fit_windows(self, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The fit window ``[m0, m1)`` (samples after the pulse) of segments with ``n`` samples in common with their
+        past: the M-wave window after the blanking, inside those samples (all of them after the blanking where
+        less than 2 of the M-wave window are)."""
+        m0 = np.minimum(self.mwave_n[0], n)
+        m1 = np.minimum(self.mwave_n[1], n)
+        narrow = m1 - m0 < 2
+        return np.where(narrow, self.blank_n, m0), np.where(narrow, n, m1)
+
+    def _predict_compiled(
+        self, y: np.ndarray, begin: np.ndarray, n: np.ndarray, n_past: np.ndarray, idx: np.ndarray, weights: np.ndarray
+    ) -> None:
+        """:meth:`_predict` with the compiled kernels, the same numbers: the window products and the prediction
+        errors read the past segments where they are (``y``, or the copies kept from the last call, side by side)
+        instead of gathering them. ``begin``, ``n``, ``n_past``: from :meth:`_plan_compiled`; ``idx``: the
+        predicted segments."""
+        past = self._past
+        n_old = len(past)
+        old = np.concatenate([seg for _, seg in past], axis=1) if past else np.empty((y.shape[0], 0))
+        n_ch, n_p, hist = y.shape[0], idx.size, self.history
+        b0, (fit0, fit1) = self.blank_n, self.mwave_n
+        gram = np.empty((n_p, hist, hist, n_ch))  # channels last
+        cross = np.empty((n_p, hist, n_ch))
+        self.kernels.window_products(y, old, begin, n_old, idx, n_past, n, fit0, fit1, b0, gram, cross)
+        if self.method == "nlms":  # the weights (into weights too), their steps and the gains in one pass
+            w = np.empty((n_p, hist, n_ch))
+            gain = np.empty((n_p, n_ch))
+            self.kernels.nlms_steps(gram, cross, idx, n_past, self.mu, self._w, w, gain, weights)
+        else:
+            wc = self._weights(gram.transpose(3, 0, 1, 2), cross.transpose(2, 0, 1), n_past[idx])  # (C, Pp, H)
+            weights[idx, :, : wc.shape[2]] = wc.transpose(1, 0, 2)
+            w = np.ascontiguousarray(wc.transpose(1, 2, 0))
+            gain = np.ascontiguousarray(np.sqrt(1.0 + _sum_sq(wc)).T)
+        self.kernels.prediction_error(y, old, begin, n_old, idx, n_past, b0, n, w, gain)
 
     def _weights(self, gram: np.ndarray, cross: np.ndarray, n_past: np.ndarray) -> np.ndarray:
         """The prediction weights ``(C, P, H)`` of consecutive segments from the products over their windows:
@@ -541,6 +567,71 @@ def _products(cur: np.ndarray, past: list[np.ndarray], present: np.ndarray) -> t
         gram[:, ~(present[:, :, None] & present[:, None, :])] = 0.0
         cross[:, ~present] = 0.0
     return gram, cross
+
+
+def _gathered_products(
+    src: np.ndarray, off: np.ndarray, k: np.ndarray, m0: np.ndarray, m1: np.ndarray, present: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_products` of the segments ``k`` (increasing) over their fit windows ``[m0, m1)``, the segments'
+    samples side by side in ``src`` ``(C, M)`` (segment ``i`` from ``off[i]``, its past ones the segments before
+    it): gathered into one array and formed window by window (segments with the same window together), in
+    exactly the arithmetic of a segment on its own."""
+    hist = present.shape[1]
+    # the window samples of every segment (from the first window start to the last window end)
+    lw0 = int(m0.min())
+    head = np.take(src, np.minimum(off[:, None] + np.arange(lw0, int(m1.max())), src.shape[1] - 1), axis=1)
+    span = int(m1.max()) + 1
+    keys, group, count = np.unique(m0 * span + m1, return_inverse=True, return_counts=True)
+    windows = np.stack([keys // span - lw0, keys % span - lw0], axis=1).tolist()  # (start, end) in head
+    main = int(np.argmax(count))  # the usual window: formed for all segments (views), kept where it is theirs
+    a, b = windows[main]
+    gram, cross = _chain_products(head[:, :, a:b], k, present)
+    for g, (a, b) in enumerate(windows):
+        if g != main:
+            sel = np.flatnonzero(group == g)
+            ks = k[sel]
+            past = [head[:, np.maximum(ks - 1 - j, 0), a:b] for j in range(hist)]
+            gram[:, sel], cross[:, sel] = _products(head[:, ks, a:b], past, present[sel])
+    return gram, cross
+
+
+def _gathered_errors(
+    y: np.ndarray,
+    src: np.ndarray,
+    off: np.ndarray,
+    own: int,
+    starts: np.ndarray,
+    k: np.ndarray,
+    n_past: np.ndarray,
+    b0: int,
+    n: np.ndarray,
+    w: np.ndarray,
+    gain: np.ndarray,
+) -> None:
+    """The prediction errors over ``[b0, n)`` of the segments ``k`` (at ``starts`` in ``y``; their samples and
+    their past ones' in ``src`` from ``off``, as for :func:`_gathered_products`; ``y[:, t]`` is ``src[:, t + own]``),
+    divided by ``gain`` ``(C, P)``, with the weights ``w`` ``(C, P, H)``: computed in place on ``y`` between the
+    first and the last of them: blocks alternate prediction range and gap (untouched: weight 0, gain 1)."""
+    n_ch, n_p, m = w.shape
+    lo = starts + b0
+    hi = starts + n
+    a0, a1 = int(lo[0]), int(hi[-1])
+    blens = np.empty(2 * n_p - 1, np.int64)
+    blens[0::2] = hi - lo
+    blens[1::2] = lo[1:] - hi[:-1]
+    t = np.arange(a0, a1)
+    view = y[:, a0:a1]
+    for j in range(m):
+        wb = np.zeros((n_ch, 2 * n_p - 1))
+        wb[:, 0::2] = w[:, :, j]
+        shift = np.full(2 * n_p - 1, own)  # gaps read their own sample (times weight 0)
+        shift[0::2] = np.where(n_past > j, off[np.maximum(k - 1 - j, 0)] - starts, own)
+        pj = np.take(src, t + np.repeat(shift, blens), axis=1)
+        pj *= np.repeat(wb, blens, axis=1)
+        view -= pj
+    gb = np.ones((n_ch, 2 * n_p - 1))
+    gb[:, 0::2] = gain
+    view /= np.repeat(gb, blens, axis=1)
 
 
 def _chain_products(win: np.ndarray, k: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
