@@ -342,6 +342,32 @@ def _channel_names(text: str | None) -> tuple[str, ...] | None:
 _BATCH_ONLY = (("out", "--out"), ("protocol", "--protocol"), ("scheduler", "--scheduler"), ("jobs", "--jobs"))
 
 
+def _load_kernels(notice_after_s: float = 2.0) -> None:
+    """Load the replay's compiled kernels; the first time on a machine numba compiles them (10-20 s): a line
+    says so when loading takes longer than ``notice_after_s``, instead of a silent pause."""
+    import threading
+
+    from closedloop.estimation import kernels
+    from closedloop.recording import csvkernel
+
+    def notice() -> None:
+        print(
+            "closedloop replay: compiling the estimator's kernels (the first replay on this machine, 10-20 s; "
+            "cached for the next ones)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    timer = threading.Timer(notice_after_s, notice)
+    timer.daemon = True
+    timer.start()
+    try:
+        kernels.load()
+        csvkernel.load()
+    finally:
+        timer.cancel()
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from experiments.replay import ReplayOptions, make_out_root, publish_file, replay_batch
 
@@ -436,6 +462,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     from experiments.replay import BatchInterrupted, dask_client
 
+    if opts.compiled and args.scheduler is None:
+        _load_kernels()  # here, once: the workers of a batch then find them compiled
     # an unreachable scheduler stops here, one line, before any folder is made
     client = dask_client(args.scheduler) if args.scheduler is not None else None
     try:

@@ -152,3 +152,23 @@ def test_replay_refuses_impossible_rates_and_an_empty_output_folder(tmp_path, ar
 def test_replay_refuses_a_channel_named_twice(tmp_path):
     r = _run("replay", str(tmp_path / "x.edf"), "--channels", "EMG1,EMG2,EMG1")
     assert r.returncode == 2 and "EMG1 given more than once" in r.stderr, r.stderr
+
+
+def test_a_slow_kernel_load_says_it_is_compiling(monkeypatch, capsys):
+    """The first replay on a machine compiles the kernels (10-20 s of silence before): past a moment, one line on
+    stderr says why it waits; a load that is quick (the kernels cached) says nothing."""
+    import time
+
+    from closedloop import cli
+    from closedloop.estimation import kernels
+    from closedloop.recording import csvkernel
+
+    monkeypatch.setattr(csvkernel, "load", lambda: None)
+    monkeypatch.setattr(kernels, "load", lambda: time.sleep(0.5))
+    cli._load_kernels(notice_after_s=0.05)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "compiling the estimator's kernels (the first replay on this machine" in err
+    monkeypatch.setattr(kernels, "load", lambda: None)
+    cli._load_kernels(notice_after_s=0.5)
+    time.sleep(0.7)  # a notice the quick load failed to cancel would be printed by now
+    assert capsys.readouterr().err == ""
