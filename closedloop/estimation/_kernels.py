@@ -21,7 +21,6 @@ __all__ = [
     "nlms_steps",
     "nlms_weights",
     "plan_segments",
-    "power_spectrum",
     "prediction_error",
     "sosfilt_channels_first",
     "warm_up",
@@ -471,19 +470,6 @@ def weigh_ring_means(ring, upto, counts, weighted):  # pragma: no cover - compil
                 weighted[f, u, c] *= acc[c, f] / m
 
 
-@numba.njit(numba.void(numba.complex128[:, :, ::1], numba.int64, _F8_3D), cache=True, nogil=True, boundscheck=False)
-def power_spectrum(spec, first_bin, out):  # pragma: no cover - compiled
-    """``out[s, c, f] = re^2 + im^2`` of ``spec[s, c, first_bin + f]`` (``re * re`` plus ``im * im``, as numpy
-    computes ``spec.real * spec.real`` then adds ``np.square(spec.imag)``), in one pass."""
-    n_s, n_ch, n_f = out.shape
-    for i in range(n_s):
-        for c in range(n_ch):
-            row, dst = spec[i, c], out[i, c]
-            for f in range(n_f):
-                z = row[first_bin + f]
-                dst[f] = z.real * z.real + z.imag * z.imag
-
-
 #: Channels transformed side by side by :func:`welch_periodograms` (two AVX-512 or four AVX2 registers wide).
 _FFT_LANES = 16
 
@@ -501,7 +487,7 @@ def welch_periodograms(x, starts, window, first_bin, out, tw_re, tw_im, bitrev, 
 
     The one kernel that is its own algorithm rather than numpy's arithmetic: scipy's FFT (pocketfft) transforms
     one channel at a time with 2-wide vectors; here ``_FFT_LANES`` channels go through the butterflies side by
-    side, with the window applied as the samples are loaded, so a segment's 64 channels cost about half as much.
+    side, with the window applied as the samples are loaded, so a batch's 64 channels take about two thirds of the time.
     The real DFT of ``N`` samples is the complex DFT of the ``N / 2`` pairs ``x[2n] + i x[2n + 1]`` (iterative
     radix 2, bit-reversed input, twiddles ``tw = exp(-2 pi i j / (N / 2))``, ``j < N / 4``), untangled per bin
     with ``post = exp(-2 pi i k / N)``. Agrees with ``|scipy.fft.rfft|^2`` to about 1e-15 of each periodogram's
@@ -678,7 +664,6 @@ def warm_up() -> None:
     i1 = np.zeros(1, np.int64)
     advance_lags(np.zeros((2, 1)), i1, np.ones(1), np.zeros(2, np.int64), i1, np.zeros((1, 1)), np.zeros((1, 1, 1)))
     median_frequencies(np.ones(2), np.ones((2, 1)), np.ones(1), np.zeros(1))
-    power_spectrum(np.zeros((1, 1, 2), np.complex128), 1, np.zeros((1, 1, 1)))
     starts, four = np.zeros(1, np.int64), np.ones(4)
     welch_periodograms(np.zeros((1, 4)), starts, four, 1, np.zeros((1, 1, 1)), *fft_tables(4, 1, 1))
     weigh_ring_means(np.ones((1, 1, 1)), np.ones(1, np.int64), np.ones(1, np.int64), np.ones((1, 1, 1)))

@@ -7,7 +7,7 @@ code it stands in for, in the same order, so the numbers are bitwise the same wi
 (``tests/test_kernels.py`` checks each against that code). Two exceptions: the ``nlms`` weight recursion,
 where numpy's matrix product goes through BLAS (its summation order and fused multiply-adds are its own):
 the weights, and so the estimates, agree to about 1e-16 relative; and the Welch periodograms, whose FFT is the
-kernel's own (64 channels side by side instead of scipy's one at a time, about twice as fast): the powers agree
+kernel's own (16 channels side by side instead of scipy's one at a time, about 1.5 times as fast): the powers agree
 with scipy's to about 1e-15 of each periodogram's largest bin, the spectral indices to about 1e-14 relative.
 The volitional window products are summed in the order of numpy's einsum (its SSE2 loop, on every x86-64
 wheel); on a numpy that sums in another order :data:`~closedloop.estimation._kernels.window_products_exact` is

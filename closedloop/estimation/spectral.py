@@ -449,13 +449,9 @@ class StreamingWelch:
         for i in range(0, n_new, step):
             j = min(i + step, n_new)
             w = np.multiply(segs[i:j], self._window_scaled, out=windowed[: j - i])
-            spec = sp_fft.rfft(w, axis=-1)  # (segments, C, nperseg // 2 + 1); overwrite_x is 6x slower
-            if self.kernels is not None:
-                self.kernels.power_spectrum(spec, self._bins.start or 0, pgram[i:j])
-            else:
-                spec = spec[..., self._bins]  # (segments, C, n_freqs)
-                np.multiply(spec.real, spec.real, out=pgram[i:j])
-                pgram[i:j] += np.square(spec.imag)  # density, one-sided: ...
+            spec = sp_fft.rfft(w, axis=-1)[..., self._bins]  # (segments, C, n_freqs); overwrite_x is 6x slower
+            np.multiply(spec.real, spec.real, out=pgram[i:j])
+            pgram[i:j] += np.square(spec.imag)  # density, one-sided: ...
 
     def _fft_tables(self) -> tuple[np.ndarray, ...] | None:
         """The compiled FFT's tables for this segment length and these bins (made once per kernels module);
