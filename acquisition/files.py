@@ -334,6 +334,10 @@ class _Options:
     units: tuple[str, ...] | None
     pulse_annotation: re.Pattern[str]
 
+    def pulse_marks(self, texts: Sequence[str]) -> np.ndarray:
+        """``(len(texts),)`` bool: which annotation or marker texts ``pulse_annotation`` finds (pulses)."""
+        return np.array([self.pulse_annotation.search(t) is not None for t in texts], dtype=bool)
+
 
 # -------------------------------------------------------------------------------------------- reader
 
@@ -1396,7 +1400,7 @@ def _mne_pulses(
     ann = raw.annotations
     if len(ann):
         desc = [str(d) for d in ann.description]
-        match = np.array([opts.pulse_annotation.search(d) is not None for d in desc], dtype=bool)
+        match = opts.pulse_marks(desc)
         extra["annotations"] = sorted(set(desc))
         if match.any():
             onsets = np.asarray(ann.onset, dtype=np.float64)[match] - float(raw.first_time)
@@ -1610,7 +1614,7 @@ def _xdf_pulses(streams: list[dict[str, Any]], opts: _Options) -> tuple[np.ndarr
         texts = [
             " ".join(str(v) for v in row) if isinstance(row, (list, tuple)) else str(row) for row in s["time_series"]
         ]
-        match = np.array([opts.pulse_annotation.search(t) is not None for t in texts], dtype=bool)
+        match = opts.pulse_marks(texts)
         if match.size and match.any():
             times.append(ts[: match.size][match])
             names.append(str(_first(info, "name", "")))
@@ -1707,8 +1711,9 @@ def _wfdb_pulses(
     extra["annotators"] = [ext for ext, _, _ in found]
     extra["annotations"] = sorted({t for _, _, texts in found for t in texts})
     for ext, times, texts in found:
+        # all of an annotator whose name the pattern finds, else the annotations whose texts it finds
         by_name = opts.pulse_annotation.search(ext) is not None
-        match = np.array([by_name or opts.pulse_annotation.search(t) is not None for t in texts], dtype=bool)
+        match = np.ones(len(texts), dtype=bool) if by_name else opts.pulse_marks(texts)
         if match.any():
             return times[match], f"annotations:{ext}"
     return np.empty(0), "none"
