@@ -369,7 +369,7 @@ def _load_kernels(notice_after_s: float = 2.0) -> None:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from experiments.replay import ReplayOptions, make_out_root, publish_file, replay_batch
+    from experiments.replay import ReplayOptions, make_out_root, publish_file, replay_batch, signals_interrupt
 
     # unset: as fast as possible, or real time for --publish-lsl (a live device needs a pace)
     speed = _speed(args.speed) if args.speed is not None else (1.0 if args.publish_lsl else None)
@@ -431,7 +431,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             print(f"closedloop replay: publishing {args.files[0]} at {opts.speed:g}x real time", flush=True)
 
         try:
-            with _sigterm_interrupts():
+            with signals_interrupt():  # kill -TERM too ends it as interrupted, its outlets closed
                 n = publish_file(args.files[0], opts, on_open=started)
         except ClosedLoopError as exc:
             from closedloop.errors import SourceError
@@ -495,27 +495,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"closedloop replay: interrupted ({interrupted})", file=sys.stderr)
         return 130
     return 0 if ok == len(results) else 1
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM raises KeyboardInterrupt (as SIGINT does) while the block runs in the main thread: the command
-    ends as interrupted (exit 130), its LSL outlets closed, instead of being killed."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt("SIGTERM")
-
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, saved)
 
 
 def _new_folder(base: str) -> Path:

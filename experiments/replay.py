@@ -51,6 +51,7 @@ __all__ = [
     "publish_file",
     "replay_batch",
     "replay_file",
+    "signals_interrupt",
 ]
 
 #: Columns of replay_summary.csv (one row per file).
@@ -633,6 +634,19 @@ class _Signals:
 
 
 _WORKER_SIGNALS = _Signals()  # in a pool worker process
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """SIGINT and SIGTERM raise KeyboardInterrupt while the block runs (main thread only; elsewhere nothing
+    changes): a command stopped by ``kill`` ends as interrupted, its outlets and files closed, instead of being
+    killed. The handlers from before are put back on leaving."""
+    sigs = _Signals()
+    sigs.install()
+    try:
+        yield
+    finally:
+        sigs.restore()
 
 
 def _worker_init() -> None:

@@ -265,3 +265,31 @@ def test_a_file_that_could_not_start_gets_no_hint_about_its_pulses(tmp_path):
     again = replay_file(f, tmp_path / "o", ReplayOptions(report=False))
     assert again.status == "failed" and "cannot create the session files" in again.error
     assert "pulses" not in again.hint and again.values["replayed_s"] == 0.0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_publish_lsl_stopped_by_a_signal_ends_as_interrupted(tmp_path, sig):
+    """``kill -INT`` or ``kill -TERM`` to a republishing replay ends it as an interrupted command (exit 130, one
+    line), well before the recording's end, not killed with a traceback or Python's default SIGTERM death."""
+    f = tmp_path / "rec.edf"
+    _edf(f, 2, seconds=30.0)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "closedloop", "replay", str(f), "--publish-lsl", "--loopback", "--speed", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        start_new_session=True,
+    )
+    try:
+        line = p.stdout.readline()  # "publishing ..." once the outlets are open
+        assert "publishing" in line, line
+        time.sleep(0.5)
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, (out, err)
+    assert err.strip().splitlines()[-1] == "closedloop replay: interrupted" and "Traceback" not in err
+    assert "published" not in out  # stopped, not run to its end
