@@ -34,6 +34,14 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
+def _start(*args: str) -> subprocess.Popen:
+    """``closedloop replay ARGS`` started in a session of its own (to be signalled, or killed with its workers)."""
+    cmd = [sys.executable, "-m", "closedloop", "replay", *args]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True
+    )
+
+
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "closedloop", "replay", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
@@ -54,14 +62,7 @@ def test_an_interrupted_batch_stops_and_starts_no_other_file(tmp_path, jobs, sig
         _edf(f, i, seconds=8.0)
     out = tmp_path / "out"
     args = ["--speed", "1", "--jobs", str(jobs), "--out", str(out), "--no-report"]
-    p = subprocess.Popen(
-        [sys.executable, "-m", "closedloop", "replay", *map(str, files), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-        start_new_session=True,
-    )
+    p = _start(*map(str, files), *args)
     try:
         deadline = time.monotonic() + 60.0  # the first replays have started (their session files exist), none ended
         while not list(out.glob("*/session.xdf")) and time.monotonic() < deadline and p.poll() is None:
@@ -273,14 +274,7 @@ def test_publish_lsl_stopped_by_a_signal_ends_as_interrupted(tmp_path, sig):
     line), well before the recording's end, not killed with a traceback or Python's default SIGTERM death."""
     f = tmp_path / "rec.edf"
     _edf(f, 2, seconds=30.0)
-    p = subprocess.Popen(
-        [sys.executable, "-m", "closedloop", "replay", str(f), "--publish-lsl", "--loopback", "--speed", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-        start_new_session=True,
-    )
+    p = _start(str(f), "--publish-lsl", "--loopback", "--speed", "1")
     try:
         line = p.stdout.readline()  # "publishing ..." once the outlets are open
         assert "publishing" in line, line
